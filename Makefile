@@ -1,0 +1,75 @@
+# natten-mlx: the two commands the README promises.
+#   make test   -- build everything from a fresh clone and run every test
+#   make demo   -- set up, then run the profiler and the quick-start examples
+# Everything else here is a step of those two.
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+BUILD       ?= build
+JOBS        ?= 2
+MLX_VERSION ?= 0.32.4
+FUZZ_SECONDS ?= 60
+
+PY_DEPS := "mlx[cpu]==$(MLX_VERSION)" numpy pytest packaging nanobind==2.13.0 \
+           scikit-build-core scikit-learn tqdm
+
+.PHONY: all test demo venv lib ctest sanitize fuzz ext pytest clean
+
+all: lib ext
+
+$(VENV)/.stamp:
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PY_DEPS)
+	touch $@
+
+venv: $(VENV)/.stamp
+
+lib:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DNATTEN_BUILD_TESTS=ON
+	cmake --build $(BUILD) -j$(JOBS)
+
+ctest: lib
+	cd $(BUILD) && ctest --output-on-failure
+
+# AddressSanitizer + UndefinedBehaviorSanitizer over the same C test driver.
+sanitize:
+	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DNATTEN_BUILD_TESTS=ON \
+	      -DNATTEN_SANITIZE=address,undefined
+	cmake --build $(BUILD)-asan -j$(JOBS)
+	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	      ctest --output-on-failure
+
+# libFuzzer over descriptor validation and tiny problems, bounded in time.
+fuzz:
+	CC=clang cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	      -DNATTEN_BUILD_TESTS=OFF -DNATTEN_BUILD_FUZZ=ON
+	cmake --build $(BUILD)-fuzz -j$(JOBS)
+	$(MAKE) -C . fuzz-run FUZZ_DIR=$(BUILD)-fuzz
+
+fuzz-run:
+	@for f in $(FUZZ_DIR)/tests/fuzz/fuzz_*; do \
+	  [ -x "$$f" ] || continue; \
+	  echo "== $$f ($(FUZZ_SECONDS)s)"; \
+	  "$$f" -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 tests/fuzz/corpus || exit 1; \
+	done
+
+# The MLX extension, built in place so `import natten_mlx` works from the repo.
+ext: venv
+	cmake -S . -B $(BUILD)-py -DCMAKE_BUILD_TYPE=Release -DNATTEN_BUILD_TESTS=OFF \
+	      -DNATTEN_BUILD_PYTHON=ON -DPython_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(BUILD)-py -j$(JOBS)
+	cmake --install $(BUILD)-py --component natten_mlx_inplace --prefix $(CURDIR) || true
+
+pytest: ext
+	$(PY) -m pytest -q tests/python
+
+test: ctest sanitize fuzz pytest
+
+demo: ext
+	$(PY) -m natten_mlx.profiler
+	$(PY) examples/quickstart.py
+
+clean:
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz $(BUILD)-py

@@ -1,0 +1,32 @@
+"""Normalised problem parameters shared by every tier.
+
+The public API validates user arguments (natten_mlx.utils.params) and turns
+them into one NAParams; tiers receive nothing else.  Field meanings match the
+C descriptor in include/natten.h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+
+@dataclass(frozen=True)
+class NAParams:
+    rank: int                      # 1, 2 or 3 spatial axes
+    kernel: Tuple[int, ...]        # per axis, 1 <= K <= extent (even allowed)
+    dilation: Tuple[int, ...]      # per axis, d*K <= extent
+    out_stride: Tuple[int, ...]    # natten-mlx `stride`: output rows at i*s
+    gna_stride: Tuple[int, ...]    # upstream NATTEN >= 0.20 GNA stride (1 = none)
+    causal: Tuple[bool, ...]       # per axis
+    scale: float                   # already resolved (default D**-0.5 applied)
+
+    @property
+    def kernel_volume(self) -> int:
+        v = 1
+        for k in self.kernel:
+            v *= k
+        return v
+
+    def out_extent(self, extent) -> Tuple[int, ...]:
+        return tuple(-(-int(x) // s) for x, s in zip(extent, self.out_stride))
