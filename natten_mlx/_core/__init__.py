@@ -1,0 +1,1 @@
+"""Internal tiers and dispatch of natten_mlx."""

@@ -1,0 +1,220 @@
+"""Backend registry and per-call dispatch.
+
+Tiers, best first: ``nanobind`` (the compiled C core on MLX's CPU device,
+``natten_mlx._core.compiled``), ``fast_metal`` (on Linux: CUDA C kernels run
+through ``mx.fast.cuda_kernel``, ``natten_mlx._core.cuda``) and ``pure`` (MLX
+ops, ``natten_mlx._core.pure``).  Every tier module exposes
+
+    na_fused(q, k, v, p, rpb=None, extra_k=None, extra_v=None, varlen=None) -> (out, lse)
+    na_qk(q, k, p, rpb=None) -> logits
+    na_av(attn, v, p) -> out
+    supports(op, p, dtype, device, **features) -> bool
+
+and optionally ``is_available() -> bool``.  A call walks the chain of the
+selected backend and runs the first tier whose ``supports`` says yes; ``pure``
+supports everything, so an unsupported configuration falls to the next tier and
+never to a wrong answer.
+
+``NATTEN_BACKEND`` is read once, when this module is imported.  Any value other
+than the four names silently becomes ``auto`` (natten-mlx behaviour).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Dict, List, Optional
+
+import mlx.core as mx
+
+from natten_mlx._core.params import NAParams
+
+BACKENDS = ("auto", "fast_metal", "nanobind", "pure")
+
+_env_value = os.environ.get("NATTEN_BACKEND", "auto").strip().lower()
+_selected = _env_value if _env_value in BACKENDS else "auto"
+
+# Tier chains: the selected backend first, then the tiers it falls back to.
+_CHAINS = {
+    "auto": ("nanobind", "fast_metal", "pure"),
+    "nanobind": ("nanobind", "fast_metal", "pure"),
+    "fast_metal": ("fast_metal", "pure"),
+    "pure": ("pure",),
+}
+
+_TIER_MODULES = {
+    "pure": "natten_mlx._core.pure",
+    "nanobind": "natten_mlx._core.compiled",
+    "fast_metal": "natten_mlx._core.cuda",
+}
+
+_tier_cache: Dict[str, object] = {}
+_nanobind_ext_ok: Optional[bool] = None
+
+
+# --------------------------------------------------------------------------
+# Availability
+# --------------------------------------------------------------------------
+
+
+def has_nanobind() -> bool:
+    """True iff the compiled extension ``natten_mlx._core._natten_ext`` imports."""
+    global _nanobind_ext_ok
+    if _nanobind_ext_ok is None:
+        try:
+            importlib.import_module("natten_mlx._core._natten_ext")
+            _nanobind_ext_ok = True
+        except Exception:  # ImportError, or a broken build (OSError, ...)
+            _nanobind_ext_ok = False
+    return _nanobind_ext_ok
+
+
+def has_metal() -> bool:
+    """Metal kernels do not exist on Linux: always False here."""
+    return False
+
+
+def tier_module(name: str):
+    """The tier module, or None when it cannot be imported or is unavailable."""
+    if name not in _TIER_MODULES:
+        return None
+    if name not in _tier_cache:
+        mod = None
+        if name == "nanobind" and not has_nanobind():
+            mod = None
+        else:
+            try:
+                mod = importlib.import_module(_TIER_MODULES[name])
+            except Exception:
+                mod = None
+        _tier_cache[name] = mod
+    mod = _tier_cache[name]
+    if mod is None:
+        return None
+    avail = getattr(mod, "is_available", None)
+    if avail is not None:
+        try:
+            if not avail():
+                return None
+        except Exception:
+            return None
+    return mod
+
+
+def tier_available(name: str) -> bool:
+    if name == "pure":
+        return True
+    return tier_module(name) is not None
+
+
+# --------------------------------------------------------------------------
+# Selection
+# --------------------------------------------------------------------------
+
+
+def set_backend(name: str) -> None:
+    """Select ``auto``, ``pure``, ``fast_metal`` or ``nanobind``.
+
+    Availability is not checked (natten-mlx behaviour): an unavailable tier
+    falls back per call to the next one in its chain.
+    """
+    global _selected
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown backend '{name}'. Expected one of {sorted(BACKENDS)}")
+    _selected = name
+
+
+def get_backend() -> str:
+    """The resolved backend name (``auto`` is re-resolved on every call)."""
+    if _selected != "auto":
+        return _selected
+    if has_nanobind() and tier_available("nanobind"):
+        return "nanobind"
+    if tier_available("fast_metal"):
+        return "fast_metal"
+    return "pure"
+
+
+def selected_backend() -> str:
+    """The raw selection (may be ``auto``)."""
+    return _selected
+
+
+def _device():
+    return mx.default_device()
+
+
+def tier_chain() -> List[str]:
+    return list(_CHAINS[_selected])
+
+
+def select_tier(op: str, p: NAParams, dtype, **features) -> str:
+    """Name of the tier that will run ``op`` for this problem."""
+    dev = _device()
+    for name in _CHAINS[_selected]:
+        mod = tier_module(name)
+        if mod is None:
+            continue
+        sup = getattr(mod, "supports", None)
+        try:
+            ok = True if sup is None else bool(sup(op, p, dtype, dev, **features))
+        except Exception:
+            ok = False
+        if ok:
+            return name
+    return "pure"
+
+
+def _features(q_heads, kv_heads, rpb=None, extra_k=None, varlen=None):
+    return {
+        "rpb": rpb is not None,
+        "extra_kv": extra_k is not None,
+        "varlen": varlen is not None,
+        "gqa": q_heads != kv_heads,
+    }
+
+
+# --------------------------------------------------------------------------
+# Dispatch (the entry points the public API, compat and extras use)
+# --------------------------------------------------------------------------
+
+
+def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """Fused NA: returns (out [B,*O,H,D] in q.dtype, lse [B,*O,H] float32)."""
+    feats = _features(q.shape[-2], k.shape[-2], rpb, extra_k, varlen)
+    name = select_tier("fused", p, q.dtype, **feats)
+    mod = tier_module(name) or tier_module("pure")
+    return mod.na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
+
+
+def na_qk(q, k, p: NAParams, rpb=None):
+    """Split QK: logits [B,*O,H,KK] in q.dtype, masked slots -inf."""
+    feats = _features(q.shape[-2], k.shape[-2], rpb)
+    name = select_tier("qk", p, q.dtype, **feats)
+    mod = tier_module(name) or tier_module("pure")
+    return mod.na_qk(q, k, p, rpb=rpb)
+
+
+def na_av(attn, v, p: NAParams):
+    """Split AV: out [B,*O,H,D] in v.dtype; weights at masked slots ignored."""
+    feats = _features(attn.shape[-2], v.shape[-2])
+    name = select_tier("av", p, v.dtype, **feats)
+    mod = tier_module(name) or tier_module("pure")
+    return mod.na_av(attn, v, p)
+
+
+__all__ = [
+    "BACKENDS",
+    "has_nanobind",
+    "has_metal",
+    "tier_module",
+    "tier_available",
+    "set_backend",
+    "get_backend",
+    "selected_backend",
+    "tier_chain",
+    "select_tier",
+    "na_fused",
+    "na_qk",
+    "na_av",
+]
