@@ -11,7 +11,7 @@ JOBS        ?= 2
 MLX_VERSION ?= 0.32.4
 FUZZ_SECONDS ?= 60
 
-PY_DEPS := "mlx[cpu]==$(MLX_VERSION)" numpy pytest packaging nanobind==2.13.0 \
+PY_DEPS := "mlx[cpu]==$(MLX_VERSION)" numpy pytest packaging nanobind==3.1.0 \
            scikit-build-core scikit-learn tqdm
 
 .PHONY: all test demo venv lib ctest sanitize fuzz ext pytest clean
@@ -60,7 +60,7 @@ ext: venv
 	cmake -S . -B $(BUILD)-py -DCMAKE_BUILD_TYPE=Release -DNATTEN_BUILD_TESTS=OFF \
 	      -DNATTEN_BUILD_PYTHON=ON -DPython_EXECUTABLE=$(abspath $(PY))
 	cmake --build $(BUILD)-py -j$(JOBS)
-	cmake --install $(BUILD)-py --component natten_mlx_inplace --prefix $(CURDIR) || true
+	cmake --install $(BUILD)-py --component natten_mlx_ext --prefix $(CURDIR)
 
 pytest: ext
 	$(PY) -m pytest -q tests/python
