@@ -681,6 +681,11 @@ NB_MODULE(_natten_ext, m) {
                                       natten_last_error_message());
       },
       nb::arg("n"));
+#ifdef NATTEN_MLX_BUILT_WITH_MLX
+  m.attr("built_with_mlx") = NATTEN_MLX_BUILT_WITH_MLX;
+#else
+  m.attr("built_with_mlx") = "";
+#endif
   m.attr("IMPL_AUTO") = (int)NATTEN_IMPL_AUTO;
   m.attr("IMPL_REFERENCE") = (int)NATTEN_IMPL_REFERENCE;
   m.attr("IMPL_FAST") = (int)NATTEN_IMPL_FAST;

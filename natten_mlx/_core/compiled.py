@@ -1,0 +1,362 @@
+"""Compiled tier: the natten C core on MLX's CPU device.
+
+The extension ``natten_mlx._core._natten_ext`` exposes one lazy MLX primitive
+per C operation (na_forward, na_backward, qk_forward, qk_backward, av_forward,
+av_backward).  Their ``eval_cpu`` hands the C call to MLX's CPU stream with
+views of the MLX buffers (strides and offsets as they are: no copies).  This
+module pairs them into differentiable functions with ``mx.custom_function``:
+
+* ``na_fused``: forward -> (out, lse); the VJP runs the fused C backward, which
+  recomputes probabilities from the lse (kept in float64 for float64
+  problems, returned to callers as float32).  The gradient that reaches q/k
+  through the *returned lse* (``return_lse=True``, ``merge_attentions``) is a
+  second custom function over the raw lse, so it costs nothing unless the lse
+  is actually used downstream: d lse / d logit_n = P_n, pushed through the
+  split QK backward (and by hand through the extra tokens).
+* ``na_qk`` / ``na_av``: split ops with their C backwards.
+
+Nothing here evaluates arrays, so everything works inside ``mx.compile``,
+``mx.grad`` and ``nn.value_and_grad``.  The primitives run on the CPU only;
+``supports`` says no for other devices and the dispatcher falls through.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Optional
+
+import mlx.core as mx
+
+from natten_mlx._core.params import NAParams
+
+_FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16, mx.float64)
+
+_ext_mod = None
+_ext_error: Optional[str] = None
+
+# Which C kernels run: "auto" (fast where it can, else reference),
+# "reference" or "fast" (UNSUPPORTED -> error).  Tests and benchmarks switch it.
+_IMPLS = {"auto": 0, "reference": 1, "fast": 2}
+_impl = _IMPLS.get(os.environ.get("NATTEN_MLX_C_IMPL", "auto").strip().lower(), 0)
+
+
+def extension():
+    """The loaded extension module, or None (see ``load_error()``)."""
+    global _ext_mod, _ext_error
+    if _ext_mod is None and _ext_error is None:
+        name = os.environ.get("NATTEN_MLX_NANOBIND_MODULE") or "natten_mlx._core._natten_ext"
+        try:
+            mod = importlib.import_module(name)
+            built = getattr(mod, "built_with_mlx", "")
+            if built and built != mx.__version__:
+                raise ImportError(
+                    f"{name} was built against mlx {built} but mlx {mx.__version__} is "
+                    "installed; rebuild it (`make ext` or `pip install .`)")
+            _ext_mod = mod
+        except Exception as exc:  # ImportError, OSError from a broken build
+            _ext_error = f"{type(exc).__name__}: {exc}"
+    return _ext_mod
+
+
+def load_error() -> Optional[str]:
+    extension()
+    return _ext_error
+
+
+def is_available() -> bool:
+    return extension() is not None
+
+
+def set_impl(name: str) -> str:
+    """Select the C kernels ("auto", "reference", "fast"); returns the previous name."""
+    global _impl
+    if name not in _IMPLS:
+        raise ValueError(f"Unknown C implementation '{name}'. Expected one of {sorted(_IMPLS)}")
+    prev = get_impl()
+    _impl = _IMPLS[name]
+    _make_fused.cache_clear()
+    _make_lse_grad.cache_clear()
+    _make_qk.cache_clear()
+    _make_av.cache_clear()
+    return prev
+
+
+def get_impl() -> str:
+    return {v: k for k, v in _IMPLS.items()}[_impl]
+
+
+def _is_cpu(device) -> bool:
+    if device is None:
+        device = mx.default_device()
+    try:
+        return device.type == mx.cpu
+    except Exception:
+        return False
+
+
+def supports(op, p: NAParams, dtype, device=None, **features) -> bool:
+    """The C core covers every valid problem on the CPU, in the four float dtypes."""
+    if op not in ("fused", "qk", "av"):
+        return False
+    if not _is_cpu(device) or dtype not in _FLOAT_DTYPES:
+        return False
+    if not 1 <= p.rank <= 3:
+        return False
+    if features.get("rpb") and any(s != 1 for s in p.gna_stride):
+        return False  # RPB is defined for plain NA only (the C core rejects it)
+    if features.get("extra_kv") and op != "fused":
+        return False
+    return is_available()
+
+
+def _kw(p: NAParams) -> dict:
+    return dict(
+        rank=int(p.rank),
+        kernel=[int(x) for x in p.kernel],
+        dilation=[int(x) for x in p.dilation],
+        out_stride=[int(x) for x in p.out_stride],
+        gna_stride=[int(x) for x in p.gna_stride],
+        causal=[bool(x) for x in p.causal],
+        scale=float(p.scale),
+        impl=_impl,
+    )
+
+
+def _acc(dtype):
+    return mx.float64 if dtype == mx.float64 else mx.float32
+
+
+# --------------------------------------------------------------------------
+# Fused NA
+# --------------------------------------------------------------------------
+
+
+def _split_opt(opt, has_rpb, has_extra, has_varlen):
+    it = iter(opt)
+    rpb = next(it) if has_rpb else None
+    ek = next(it) if has_extra else None
+    ev = next(it) if has_extra else None
+    vl = next(it) if has_varlen else None
+    return rpb, ek, ev, vl
+
+
+@functools.lru_cache(maxsize=256)
+def _make_fused(p: NAParams, has_rpb: bool, has_extra: bool, has_varlen: bool):
+    ext = extension()
+    kw = _kw(p)
+
+    @mx.custom_function
+    def fused(q, k, v, *opt):
+        rpb, ek, ev, vl = _split_opt(opt, has_rpb, has_extra, has_varlen)
+        out, lse = ext.na_forward(q, k, v, rpb, ek, ev, vl, **kw)
+        return out, lse
+
+    @fused.vjp
+    def fused_vjp(primals, cotangents, outputs):
+        q, k, v, *opt = primals
+        rpb, ek, ev, vl = _split_opt(opt, has_rpb, has_extra, has_varlen)
+        dout = cotangents[0].astype(q.dtype)
+        out, lse = outputs
+        # cotangents[1] (of the raw lse) is always zero: the lse the caller
+        # sees goes through _make_lse_grad, which routes its gradient itself.
+        g = ext.na_backward(q, k, v, out, lse, dout, rpb, ek, ev, vl, **kw)
+        res = list(g[:3])
+        i = 3
+        if has_rpb:
+            res.append(g[i])
+            i += 1
+        if has_extra:
+            res += [g[i], g[i + 1]]
+        if has_varlen:
+            res.append(mx.zeros_like(vl))
+        return tuple(res)
+
+    return fused
+
+
+def _rows(x, p: NAParams):
+    """The full-resolution rows that produce outputs (every out_stride-th)."""
+    if all(s == 1 for s in p.out_stride):
+        return x
+    idx = (slice(None),) + tuple(slice(None, None, int(s)) for s in p.out_stride)
+    return x[idx]
+
+
+@functools.lru_cache(maxsize=256)
+def _make_lse_grad(p: NAParams, has_rpb: bool, has_extra: bool, has_varlen: bool):
+    """lse -> float32 lse, with d lse / d(q, k, rpb, extra_k) as its VJP."""
+    ext = extension()
+    kw = _kw(p)
+
+    def split(opt):
+        it = iter(opt)
+        rpb = next(it) if has_rpb else None
+        ek = next(it) if has_extra else None
+        vl = next(it) if has_varlen else None
+        return rpb, ek, vl
+
+    @mx.custom_function
+    def lse_fn(lse_raw, q, k, *opt):
+        return lse_raw.astype(mx.float32)
+
+    @lse_fn.vjp
+    def lse_vjp(primals, cotangents, outputs):
+        lse_raw, q, k, *opt = primals
+        rpb, ek, vl = split(opt)
+        g = cotangents
+        if isinstance(g, (list, tuple)):
+            g = g[0]
+        acc = _acc(q.dtype)
+        g = g.astype(acc)
+        lse = lse_raw.astype(acc)
+        dead = mx.isinf(lse)                   # varlen rows outside a sample
+        lse_safe = mx.where(dead, mx.zeros_like(lse), lse)
+        g = mx.where(dead, mx.zeros_like(g), g)
+
+        logits = ext.qk_forward(q, k, rpb, vl, **kw).astype(acc)  # masked: -inf
+        prob = mx.exp(logits - lse_safe[..., None])
+        dlogits = (g[..., None] * prob).astype(q.dtype)
+        gr = ext.qk_backward(q, k, dlogits, has_rpb, vl, **kw)
+        dq, dk = gr[0], gr[1]
+        res_tail = []
+        if has_rpb:
+            res_tail.append(gr[2])
+        if has_extra:
+            # The extra tokens are attended by every output row, unmasked.
+            B = q.shape[0]
+            H, D = q.shape[-2], q.shape[-1]
+            Hkv, N = ek.shape[-2], ek.shape[1]
+            G = H // Hkv
+            qs = _rows(q, p).astype(acc)              # [B,O..,H,D]
+            osp = qs.shape[1:-2]
+            qf = qs.reshape(B, -1, Hkv, G, D)         # [B,O,Hkv,G,D]
+            ekf = ek.astype(acc)                      # [B,N,Hkv,D]
+            sc = float(p.scale)
+            le = sc * mx.einsum("bohgd,bnhd->bohgn", qf, ekf)
+            ls = lse_safe.reshape(B, -1, Hkv, G, 1)
+            w = g.reshape(B, -1, Hkv, G, 1) * mx.exp(le - ls)   # [B,O,Hkv,G,N]
+            dqs = sc * mx.einsum("bohgn,bnhd->bohgd", w, ekf)
+            dek = sc * mx.einsum("bohgn,bohgd->bnhd", w, qf)
+            dqs = dqs.reshape((B,) + tuple(osp) + (H, D)).astype(q.dtype)
+            if all(s == 1 for s in p.out_stride):
+                dq = dq + dqs
+            else:
+                idx = (slice(None),) + tuple(slice(None, None, int(s)) for s in p.out_stride)
+                full = mx.zeros(q.shape, dtype=q.dtype)
+                full[idx] = dqs
+                dq = dq + full
+            res_tail.append(dek.astype(ek.dtype))
+            del N
+        if has_varlen:
+            res_tail.append(mx.zeros_like(vl))
+        return (mx.zeros_like(lse_raw), dq, dk, *res_tail)
+
+    return lse_fn
+
+
+def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """Fused NA on the C core: (out [B,*O,H,Dv] in q.dtype, lse [B,*O,H] float32)."""
+    if extension() is None:
+        raise RuntimeError(f"natten_mlx compiled tier unavailable: {load_error()}")
+    if (extra_k is None) != (extra_v is None):
+        raise ValueError("extra_k and extra_v must be given together")
+    dt = q.dtype
+    k = k.astype(dt)
+    v = v.astype(dt)
+    has_rpb, has_extra, has_varlen = rpb is not None, extra_k is not None, varlen is not None
+    opt = []
+    if has_rpb:
+        rpb = rpb.astype(dt)
+        opt.append(rpb)
+    if has_extra:
+        extra_k = extra_k.astype(dt)
+        extra_v = extra_v.astype(dt)
+        opt += [extra_k, extra_v]
+    if has_varlen:
+        varlen = mx.array(varlen) if not isinstance(varlen, mx.array) else varlen
+        varlen = varlen.astype(mx.int32)
+        opt.append(varlen)
+    out, lse_raw = _make_fused(p, has_rpb, has_extra, has_varlen)(q, k, v, *opt)
+    lopt = [a for a in (rpb, extra_k, varlen) if a is not None]
+    lse = _make_lse_grad(p, has_rpb, has_extra, has_varlen)(lse_raw, q, k, *lopt)
+    return out, lse
+
+
+# --------------------------------------------------------------------------
+# Split QK / AV
+# --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _make_qk(p: NAParams, has_rpb: bool):
+    ext = extension()
+    kw = _kw(p)
+
+    @mx.custom_function
+    def qk(q, k, *opt):
+        rpb = opt[0] if has_rpb else None
+        return ext.qk_forward(q, k, rpb, None, **kw)
+
+    @qk.vjp
+    def qk_vjp(primals, cotangents, outputs):
+        q, k = primals[0], primals[1]
+        dl = cotangents
+        if isinstance(dl, (list, tuple)):
+            dl = dl[0]
+        g = ext.qk_backward(q, k, dl.astype(q.dtype), has_rpb, None, **kw)
+        return tuple(g)
+
+    return qk
+
+
+@functools.lru_cache(maxsize=256)
+def _make_av(p: NAParams):
+    ext = extension()
+    kw = _kw(p)
+
+    @mx.custom_function
+    def av(attn, v):
+        return ext.av_forward(attn, v, None, **kw)
+
+    @av.vjp
+    def av_vjp(primals, cotangents, outputs):
+        attn, v = primals
+        do = cotangents
+        if isinstance(do, (list, tuple)):
+            do = do[0]
+        dattn, dv = ext.av_backward(attn, v, do.astype(v.dtype), None, **kw)
+        return dattn, dv
+
+    return av
+
+
+def na_qk(q, k, p: NAParams, rpb=None):
+    """Split QK: logits [B,*O,H,KK] in q.dtype; masked slots -inf."""
+    if extension() is None:
+        raise RuntimeError(f"natten_mlx compiled tier unavailable: {load_error()}")
+    k = k.astype(q.dtype)
+    if rpb is None:
+        return _make_qk(p, False)(q, k)
+    return _make_qk(p, True)(q, k, rpb.astype(q.dtype))
+
+
+def na_av(attn, v, p: NAParams):
+    """Split AV: out [B,*O,H,Dv] in v.dtype; weights at masked slots ignored."""
+    if extension() is None:
+        raise RuntimeError(f"natten_mlx compiled tier unavailable: {load_error()}")
+    return _make_av(p)(attn.astype(v.dtype), v)
+
+
+__all__ = [
+    "extension",
+    "load_error",
+    "is_available",
+    "supports",
+    "set_impl",
+    "get_impl",
+    "na_fused",
+    "na_qk",
+    "na_av",
+]
