@@ -1,0 +1,593 @@
+"""CUDA tier: neighborhood attention on MLX's CUDA device with CUDA C kernels.
+
+The device code lives in ``src/cuda/*.cuh`` (plain CUDA C, also built by nvcc
+in ``tests/cuda``).  This module pastes those headers into
+``mx.fast.cuda_kernel`` objects (compiled once per process by NVRTC, cached by
+MLX), and pairs forward and backward kernels with ``mx.custom_function`` VJPs.
+Everything here is lazy: no ``mx.eval``, no numpy on array data, so the ops
+work under ``mx.grad``, ``mx.value_and_grad`` and ``mx.compile`` (shape-
+specialised compile only: custom kernels have fixed output shapes).
+
+Tier interface (see docs/architecture.md):
+
+    na_fused(q, k, v, p, rpb=None, extra_k=None, extra_v=None, varlen=None) -> (out, lse)
+    na_qk(q, k, p, rpb=None) -> logits
+    na_av(attn, v, p) -> out
+    supports(op, p, dtype, device, **features) -> bool
+    is_available() -> bool
+
+Kernels (src/cuda):
+  na_simple.cuh  warp-per-row kernels: every op, every feature, f32/f16/bf16;
+                 gather-style dk/dv through the inverse window rule (no atomics)
+  na_fwd_tc.cuh  tensor-core (mma.sync, inline PTX) fused forward for f16/bf16
+                 when there is no RPB, extra KV, varlen or out_stride, D == Dv
+                 in {32, 64, 128}
+
+Importing this module never fails; on machines without MLX's CUDA backend
+``is_available()`` is False and ``supports()`` always says no.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+try:  # never fail at import (CI machines have mlx[cpu] or nothing)
+    import mlx.core as mx
+except Exception:  # pragma: no cover
+    mx = None
+
+from natten_mlx._core.params import NAParams
+
+__all__ = ["is_available", "supports", "na_fused", "na_qk", "na_av", "kernel_source_dir"]
+
+_MAX_CH = 256  # channels per lane * 32: D and Dv up to 256 in the simple kernels
+_WARPS_PER_BLOCK = 4
+
+# ----------------------------------------------------------------------------
+# Availability
+# ----------------------------------------------------------------------------
+
+_available: Optional[bool] = None
+
+
+def is_available() -> bool:
+    """True iff MLX has a working CUDA backend here (and our sources are found)."""
+    global _available
+    if _available is None:
+        ok = False
+        try:
+            ok = (
+                mx is not None
+                and hasattr(mx, "cuda")
+                and bool(mx.cuda.is_available())
+                and hasattr(mx.fast, "cuda_kernel")
+                and kernel_source_dir() is not None
+            )
+        except Exception:
+            ok = False
+        _available = ok
+    return _available
+
+
+def kernel_source_dir() -> Optional[Path]:
+    """Where the .cuh sources are: $NATTEN_CUDA_SRC, the package, or the repo."""
+    cands = []
+    if os.environ.get("NATTEN_CUDA_SRC"):
+        cands.append(Path(os.environ["NATTEN_CUDA_SRC"]))
+    here = Path(__file__).resolve().parent
+    cands.append(here / "cuda_src")
+    cands.append(here.parent.parent / "src" / "cuda")
+    for c in cands:
+        if (c / "na_simple.cuh").is_file():
+            return c
+    return None
+
+
+def _is_gpu(device) -> bool:
+    if device is None:
+        return True
+    try:
+        return device.type == mx.gpu
+    except Exception:
+        return False
+
+
+_DTYPES = ()
+
+
+def _ok_dtype(dtype) -> bool:
+    return dtype in (mx.float32, mx.float16, mx.bfloat16)
+
+
+def supports(op: str, p: NAParams, dtype, device=None, **features) -> bool:
+    """Whether this tier runs ``op`` ("fused", "qk", "av") for problem p.
+
+    Features (rpb, extra_kv, varlen, gqa) are all supported.  Head dims above
+    256 are not (checked again at call time, where the shapes are known: such
+    calls run the pure tier)."""
+    if op not in ("fused", "qk", "av"):
+        return False
+    if not is_available() or not _is_gpu(device) or not _ok_dtype(dtype):
+        return False
+    if p.rank not in (1, 2, 3):
+        return False
+    if op != "fused" and (features.get("extra_kv") or features.get("varlen")):
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------
+# Kernel sources
+# ----------------------------------------------------------------------------
+
+_HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh")
+
+
+@lru_cache(maxsize=1)
+def _header() -> str:
+    d = kernel_source_dir()
+    parts = []
+    for name in _HEADER_FILES:
+        f = d / name
+        if not f.is_file():
+            continue
+        txt = f.read_text()
+        # local includes are pasted in order above; system includes are
+        # guarded by __CUDACC_RTC__ inside the files.
+        txt = re.sub(r'^\s*#include\s+"[^"]+"\s*$', "", txt, flags=re.M)
+        parts.append(f"// ---- {name}\n{txt}")
+    return "\n".join(parts)
+
+
+_PRE = (
+    "const long long gw = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;\n"
+    "const int lane = threadIdx.x & 31;\n"
+    "const na_params P = na_load_params(params);\n"
+)
+
+# name -> (inputs, outputs, body)
+_SPECS = {
+    "fwd": (
+        ["params", "q", "k", "v", "rpb", "ek", "ev", "varlen"],
+        ["out", "lse"],
+        "na_fwd_simple<T, NPL, NVPL>(P, q, k, v, rpb, ek, ev, varlen, out, lse, gw, lane);",
+    ),
+    "bwd_dq": (
+        ["params", "q", "k", "v", "rpb", "ek", "ev", "varlen", "out", "lse", "dout", "dlse"],
+        ["dq", "delta"],
+        "na_bwd_dq_simple<T, NPL, NVPL>(P, q, k, v, rpb, ek, ev, varlen, out, lse, dout, dlse,"
+        " dq, delta, (float *)nullptr, gw, lane);",
+    ),
+    "bwd_dq_rpb": (
+        ["params", "q", "k", "v", "rpb", "ek", "ev", "varlen", "out", "lse", "dout", "dlse"],
+        ["dq", "delta", "drpb"],
+        "na_bwd_dq_simple<T, NPL, NVPL>(P, q, k, v, rpb, ek, ev, varlen, out, lse, dout, dlse,"
+        " dq, delta, drpb, gw, lane);",
+    ),
+    "bwd_dkdv": (
+        ["params", "q", "k", "v", "rpb", "varlen", "lse", "dout", "delta"],
+        ["dk", "dv"],
+        "na_bwd_dkdv_simple<T, NPL, NVPL>(P, q, k, v, rpb, varlen, lse, dout, delta, dk, dv, gw, lane);",
+    ),
+    "bwd_extra": (
+        ["params", "q", "ek", "ev", "varlen", "lse", "dout", "delta"],
+        ["dek", "dev"],
+        "na_bwd_extra_simple<T, NPL, NVPL, 64>(P, q, ek, ev, varlen, lse, dout, delta, dek, dev, gw, lane);",
+    ),
+    "qk": (
+        ["params", "q", "k", "rpb"],
+        ["logits"],
+        "na_qk_simple<T, NPL>(P, q, k, rpb, logits, gw, lane);",
+    ),
+    "av": (
+        ["params", "attn", "v"],
+        ["out"],
+        "na_av_simple<T, NVPL>(P, attn, v, out, gw, lane);",
+    ),
+    "qk_bwd_dq": (
+        ["params", "k", "dlogits"],
+        ["dq"],
+        "na_qk_bwd_dq_simple<T, NPL>(P, k, dlogits, dq, (float *)nullptr, gw, lane);",
+    ),
+    "qk_bwd_dq_rpb": (
+        ["params", "k", "dlogits"],
+        ["dq", "drpb"],
+        "na_qk_bwd_dq_simple<T, NPL>(P, k, dlogits, dq, drpb, gw, lane);",
+    ),
+    "qk_bwd_dk": (
+        ["params", "q", "dlogits"],
+        ["dk"],
+        "na_qk_bwd_dk_simple<T, NPL>(P, q, dlogits, dk, gw, lane);",
+    ),
+    "av_bwd_dattn": (
+        ["params", "v", "dout"],
+        ["dattn"],
+        "na_av_bwd_dattn_simple<T, NVPL>(P, v, dout, dattn, gw, lane);",
+    ),
+    "av_bwd_dv": (
+        ["params", "attn", "dout"],
+        ["dv"],
+        "na_av_bwd_dv_simple<T, NVPL>(P, attn, dout, dv, gw, lane);",
+    ),
+    # tensor-core forward: one CTA of TC_WARPS warps per (query tile, b, h)
+    "fwd_tc": (
+        ["params", "q", "k", "v"],
+        ["out", "lse"],
+        "na_fwd_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse);",
+    ),
+}
+
+_kernels: Dict[tuple, object] = {}
+
+
+def _kernel(name: str, smem: int = 0):
+    kern = _kernels.get((name, smem))
+    if kern is None:
+        inputs, outputs, body = _SPECS[name]
+        src = body if name == "fwd_tc" else _PRE + body
+        kern = mx.fast.cuda_kernel(
+            name="natten_" + name + (f"_s{smem}" if smem else ""),
+            input_names=inputs,
+            output_names=outputs,
+            source=src,
+            header=_header(),
+            ensure_row_contiguous=True,
+            shared_memory=int(smem),
+        )
+        _kernels[(name, smem)] = kern
+    return kern
+
+
+# ----------------------------------------------------------------------------
+# Problem -> parameter array
+# ----------------------------------------------------------------------------
+
+
+def _pad3(t, fill):
+    t = tuple(int(x) for x in t)
+    return t + (fill,) * (3 - len(t))
+
+
+def _param_list(p: NAParams, B, X, H, Hkv, D, Dv, n_extra=0, has_rpb=False, has_varlen=False):
+    X3 = _pad3(X, 1)
+    os3 = _pad3(p.out_stride, 1)
+    O3 = tuple(-(-x // s) for x, s in zip(X3, os3))
+    scale_bits = struct.unpack("<i", struct.pack("<f", float(p.scale)))[0]
+    vals = [p.rank, B, H, Hkv, D, Dv]
+    vals += list(X3) + list(_pad3(p.kernel, 1)) + list(_pad3(p.dilation, 1))
+    vals += list(_pad3(p.gna_stride, 1)) + list(os3) + list(_pad3([int(bool(c)) for c in p.causal], 0))
+    vals += list(O3) + [scale_bits, n_extra, int(has_rpb), int(has_varlen), p.kernel_volume]
+    assert len(vals) == 32
+    return vals, O3
+
+
+_param_cache: Dict[tuple, object] = {}
+
+
+def _params(*args, **kw):
+    key = (args, tuple(sorted(kw.items())))
+    arr = _param_cache.get(key)
+    if arr is None:
+        vals, _ = _param_list(*args, **kw)
+        arr = mx.array(vals, dtype=mx.int32)
+        if len(_param_cache) > 256:
+            _param_cache.clear()
+        _param_cache[key] = arr
+    return arr
+
+
+def _npl(n: int) -> int:
+    return max(1, (int(n) + 31) // 32)
+
+
+def _launch(name, inputs, out_shapes, out_dtypes, rows, T, NPL=1, NVPL=1, init=None):
+    threads = int(rows) * 32
+    if threads >= 2**31:
+        raise ValueError("natten_mlx CUDA tier: problem too large for one launch")
+    tg = 32 * _WARPS_PER_BLOCK
+    grid = max(tg, -(-threads // tg) * tg)
+    return _kernel(name)(
+        inputs=inputs,
+        template=[("T", T), ("NPL", int(NPL)), ("NVPL", int(NVPL))],
+        grid=(grid, 1, 1),
+        threadgroup=(tg, 1, 1),
+        output_shapes=out_shapes,
+        output_dtypes=out_dtypes,
+        init_value=init,
+    )
+
+
+_dummies: Dict[object, object] = {}
+
+
+def _dummy(dtype):
+    a = _dummies.get(dtype)
+    if a is None:
+        a = mx.zeros((1,), dtype=dtype)
+        _dummies[dtype] = a
+    return a
+
+
+def _prod(t):
+    r = 1
+    for x in t:
+        r *= int(x)
+    return r
+
+
+# ----------------------------------------------------------------------------
+# Fused op
+# ----------------------------------------------------------------------------
+
+def _tc_plan(p: NAParams, X, D, Dv, dtype, has_rpb, has_extra, has_varlen):
+    """Tile shape for the tensor-core forward, or None when it does not apply."""
+    if os.environ.get("NATTEN_CUDA_NO_TC"):
+        return None
+    if dtype not in (mx.float16, mx.bfloat16) or has_rpb or has_extra or has_varlen:
+        return None
+    if D != Dv or D not in (32, 64, 128):
+        return None
+    if any(s != 1 for s in p.out_stride):
+        return None
+    return _default_tiles(p, X)
+
+
+def _default_tiles(p: NAParams, X):
+    """Query tile (TQ, 64 queries) and key tile (TK, 64 keys) shapes per rank."""
+    rank = p.rank
+    X3 = _pad3(X, 1)
+    if rank == 1:
+        tq, tk = (64, 1, 1), (64, 1, 1)
+    elif rank == 2:
+        tq, tk = (8, 8, 1), (8, 8, 1)
+    else:
+        tq, tk = (4, 4, 4), (4, 4, 4)
+    return tq, tk
+
+
+def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
+    has_rpb, has_extra, has_varlen = flags
+    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    Hkv, Dv = k.shape[-2], v.shape[-1]
+    n_extra = ek.shape[1] if has_extra else 0
+    prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
+    _, O3 = _param_list(p, B, X, H, Hkv, D, Dv)
+    O = O3[: p.rank]
+    out_shape = (B,) + tuple(O) + (H, Dv)
+    lse_shape = (B,) + tuple(O) + (H,)
+    plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
+    if plan is not None:
+        res = _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape)
+        if res is not None:
+            return res
+    rows = B * _prod(O) * H
+    out, lse = _launch(
+        "fwd", [prm, q, k, v, rpb, ek, ev, vl], [out_shape, lse_shape], [q.dtype, mx.float32],
+        rows, q.dtype, _npl(D), _npl(Dv),
+    )
+    return out, lse
+
+
+def _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape):
+    tq, tk = plan
+    X3 = _pad3(X, 1)
+    d3 = _pad3(p.dilation, 1)
+    # per axis: every dilation group gets ceil(ceil(X/d)/TQ) tiles
+    tiles = _prod(d * (-(-(-(-x // d)) // t)) for x, d, t in zip(X3, d3, tq))
+    warps = _prod(tq) // 16
+    smem = (_prod(tq) + 4 * _prod(tk)) * (D + 8) * 2
+    if tiles >= 2**31 // (32 * warps) or B * H >= 65536:
+        return None
+    return _kernel("fwd_tc", smem)(
+        inputs=[prm, q, k, v],
+        template=[("T", q.dtype), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
+                  ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])],
+        grid=(tiles * 32 * warps, B * H, 1),
+        threadgroup=(32 * warps, 1, 1),
+        output_shapes=[out_shape, lse_shape],
+        output_dtypes=[q.dtype, mx.float32],
+    )
+
+
+def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams, flags):
+    has_rpb, has_extra, has_varlen = flags
+    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    Hkv, Dv = k.shape[-2], v.shape[-1]
+    n_extra = ek.shape[1] if has_extra else 0
+    T = q.dtype
+    prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
+    NPL, NVPL = _npl(D), _npl(Dv)
+    ntok = _prod(X)
+    dout = dout.astype(T)
+    dlse = dlse.astype(mx.float32)
+    ins = [prm, q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse]
+    if has_rpb:
+        dq, delta, drpb = _launch(
+            "bwd_dq_rpb", ins, [q.shape, lse.shape, rpb.shape], [T, mx.float32, mx.float32],
+            B * ntok * H, T, NPL, NVPL, init=0.0,
+        )
+        drpb = drpb.astype(rpb.dtype)
+    else:
+        dq, delta = _launch("bwd_dq", ins, [q.shape, lse.shape], [T, mx.float32], B * ntok * H, T, NPL, NVPL)
+        drpb = mx.zeros_like(rpb)
+    dk, dv = _launch(
+        "bwd_dkdv", [prm, q, k, v, rpb, vl, lse, dout, delta], [k.shape, v.shape], [T, T],
+        B * ntok * Hkv, T, NPL, NVPL,
+    )
+    if has_extra:
+        otok = _prod(lse.shape[1:-1])
+        rows = B * n_extra * Hkv * (-(-otok // 64))
+        dek, dev = _launch(
+            "bwd_extra", [prm, q, ek, ev, vl, lse, dout, delta], [ek.shape, ev.shape],
+            [mx.float32, mx.float32], rows, T, NPL, NVPL, init=0.0,
+        )
+        dek, dev = dek.astype(ek.dtype), dev.astype(ev.dtype)
+    else:
+        dek, dev = mx.zeros_like(ek), mx.zeros_like(ev)
+    return dq, dk, dv, drpb, dek, dev
+
+
+_fused_fns: Dict[tuple, object] = {}
+
+
+def _fused_fn(p: NAParams, flags):
+    key = (p, flags)
+    fn = _fused_fns.get(key)
+    if fn is not None:
+        return fn
+
+    @mx.custom_function
+    def f(q, k, v, rpb, ek, ev, vl):
+        return _fused_forward(q, k, v, rpb, ek, ev, vl, p, flags)
+
+    @f.vjp
+    def f_vjp(primals, cotangents, outputs):
+        q, k, v, rpb, ek, ev, vl = primals
+        dout, dlse = cotangents
+        out, lse = outputs
+        dq, dk, dv, drpb, dek, dev = _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p, flags)
+        return dq, dk, dv, drpb, dek, dev, mx.zeros_like(vl)
+
+    _fused_fns[key] = f
+    return f
+
+
+def _fallback():
+    from natten_mlx._core import pure
+
+    return pure
+
+
+def _shape_ok(D, Dv, rank_extents) -> bool:
+    return D <= _MAX_CH and Dv <= _MAX_CH and all(int(x) < 2**31 for x in rank_extents)
+
+
+def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """Fused NA on the GPU: (out [B,*O,H,Dv] q.dtype, lse [B,*O,H] float32)."""
+    D, Dv = q.shape[-1], v.shape[-1]
+    if not _shape_ok(D, Dv, q.shape[1:-2]):
+        return _fallback().na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
+    T = q.dtype
+    k, v = k.astype(T), v.astype(T)
+    flags = (rpb is not None, extra_k is not None, varlen is not None)
+    rpb_a = rpb.astype(T) if rpb is not None else _dummy(T)
+    ek = extra_k.astype(T) if extra_k is not None else _dummy(T)
+    ev = extra_v.astype(T) if extra_v is not None else _dummy(T)
+    vl = varlen.astype(mx.int32) if varlen is not None else _dummy(mx.int32)
+    out, lse = _fused_fn(p, flags)(q, k, v, rpb_a, ek, ev, vl)
+    return out, lse
+
+
+# ----------------------------------------------------------------------------
+# Split ops
+# ----------------------------------------------------------------------------
+
+
+def _qk_forward(q, k, rpb, p, has_rpb):
+    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    Hkv = k.shape[-2]
+    prm = _params(p, B, X, H, Hkv, D, D, has_rpb=has_rpb)
+    _, O3 = _param_list(p, B, X, H, Hkv, D, D)
+    O = tuple(O3[: p.rank])
+    shape = (B,) + O + (H, p.kernel_volume)
+    (logits,) = _launch("qk", [prm, q, k, rpb], [shape], [q.dtype], B * _prod(O) * H, q.dtype, _npl(D))
+    return logits
+
+
+_qk_fns: Dict[tuple, object] = {}
+
+
+def _qk_fn(p, has_rpb):
+    key = (p, has_rpb)
+    fn = _qk_fns.get(key)
+    if fn is not None:
+        return fn
+
+    @mx.custom_function
+    def f(q, k, rpb):
+        return _qk_forward(q, k, rpb, p, has_rpb)
+
+    @f.vjp
+    def f_vjp(primals, cotangents, outputs):
+        q, k, rpb = primals
+        g = cotangents if not isinstance(cotangents, (list, tuple)) else cotangents[0]
+        T = q.dtype
+        g = g.astype(T)
+        B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+        Hkv = k.shape[-2]
+        prm = _params(p, B, X, H, Hkv, D, D, has_rpb=has_rpb)
+        ntok = _prod(X)
+        if has_rpb:
+            dq, drpb = _launch("qk_bwd_dq_rpb", [prm, k, g], [q.shape, rpb.shape], [T, mx.float32],
+                               B * ntok * H, T, _npl(D), init=0.0)
+            drpb = drpb.astype(rpb.dtype)
+        else:
+            (dq,) = _launch("qk_bwd_dq", [prm, k, g], [q.shape], [T], B * ntok * H, T, _npl(D))
+            drpb = mx.zeros_like(rpb)
+        (dk,) = _launch("qk_bwd_dk", [prm, q, g], [k.shape], [T], B * ntok * Hkv, T, _npl(D))
+        return dq, dk, drpb
+
+    _qk_fns[key] = f
+    return f
+
+
+def na_qk(q, k, p: NAParams, rpb=None):
+    """Split QK on the GPU: logits [B,*O,H,KK] in q.dtype, masked slots -inf."""
+    if not _shape_ok(q.shape[-1], q.shape[-1], q.shape[1:-2]):
+        return _fallback().na_qk(q, k, p, rpb=rpb)
+    T = q.dtype
+    k = k.astype(T)
+    rpb_a = rpb.astype(T) if rpb is not None else _dummy(T)
+    return _qk_fn(p, rpb is not None)(q, k, rpb_a)
+
+
+def _av_forward(attn, v, p):
+    B, X, Hkv, Dv = v.shape[0], tuple(v.shape[1:-2]), v.shape[-2], v.shape[-1]
+    H = attn.shape[-2]
+    prm = _params(p, B, X, H, Hkv, Dv, Dv)
+    O = tuple(attn.shape[1:-2])
+    (out,) = _launch("av", [prm, attn, v], [(B,) + O + (H, Dv)], [v.dtype], B * _prod(O) * H, v.dtype,
+                     1, _npl(Dv))
+    return out
+
+
+_av_fns: Dict[NAParams, object] = {}
+
+
+def _av_fn(p):
+    fn = _av_fns.get(p)
+    if fn is not None:
+        return fn
+
+    @mx.custom_function
+    def f(attn, v):
+        return _av_forward(attn, v, p)
+
+    @f.vjp
+    def f_vjp(primals, cotangents, outputs):
+        attn, v = primals
+        g = cotangents if not isinstance(cotangents, (list, tuple)) else cotangents[0]
+        T = v.dtype
+        g = g.astype(T)
+        B, X, Hkv, Dv = v.shape[0], tuple(v.shape[1:-2]), v.shape[-2], v.shape[-1]
+        H = attn.shape[-2]
+        prm = _params(p, B, X, H, Hkv, Dv, Dv)
+        O = tuple(attn.shape[1:-2])
+        (dattn,) = _launch("av_bwd_dattn", [prm, v, g], [attn.shape], [T], B * _prod(O) * H, T, 1, _npl(Dv))
+        (dv,) = _launch("av_bwd_dv", [prm, attn, g], [v.shape], [T], B * _prod(X) * Hkv, T, 1, _npl(Dv))
+        return dattn.astype(attn.dtype), dv
+
+    _av_fns[p] = f
+    return f
+
+
+def na_av(attn, v, p: NAParams):
+    """Split AV on the GPU: out [B,*O,H,Dv] in v.dtype; masked slots ignored."""
+    if not _shape_ok(v.shape[-1], v.shape[-1], v.shape[1:-2]):
+        return _fallback().na_av(attn, v, p)
+    return _av_fn(p)(attn.astype(v.dtype), v)

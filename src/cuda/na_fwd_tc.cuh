@@ -1,0 +1,323 @@
+/*
+ * na_fwd_tc.cuh -- tensor-core fused forward (out + lse) for f16/bf16.
+ *
+ * Flash-style: one CTA owns a box of TQ = TQ0*TQ1*TQ2 (= 64) queries of one
+ * (batch, head) inside one dilation group, and walks the union of their
+ * windows (a box of keys, found from the first and last query of the box:
+ * window ends are monotone, see window.cuh) in key tiles of TK0*TK1*TK2
+ * (= 64) keys.  K and V tiles go through shared memory with cp.async, two
+ * stages deep; S = Q K^T and O += P V use mma.sync.m16n8k16 (inline PTX, f32
+ * accumulation); softmax is online in the exp2 domain.  Each warp owns 16
+ * queries.  A key tile that lies inside every window of a warp's queries
+ * skips the mask; one outside all of them is skipped.
+ *
+ * Scope (cuda.py checks it): f16/bf16, head_dim == head_dim_v == HD in
+ * {32, 64, 128}, out_stride 1, no RPB, no extra KV, no varlen.  Dilation,
+ * per-axis causal, GNA stride, GQA and ranks 1-3 are handled here.
+ *
+ * Dynamic shared memory: (TQ + 4*TK) * (HD + 8) * 2 bytes.
+ */
+#ifndef NATTEN_CUDA_FWD_TC_CUH
+#define NATTEN_CUDA_FWD_TC_CUH
+
+#include "na_common.cuh"
+
+NA_DEV unsigned na_smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+NA_DEV void na_cp_async16(void *smem, const void *gmem, bool valid) {
+    const int n = valid ? 16 : 0; /* zero-fill when the key is outside the box */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(na_smem_u32(smem)), "l"(gmem),
+                 "r"(n));
+}
+NA_DEV void na_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> NA_DEV void na_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+NA_DEV void na_ldsm_x4(unsigned (&r)[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(na_smem_u32(p)));
+}
+NA_DEV void na_ldsm_x4_t(unsigned (&r)[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(na_smem_u32(p)));
+}
+
+NA_DEV void na_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, __nv_bfloat16) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+NA_DEV void na_mma(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1, __half) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+NA_DEV unsigned na_pack2(float a, float b, __nv_bfloat16) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<unsigned *>(&h);
+}
+NA_DEV unsigned na_pack2(float a, float b, __half) {
+    __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<unsigned *>(&h);
+}
+
+/* bits [lo, hi] of a 64-bit mask (empty when hi < lo) */
+NA_DEV unsigned long long na_range_bits(int lo, int hi) {
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > 63 ? 63 : hi;
+    if (hi < lo) return 0ull;
+    return (~0ull >> (63 - hi)) & (~0ull << lo);
+}
+
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *v, T *out, float *lse) {
+    constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
+    constexpr int NW = TQ / 16, NT = NW * 32;
+    constexpr int LD = HD + 8; /* padded smem row (halves): ldmatrix rows hit distinct banks */
+    constexpr int CPR = HD / 8; /* 16-byte chunks per row */
+    static_assert(TK == 64, "key tile must hold 64 keys");
+    static_assert(TQ % 16 == 0, "query tile must be a multiple of 16");
+    extern __shared__ __align__(16) unsigned char na_smem_raw[];
+    T *sQ = reinterpret_cast<T *>(na_smem_raw);
+    T *sK = sQ + TQ * LD; /* [2][TK][LD] */
+    T *sV = sK + 2 * TK * LD;
+
+    const na_params P = na_load_params(params);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int bh = blockIdx.y, b = bh / P.H, h = bh % P.H;
+    const int kvh = h / (P.H / P.Hkv);
+    const int TQa[3] = {TQ0, TQ1, TQ2}, TKa[3] = {TK0, TK1, TK2};
+
+    /* tile -> (dilation group r, local tile) per axis */
+    int r[3], n[3], q0[3], qlast[3], kmin[3], kmax[3], nkt[3];
+    {
+        int rem = blockIdx.x;
+        int c[3];
+        for (int x = 2; x >= 0; --x) {
+            const int d = P.dil[x];
+            const int ntl = ((P.X[x] + d - 1) / d + TQa[x] - 1) / TQa[x];
+            c[x] = rem % (d * ntl);
+            rem /= d * ntl;
+        }
+        for (int x = 0; x < 3; ++x) {
+            const int d = P.dil[x];
+            r[x] = c[x] % d;
+            n[x] = (P.X[x] - r[x] + d - 1) / d;
+            q0[x] = (c[x] / d) * TQa[x];
+            if (q0[x] >= n[x]) return; /* whole CTA: no query here */
+            qlast[x] = min(q0[x] + TQa[x] - 1, n[x] - 1);
+            kmin[x] = na_first_valid_local(P.X[x], P.K[x], d, P.gs[x], P.causal[x], r[x], q0[x]);
+            kmax[x] = na_last_valid_local(P.X[x], P.K[x], d, P.gs[x], P.causal[x], r[x], qlast[x]);
+            nkt[x] = (kmax[x] - kmin[x] + TKa[x]) / TKa[x];
+        }
+    }
+    const int ntiles = nkt[0] * nkt[1] * nkt[2];
+    const long long HDl = HD;
+
+    /* ---- Q tile -> smem (inactive queries zero) */
+    for (int c = tid; c < TQ * CPR; c += NT) {
+        const int row = c / CPR, part = c % CPR;
+        const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+        int pos[3], ok = 1;
+        for (int x = 0; x < 3; ++x) {
+            const int ql = q0[x] + t[x];
+            ok &= ql < n[x];
+            pos[x] = ok ? ql * P.dil[x] + r[x] : 0;
+        }
+        const long long g = (na_tok(b, pos, P.X) * P.H + h) * HDl + part * 8;
+        na_cp_async16(sQ + row * LD + part * 8, q + (ok ? g : 0), ok);
+    }
+    na_cp_commit();
+
+    auto load_kv = [&](int tt, int stage) {
+        int kt[3];
+        kt[2] = tt % nkt[2];
+        kt[1] = (tt / nkt[2]) % nkt[1];
+        kt[0] = tt / (nkt[2] * nkt[1]);
+        T *dK = sK + stage * TK * LD, *dV = sV + stage * TK * LD;
+        for (int c = tid; c < TK * CPR; c += NT) {
+            const int key = c / CPR, part = c % CPR;
+            const int u[3] = {key / (TK1 * TK2), (key / TK2) % TK1, key % TK2};
+            int pos[3], ok = 1;
+            for (int x = 0; x < 3; ++x) {
+                const int kl = kmin[x] + kt[x] * TKa[x] + u[x];
+                ok &= kl <= kmax[x];
+                pos[x] = ok ? kl * P.dil[x] + r[x] : 0;
+            }
+            const long long g = ok ? (na_tok(b, pos, P.X) * P.Hkv + kvh) * HDl + part * 8 : 0;
+            na_cp_async16(dK + key * LD + part * 8, k + g, ok);
+            na_cp_async16(dV + key * LD + part * 8, v + g, ok);
+        }
+    };
+
+    /* ---- per-row window bounds (group-local key coordinates) for rows g, g+8 of this warp */
+    const int g4 = lane >> 2, t4 = lane & 3;
+    int rlo[2][3], rhi[2][3];
+    bool ract[2];
+    int rowpos[2][3];
+    for (int rr = 0; rr < 2; ++rr) {
+        const int row = warp * 16 + g4 + rr * 8;
+        const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+        bool act = true;
+        for (int x = 0; x < 3; ++x) {
+            const int ql = q0[x] + t[x];
+            act = act && ql < n[x];
+            rowpos[rr][x] = ql * P.dil[x] + r[x];
+            if (ql < n[x]) {
+                rlo[rr][x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
+                rhi[rr][x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
+            } else {
+                rlo[rr][x] = 1;
+                rhi[rr][x] = 0;
+            }
+        }
+        ract[rr] = act;
+        if (!act)
+            for (int x = 0; x < 3; ++x) { rlo[rr][x] = 1 << 30; rhi[rr][x] = -(1 << 30); }
+    }
+
+    const float sl2 = P.scale * 1.4426950408889634f;
+    unsigned qf[HD / 16][4];
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    load_kv(0, 0);
+    na_cp_commit();
+    for (int tt = 0; tt < ntiles; ++tt) {
+        if (tt + 1 < ntiles) {
+            load_kv(tt + 1, (tt + 1) & 1);
+            na_cp_commit();
+            na_cp_wait<1>();
+        } else {
+            na_cp_wait<0>();
+        }
+        __syncthreads();
+        if (tt == 0) {
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk)
+                na_ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        }
+        const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
+        /* masks of this tile for my two rows */
+        int kt[3];
+        kt[2] = tt % nkt[2];
+        kt[1] = (tt / nkt[2]) % nkt[1];
+        kt[0] = tt / (nkt[2] * nkt[1]);
+        unsigned long long mk[2][3];
+        bool full = true, empty = true;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            bool rowfull = true, rowempty = false;
+#pragma unroll
+            for (int x = 0; x < 3; ++x) {
+                const int base = kmin[x] + kt[x] * TKa[x];
+                mk[rr][x] = na_range_bits(rlo[rr][x] - base, rhi[rr][x] - base);
+                const unsigned long long all = TKa[x] == 64 ? ~0ull : ((1ull << TKa[x]) - 1);
+                rowfull = rowfull && ((mk[rr][x] & all) == all);
+                rowempty = rowempty || ((mk[rr][x] & all) == 0ull);
+            }
+            full = full && rowfull;
+            empty = empty && rowempty;
+        }
+        full = __all_sync(0xffffffffu, full);
+        empty = __all_sync(0xffffffffu, empty);
+        if (!empty) {
+            float s[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+                for (int jp = 0; jp < 4; ++jp) {
+                    unsigned bk[4];
+                    na_ldsm_x4(bk, cK + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+                    na_mma(s[2 * jp], qf[kk], bk[0], bk[1], T());
+                    na_mma(s[2 * jp + 1], qf[kk], bk[2], bk[3], T());
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] *= sl2;
+            if (!full) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int col = j * 8 + t4 * 2 + (e & 1), rr = e >> 1;
+                        const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
+                        const bool ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
+                        if (!ok) s[j][e] = -INFINITY;
+                    }
+            }
+            /* online softmax, rows g (e=0,1) and g+8 (e=2,3) */
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * rr], s[j][2 * rr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mn = fmaxf(m[rr], mx);
+                const float ref = mn == -INFINITY ? 0.f : mn;
+                const float corr = exp2f(m[rr] - ref);
+                float ls = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    s[j][2 * rr] = exp2f(s[j][2 * rr] - ref);
+                    s[j][2 * rr + 1] = exp2f(s[j][2 * rr + 1] - ref);
+                    ls += s[j][2 * rr] + s[j][2 * rr + 1];
+                }
+                l[rr] = l[rr] * corr + ls;
+                m[rr] = mn;
+#pragma unroll
+                for (int j = 0; j < HD / 8; ++j) {
+                    o[j][2 * rr] *= corr;
+                    o[j][2 * rr + 1] *= corr;
+                }
+            }
+            /* O += P V */
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                unsigned pa[4];
+                pa[0] = na_pack2(s[2 * kk][0], s[2 * kk][1], T());
+                pa[1] = na_pack2(s[2 * kk][2], s[2 * kk][3], T());
+                pa[2] = na_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
+                pa[3] = na_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
+#pragma unroll
+                for (int jp = 0; jp < HD / 16; ++jp) {
+                    unsigned bv[4];
+                    na_ldsm_x4_t(bv, cV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + jp * 16 + (lane >> 4) * 8);
+                    na_mma(o[2 * jp], pa, bv[0], bv[1], T());
+                    na_mma(o[2 * jp + 1], pa, bv[2], bv[3], T());
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    /* ---- epilogue */
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        float lt = l[rr];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        if (!ract[rr]) continue;
+        const long long orow = na_tok(b, rowpos[rr], P.X) * P.H + h;
+        const float inv = 1.f / lt;
+        T *dst = out + orow * HDl;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j) {
+            const unsigned pk = na_pack2(o[j][2 * rr] * inv, o[j][2 * rr + 1] * inv, T());
+            *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) = pk;
+        }
+        if (t4 == 0) lse[orow] = (m[rr] + log2f(lt)) * 0.6931471805599453f;
+    }
+}
+
+#endif /* NATTEN_CUDA_FWD_TC_CUH */
