@@ -14,7 +14,7 @@ FUZZ_SECONDS ?= 60
 PY_DEPS := "mlx[cpu]==$(MLX_VERSION)" numpy pytest packaging nanobind==3.1.0 \
            scikit-build-core scikit-learn tqdm
 
-.PHONY: all test demo venv lib ctest sanitize fuzz ext pytest clean
+.PHONY: all test demo venv lib ctest sanitize fuzz ext pytest clean cuda-compile cuda-test
 
 all: lib ext
 
@@ -65,7 +65,19 @@ ext: venv
 pytest: ext
 	$(PY) -m pytest -q tests/python
 
-test: ctest sanitize fuzz pytest
+test: ctest sanitize fuzz pytest cuda-compile
+
+# CUDA tier: build the nvcc harness over src/cuda (a compile check where there
+# is no GPU; `make cuda-test` also runs its GPU checks when a GPU is present).
+cuda-compile:
+	@if command -v nvcc >/dev/null 2>&1; then \
+	  mkdir -p $(BUILD)-cuda && \
+	  nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude \
+	       tests/cuda/test_kernels.cu -o $(BUILD)-cuda/test_kernels && echo "cuda-compile: ok"; \
+	else echo "cuda-compile: nvcc not found, skipped"; fi
+
+cuda-test: cuda-compile
+	$(BUILD)-cuda/test_kernels
 
 demo: ext
 	$(PY) -m natten_mlx.profiler

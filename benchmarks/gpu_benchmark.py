@@ -1,0 +1,222 @@
+"""GPU benchmark: the CUDA tier vs the pure tier (both MLX, CUDA device) vs
+PyTorch FlexAttention NA, on the anchor cases of
+../shared/anchors/flex_na_h100_results.md (copied to benchmarks/anchors/).
+
+One run measures all three.  FlexAttention runs in a subprocess
+(benchmarks/anchors/flex_na_h100.py, the anchor script itself) so that torch
+and MLX do not share a process; pass --no-flex to reuse the stored anchor
+numbers instead (marked "anchor" in the table).
+
+    python benchmarks/gpu_benchmark.py [--cases tag,tag] [--dtype fp32,bf16]
+                                       [--no-flex] [--no-pure] [--out DIR]
+
+Timing: wall clock around mx.eval of the op (graph building included, as a
+user sees it), median of 5 batches after warm-up.  FLOPs: forward
+4*B*H*N*K*D, forward+backward 3.5x that (the anchor's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import mlx.core as mx  # noqa: E402
+
+from natten_mlx._core import cuda  # noqa: E402
+from natten_mlx._core.params import NAParams  # noqa: E402
+
+ANCHOR_JSON = os.path.join(HERE, "anchors", "flex_na_h100_results.json")
+FLEX_SCRIPT = os.path.join(HERE, "anchors", "flex_na_h100.py")
+
+
+def bench(fn, min_time=0.15, batches=5):
+    """ms per call.  n calls are built, then evaluated together (one sync), so
+    the number is throughput on the GPU stream like triton's do_bench, not the
+    host's eval/synchronise round trip."""
+    mx.eval(fn())
+    mx.eval(fn())
+    mx.synchronize()
+    t0 = time.perf_counter()
+    mx.eval(fn())
+    mx.synchronize()
+    one = max(time.perf_counter() - t0, 1e-6)
+    n = max(1, min(50, int(min_time / one)))
+    res = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        mx.eval([fn() for _ in range(n)])
+        mx.synchronize()
+        res.append((time.perf_counter() - t0) / n)
+    res.sort()
+    return res[len(res) // 2] * 1e3
+
+
+def make_case(c):
+    dt = {"fp32": mx.float32, "bf16": mx.bfloat16, "fp16": mx.float16}[c["dtype"]]
+    rank = len(c["spatial"])
+    p = NAParams(rank=rank, kernel=tuple(c["kernel"]), dilation=tuple(c["dilation"]),
+                 out_stride=(1,) * rank, gna_stride=(1,) * rank, causal=(False,) * rank,
+                 scale=c["D"] ** -0.5)
+    shape = (c["B"],) + tuple(c["spatial"]) + (c["H"], c["D"])
+    mx.random.seed(0)
+    q = mx.random.normal(shape).astype(dt)
+    k = mx.random.normal(shape).astype(dt)
+    v = mx.random.normal(shape).astype(dt)
+    g = mx.random.normal(shape).astype(dt)
+    mx.eval(q, k, v, g)
+    return p, q, k, v, g
+
+
+def time_tier(mod, c, fwd_only=False):
+    p, q, k, v, g = make_case(c)
+
+    def fwd():
+        return mod.na_fused(q, k, v, p)[0]
+
+    def loss(q, k, v):
+        o = mod.na_fused(q, k, v, p)[0]
+        return (o * g).astype(mx.float32).sum()
+
+    vg = mx.grad(loss, argnums=(0, 1, 2))
+    r = {"fwd_ms": bench(fwd)}
+    if not fwd_only:
+        r["fwdbwd_ms"] = bench(lambda: vg(q, k, v))
+    return r
+
+
+def pure_feasible(c, limit_gb=6.0):
+    # the pure tier gathers K and V per query: B*N*KK*H*D elements each
+    n = c["B"] * math.prod(c["spatial"]) * math.prod(c["kernel"]) * c["H"] * c["D"]
+    return 2 * n * 4 / 1e9 * 3 < limit_gb
+
+
+def run_flex(tags, dtypes):
+    """Run the anchor script in a subprocess on the selected cases."""
+    code = (
+        "import runpy, json, sys\n"
+        f"sys.argv=['flex']\n"
+        f"src=open({FLEX_SCRIPT!r}).read()\n"
+        "head, tail = src.split('out = []', 1)\n"
+        "g = {}\n"
+        "exec(compile(head, 'flex_na_h100.py', 'exec'), g)\n"
+        f"tags={tags!r}; dts={dtypes!r}\n"
+        "for c in g['CASES']:\n"
+        "    if (tags and c['tag'] not in tags) or c['dtype'] not in dts: continue\n"
+        "    try: r = g['run'](c)\n"
+        "    except Exception as e: r = dict(c, error=repr(e)[:200])\n"
+        "    print('FLEX ' + json.dumps(r), flush=True)\n"
+        "    import torch; torch.cuda.empty_cache()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("FLEX "):
+            r = json.loads(line[5:])
+            out[(r["tag"], r["dtype"])] = r
+    if proc.returncode != 0:
+        print("flex subprocess failed:", proc.stderr[-2000:], file=sys.stderr)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default="")
+    ap.add_argument("--dtype", default="fp32,bf16")
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--no-pure", action="store_true")
+    ap.add_argument("--out", default=os.environ.get("OUT", os.path.join(HERE, "results")))
+    args = ap.parse_args()
+    tags = [t for t in args.cases.split(",") if t]
+    dtypes = args.dtype.split(",")
+    anchors = {(r["tag"], r["dtype"]): r for r in json.load(open(ANCHOR_JSON))}
+    cases = [r for r in json.load(open(ANCHOR_JSON))
+             if (not tags or r["tag"] in tags) and r["dtype"] in dtypes]
+    if not cuda.is_available():
+        sys.exit("MLX CUDA backend not available")
+    try:
+        from natten_mlx._core import pure
+    except Exception:
+        pure = None
+    flex = {} if args.no_flex else run_flex(tags, dtypes)
+    dev = "unknown GPU"
+    try:
+        dev = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+    except Exception:
+        pass
+    rows = []
+    for c in cases:
+        key = (c["tag"], c["dtype"])
+        r = {k: c[k] for k in ("tag", "dtype", "B", "spatial", "H", "D", "kernel", "dilation")}
+        try:
+            r.update({"cuda_" + k: v for k, v in time_tier(cuda, c).items()})
+        except Exception as e:
+            r["cuda_error"] = repr(e)[:200]
+        if pure is not None and not args.no_pure and pure_feasible(c):
+            try:
+                r.update({"pure_" + k: v for k, v in time_tier(pure, c).items()})
+            except Exception as e:
+                r["pure_error"] = repr(e)[:200]
+        f = flex.get(key)
+        if f and "flex_fwd_ms" in f:
+            r["flex_fwd_ms"], r["flex_fwdbwd_ms"], r["flex_src"] = f["flex_fwd_ms"], f["flex_fwdbwd_ms"], "this run"
+        else:
+            a = anchors[key]
+            r["flex_fwd_ms"], r["flex_fwdbwd_ms"], r["flex_src"] = a["flex_fwd_ms"], a["flex_fwdbwd_ms"], "anchor"
+        fl = 4.0 * c["B"] * c["H"] * math.prod(c["spatial"]) * math.prod(c["kernel"]) * c["D"]
+        if "cuda_fwd_ms" in r:
+            r["cuda_fwd_tflops"] = fl / (r["cuda_fwd_ms"] * 1e-3) / 1e12
+            r["cuda_fwdbwd_tflops"] = 3.5 * fl / (r["cuda_fwdbwd_ms"] * 1e-3) / 1e12
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+        mx.clear_cache()
+
+    def fmt(x):
+        return "—" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
+
+    def ratio(a, b):
+        return "—" if a is None or b is None else f"{a / b:.2f}x"
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# natten-mlx CUDA tier benchmark ({stamp})",
+        "",
+        f"Device: {dev}; mlx {mx.__version__}; python {platform.python_version()}.",
+        "Times in ms (median). speedup = other / cuda (>1: the CUDA tier is faster).",
+        "",
+        "| case | dtype | cuda fwd | cuda fwd+bwd | flex fwd | flex fwd+bwd | vs flex fwd | vs flex fwd+bwd "
+        "| pure fwd | pure fwd+bwd | vs pure fwd | vs pure fwd+bwd | cuda fwd TFLOP/s | flex from |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        g = r.get
+        lines.append(
+            f"| {r['tag']} | {r['dtype']} | {fmt(g('cuda_fwd_ms'))} | {fmt(g('cuda_fwdbwd_ms'))} | "
+            f"{fmt(g('flex_fwd_ms'))} | {fmt(g('flex_fwdbwd_ms'))} | "
+            f"{ratio(g('flex_fwd_ms'), g('cuda_fwd_ms'))} | {ratio(g('flex_fwdbwd_ms'), g('cuda_fwdbwd_ms'))} | "
+            f"{fmt(g('pure_fwd_ms'))} | {fmt(g('pure_fwdbwd_ms'))} | "
+            f"{ratio(g('pure_fwd_ms'), g('cuda_fwd_ms'))} | {ratio(g('pure_fwdbwd_ms'), g('cuda_fwdbwd_ms'))} | "
+            f"{fmt(g('cuda_fwd_tflops'))} | {r['flex_src']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    base = "gpu_benchmark_" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M")
+    with open(os.path.join(args.out, base + ".md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, base + ".json"), "w") as f:
+        json.dump({"device": dev, "mlx": mx.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""CUDA tier (natten_mlx._core.cuda) against float64 oracles.
+
+Skipped cleanly unless MLX's CUDA backend is present.  Forward values are
+checked against tests/python/oracle.py (dense masked softmax, written
+independently of src/cuda).  Gradients are checked against an analytic
+float64 backward written here from first principles over the oracle's own
+neighbour tables (`_Dense` below); that backward is itself checked against
+central differences of oracle.oracle_na in float64 (test_dense_backward_is_right).
+Tolerances per dtype: f32 2e-4, f16 2e-2, bf16 6e-2 (absolute, on O(1) data).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import oracle
+
+mx = pytest.importorskip("mlx.core")
+
+from natten_mlx._core import cuda  # noqa: E402
+from natten_mlx._core.params import NAParams  # noqa: E402
+
+gpu = pytest.mark.skipif(not cuda.is_available(), reason="MLX CUDA backend not available")
+
+TOL = {"float32": 2e-4, "float16": 2e-2, "bfloat16": 6e-2}
+DT = {"float32": None, "float16": None, "bfloat16": None}
+
+
+def _dt(name):
+    return getattr(mx, name)
+
+
+def _tup(x, r):
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,) * r
+
+
+def make_params(rank, kernel, dilation=1, out_stride=1, gna=1, causal=False, D=16, scale=None):
+    return NAParams(
+        rank=rank,
+        kernel=_tup(kernel, rank),
+        dilation=_tup(dilation, rank),
+        out_stride=_tup(out_stride, rank),
+        gna_stride=_tup(gna, rank),
+        causal=tuple(bool(c) for c in _tup(causal, rank)),
+        scale=float(D ** -0.5 if scale is None else scale),
+    )
+
+
+def to_np(a):
+    return np.asarray(a.astype(mx.float32), dtype=np.float64)
+
+
+def rnd(rng, shape, dtype, s=1.0):
+    """Random data rounded to the dtype, returned as (mx array, float64 copy)."""
+    x = mx.array((rng.standard_normal(shape) * s).astype(np.float32)).astype(dtype)
+    return x, to_np(x)
+
+
+class _Dense:
+    """Float64 NA forward + analytic backward over explicit neighbour tables
+    (oracle.axis_slots), independent of the CUDA sources."""
+
+    def __init__(self, extents, p: NAParams, varlen=None, B=1):
+        self.p, self.extents, self.rank = p, tuple(extents), p.rank
+        self.Osh = tuple(math.ceil(e / s) for e, s in zip(extents, p.out_stride))
+        self.B = B
+        self.tables = []  # per batch: list of (orow_flat, qtok, [(ktok, relflat)])
+        for b in range(B):
+            ext = tuple(extents) if varlen is None else tuple(int(x) for x in varlen[b])
+            tabs = [oracle.axis_slots(ext[a], p.kernel[a], p.dilation[a], p.gna_stride[a], p.causal[a])
+                    for a in range(self.rank)]
+            rows = []
+            for oidx in itertools.product(*[range(0, ext[a], p.out_stride[a]) for a in range(self.rank)]):
+                o = tuple(i // s for i, s in zip(oidx, p.out_stride))
+                orow = int(np.ravel_multi_index(o, self.Osh))
+                qtok = int(np.ravel_multi_index(oidx, extents))
+                slots = []
+                for combo in itertools.product(*[tabs[a][oidx[a]] for a in range(self.rank)]):
+                    ok = all(c[1] for c in combo)
+                    key = tuple(c[0] for c in combo)
+                    rel = tuple((c[0] - oidx[a]) // p.dilation[a] + p.kernel[a] - 1 for a, c in enumerate(combo))
+                    if ok:
+                        slots.append((int(np.ravel_multi_index(key, extents)),
+                                      int(np.ravel_multi_index(rel, tuple(2 * k - 1 for k in p.kernel)))))
+                    else:
+                        slots.append((-1, -1))
+                rows.append((orow, qtok, slots))
+            self.tables.append(rows)
+
+    def run(self, q, k, v, rpb=None, ek=None, ev=None, dout=None, dlse=None):
+        p = self.p
+        B, H, D = q.shape[0], q.shape[-2], q.shape[-1]
+        Hkv, Dv = k.shape[-2], v.shape[-1]
+        G = H // Hkv
+        N = int(np.prod(self.extents))
+        qf, kf, vf = q.reshape(B, N, H, D), k.reshape(B, N, Hkv, D), v.reshape(B, N, Hkv, Dv)
+        O = int(np.prod(self.Osh))
+        out = np.zeros((B, O, H, Dv))
+        lse = np.full((B, O, H), -np.inf)
+        grads = dout is not None
+        if grads:
+            dof = dout.reshape(B, O, H, Dv)
+            dlf = dlse.reshape(B, O, H)
+            dq, dk, dv = np.zeros_like(qf), np.zeros_like(kf), np.zeros_like(vf)
+            drpb = None if rpb is None else np.zeros_like(rpb).reshape(H, -1)
+            dek = None if ek is None else np.zeros_like(ek)
+            dev = None if ev is None else np.zeros_like(ev)
+        rpbf = None if rpb is None else rpb.reshape(H, -1)
+        for b in range(B):
+            for orow, qtok, slots in self.tables[b]:
+                for h in range(H):
+                    hk = h // G
+                    keys = [kt for kt, _ in slots if kt >= 0]
+                    rels = [rl for kt, rl in slots if kt >= 0]
+                    kk = kf[b, keys, hk]
+                    vv = vf[b, keys, hk]
+                    s = kk @ qf[b, qtok, h] * p.scale
+                    if rpbf is not None:
+                        s = s + rpbf[h, rels]
+                    if ek is not None:
+                        s = np.concatenate([s, ek[b, :, hk] @ qf[b, qtok, h] * p.scale])
+                        vv = np.concatenate([vv, ev[b, :, hk]])
+                        kk = np.concatenate([kk, ek[b, :, hk]])
+                    m = s.max()
+                    l = np.log(np.exp(s - m).sum()) + m
+                    pr = np.exp(s - l)
+                    o = pr @ vv
+                    out[b, orow, h] = o
+                    lse[b, orow, h] = l
+                    if not grads:
+                        continue
+                    do = dof[b, orow, h]
+                    dp = vv @ do
+                    ds = pr * (dp - do @ o + dlf[b, orow, h])
+                    dq[b, qtok, h] += p.scale * ds @ kk
+                    nk = len(keys)
+                    np.add.at(dk[b, :, hk], keys, p.scale * ds[:nk, None] * qf[b, qtok, h][None])
+                    np.add.at(dv[b, :, hk], keys, pr[:nk, None] * do[None])
+                    if drpb is not None:
+                        np.add.at(drpb[h], rels, ds[:nk])
+                    if ek is not None:
+                        dek[b, :, hk] += p.scale * ds[nk:, None] * qf[b, qtok, h][None]
+                        dev[b, :, hk] += pr[nk:, None] * do[None]
+        out = out.reshape((B,) + self.Osh + (H, Dv))
+        lse = lse.reshape((B,) + self.Osh + (H,))
+        if not grads:
+            return out, lse
+        g = dict(q=dq.reshape(q.shape), k=dk.reshape(k.shape), v=dv.reshape(v.shape))
+        if drpb is not None:
+            g["rpb"] = drpb.reshape(rpb.shape)
+        if ek is not None:
+            g["ek"], g["ev"] = dek, dev
+        return out, lse, g
+
+
+def test_import_never_fails_and_reports_availability():
+    assert isinstance(cuda.is_available(), bool)
+    p = make_params(1, 3)
+    if not cuda.is_available():
+        assert not cuda.supports("fused", p, mx.float32, mx.default_device())
+
+
+def test_dense_backward_is_right():
+    """The analytic float64 backward used below == central differences of oracle_na."""
+    rng = np.random.default_rng(0)
+    ext, B, H, Hkv, D = (5, 4), 1, 2, 1, 3
+    p = make_params(2, (3, 2), dilation=(1, 2), causal=(True, False), D=D)
+    q = rng.standard_normal((B,) + ext + (H, D))
+    k = rng.standard_normal((B,) + ext + (Hkv, D))
+    v = rng.standard_normal((B,) + ext + (Hkv, D))
+    rpb = rng.standard_normal((H, 5, 3))
+    do = rng.standard_normal((B,) + ext + (H, D))
+    dl = rng.standard_normal((B,) + ext + (H,))
+    dense = _Dense(ext, p, B=B)
+    out, lse, g = dense.run(q, k, v, rpb, dout=do, dlse=dl)
+    ro, rl = oracle.oracle_na(q, k, v, p.kernel, p.dilation, causal=p.causal, scale=p.scale, rpb=rpb)
+    np.testing.assert_allclose(out, ro, atol=1e-12)
+    np.testing.assert_allclose(lse, rl, atol=1e-12)
+
+    def loss(qq, kk, vv, rr):
+        o, l = oracle.oracle_na(qq, kk, vv, p.kernel, p.dilation, causal=p.causal, scale=p.scale, rpb=rr)
+        return (o * do).sum() + (l * dl).sum()
+
+    eps = 1e-6
+    for name, arr in (("q", q), ("k", k), ("v", v), ("rpb", rpb)):
+        fd = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            a0 = arr[idx]
+            arr[idx] = a0 + eps
+            lp = loss(q, k, v, rpb)
+            arr[idx] = a0 - eps
+            lm = loss(q, k, v, rpb)
+            arr[idx] = a0
+            fd[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(g[name], fd, atol=1e-6, err_msg=name)
+
+
+# (extents, kernel, dilation, out_stride, gna, causal, H, Hkv, D, Dv)
+FUSED_CASES = [
+    ((13,), 5, 2, 1, 1, False, 2, 2, 16, 16),
+    ((13,), 4, 1, 1, 1, True, 4, 2, 40, 24),
+    ((17,), 5, 1, 2, 1, False, 2, 1, 16, 16),
+    ((16,), 6, 1, 1, 3, False, 2, 2, 8, 8),
+    ((16,), 6, 1, 1, 2, True, 2, 2, 8, 8),
+    ((7, 9), (3, 5), (2, 1), 1, 1, (True, False), 4, 2, 16, 16),
+    ((8, 8), (4, 3), 1, (2, 3), 1, False, 2, 2, 32, 32),
+    ((9, 8), (3, 4), 1, 1, (2, 2), (False, True), 2, 1, 16, 16),
+    ((5, 6, 4), (3, 3, 2), (1, 2, 1), 1, 1, (False, False, True), 2, 2, 16, 16),
+    ((6, 5, 7), (2, 3, 3), 1, (1, 2, 2), 1, False, 3, 1, 8, 8),
+]
+
+
+def _run_fused_case(case, dtype, rpb=False, extra=0, varlen=False, seed=0, grads=True):
+    ext, K, d, os_, gna, causal, H, Hkv, D, Dv = case
+    rank = len(ext)
+    rng = np.random.default_rng(seed)
+    p = make_params(rank, K, d, os_, gna, causal, D=D)
+    B = 2
+    q, qn = rnd(rng, (B,) + ext + (H, D), dtype)
+    k, kn = rnd(rng, (B,) + ext + (Hkv, D), dtype)
+    v, vn = rnd(rng, (B,) + ext + (Hkv, Dv), dtype)
+    args = dict()
+    rn = ekn = evn = None
+    if rpb:
+        r, rn = rnd(rng, (H,) + tuple(2 * x - 1 for x in p.kernel), dtype)
+        args["rpb"] = r
+    if extra:
+        ek, ekn = rnd(rng, (B, extra, Hkv, D), dtype)
+        ev, evn = rnd(rng, (B, extra, Hkv, Dv), dtype)
+        args["extra_k"], args["extra_v"] = ek, ev
+    vl = None
+    if varlen:
+        vl = np.array([[max(p.kernel[a] * p.dilation[a], ext[a] - 1 - a) for a in range(rank)],
+                       list(ext)], dtype=np.int32)
+        args["varlen"] = mx.array(vl)
+    dense = _Dense(ext, p, varlen=vl, B=B)
+    out, lse = cuda.na_fused(q, k, v, p, **args)
+    tol = TOL[str(dtype).split(".")[-1]]
+    ro, rl = dense.run(qn, kn, vn, rn, ekn, evn)
+    np.testing.assert_allclose(to_np(out), ro, atol=tol, rtol=tol)
+    fin = np.isfinite(rl)
+    np.testing.assert_array_equal(np.isfinite(np.asarray(lse)), fin)
+    np.testing.assert_allclose(np.asarray(lse)[fin], rl[fin], atol=tol, rtol=tol)
+    if varlen:  # the dense table must agree with the oracle's varlen semantics too
+        oo, ol = oracle.oracle_na(qn, kn, vn, p.kernel, p.dilation, p.out_stride, p.gna_stride, p.causal,
+                                  p.scale, rn, ekn, evn, varlen=vl)
+        np.testing.assert_allclose(ro, oo, atol=1e-9)
+    if not grads:
+        return
+    do, don = rnd(rng, out.shape, dtype)
+    dl, dln = rnd(rng, lse.shape, mx.float32, 0.5)
+    keys = ["q", "k", "v"] + (["rpb"] if rpb else []) + (["extra_k", "extra_v"] if extra else [])
+    prim = [q, k, v] + [args[x] for x in keys[3:]]
+
+    def f(*xs):
+        kw = dict(zip(keys[3:], xs[3:]))
+        if varlen:
+            kw["varlen"] = args["varlen"]
+        return list(cuda.na_fused(xs[0], xs[1], xs[2], p, **kw))
+
+    _, vjps = mx.vjp(f, prim, [do, dl])
+    _, _, g = dense.run(qn, kn, vn, rn, ekn, evn, dout=don, dlse=dln)
+    names = {"extra_k": "ek", "extra_v": "ev"}
+    for key, got in zip(keys, vjps):
+        want = g[names.get(key, key)]
+        gt = 4 * tol if key == "rpb" else 2 * tol
+        np.testing.assert_allclose(to_np(got), want, atol=gt, rtol=gt, err_msg=key)
+
+
+@gpu
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_fused_forward_backward(case, dtype):
+    _run_fused_case(case, _dt(dtype))
+
+
+@gpu
+@pytest.mark.parametrize("case", FUSED_CASES[::2], ids=lambda c: "x".join(map(str, c[0])))
+def test_fused_rpb(case):
+    if case[4] != 1 and any(s != 1 for s in _tup(case[4], len(case[0]))):
+        pytest.skip("RPB is not defined with GNA stride")
+    _run_fused_case(case, mx.float32, rpb=True)
+
+
+@gpu
+@pytest.mark.parametrize("case", FUSED_CASES[1::2], ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_extra_kv(case, dtype):
+    _run_fused_case(case, _dt(dtype), extra=3)
+
+
+@gpu
+@pytest.mark.parametrize("case", FUSED_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_fused_varlen(case):
+    _run_fused_case(case, mx.float32, varlen=True, extra=2 if case[6] == 4 else 0)
+
+
+# tensor-core forward: f16/bf16, D == Dv in {32, 64, 128}, larger problems so
+# that key tiles are partly full, partly masked and partly skipped
+TC_CASES = [
+    ((150,), 13, 2, 1, 1, False, 4, 2, 32, 32),
+    ((200,), 33, 1, 1, 1, True, 2, 1, 64, 64),
+    ((130,), 17, 1, 1, 4, False, 2, 2, 128, 128),
+    ((20, 23), (7, 9), (1, 2), 1, 1, (False, True), 2, 1, 64, 64),
+    ((33, 40), (13, 11), 1, 1, (2, 3), False, 2, 2, 32, 32),
+    ((10, 9, 12), (3, 5, 7), (2, 1, 1), 1, 1, (True, False, False), 2, 2, 64, 64),
+    ((8, 9, 10), (4, 3, 5), 1, 1, 1, False, 2, 1, 128, 128),
+]
+
+
+@gpu
+@pytest.mark.parametrize("case", TC_CASES, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tensor_core_forward(case, dtype):
+    _run_fused_case(case, _dt(dtype), grads=False, seed=3)
+
+
+SPLIT_CASES = [
+    ((13,), 5, 2, 1, 1, False, 2, 2, 16),
+    ((12,), 4, 1, 2, 1, True, 4, 2, 40),
+    ((16,), 6, 1, 1, 3, False, 2, 1, 8),
+    ((7, 9), (3, 5), (2, 1), (1, 2), 1, (True, False), 4, 2, 16),
+    ((9, 8), (3, 4), 1, 1, (2, 2), (False, True), 2, 1, 16),
+    ((5, 6, 4), (3, 3, 2), (1, 2, 1), 1, 1, (False, False, True), 2, 2, 16),
+]
+
+
+@gpu
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("use_rpb", [False, True])
+def test_split_qk_av(case, dtype, use_rpb):
+    ext, K, d, os_, gna, causal, H, Hkv, D = case
+    rank = len(ext)
+    p = make_params(rank, K, d, os_, gna, causal, D=D)
+    if use_rpb and any(s != 1 for s in p.gna_stride):
+        pytest.skip("RPB is not defined with GNA stride")
+    dtype = _dt(dtype)
+    tol = TOL[str(dtype).split(".")[-1]]
+    rng = np.random.default_rng(1)
+    B = 2
+    q, qn = rnd(rng, (B,) + ext + (H, D), dtype)
+    k, kn = rnd(rng, (B,) + ext + (Hkv, D), dtype)
+    v, vn = rnd(rng, (B,) + ext + (Hkv, D), dtype)
+    rpb = rn = None
+    if use_rpb:
+        rpb, rn = rnd(rng, (H,) + tuple(2 * x - 1 for x in p.kernel), dtype)
+    lg = cuda.na_qk(q, k, p, rpb=rpb)
+    want = oracle.oracle_qk(qn, kn, p.kernel, p.dilation, p.out_stride, p.gna_stride, p.causal, p.scale, rn)
+    got = to_np(lg)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], atol=tol * 4, rtol=tol)
+    attn, an = rnd(rng, lg.shape, dtype)
+    out = cuda.na_av(attn, v, p)
+    wo = oracle.oracle_av(an, vn, p.kernel, p.dilation, p.out_stride, p.gna_stride, p.causal)
+    np.testing.assert_allclose(to_np(out), wo, atol=tol * 2, rtol=tol)
+    # gradients: analytic over the oracle's tables
+    dense = _Dense(ext, p, B=B)
+    G = H // Hkv
+    g, gn = rnd(rng, lg.shape, dtype)
+    prim = [q, k] + ([rpb] if use_rpb else [])
+    _, vj = mx.vjp(lambda *xs: [cuda.na_qk(xs[0], xs[1], p, rpb=xs[2] if use_rpb else None)], prim, [g])
+    dq = np.zeros_like(qn).reshape(B, -1, H, D)
+    dk = np.zeros_like(kn).reshape(B, -1, Hkv, D)
+    drpb = np.zeros((H, int(np.prod([2 * x - 1 for x in p.kernel]))))
+    dv = np.zeros_like(vn).reshape(B, -1, Hkv, D)
+    dattn = np.zeros_like(an).reshape(B, -1, H, p.kernel_volume)
+    gnf = gn.reshape(B, -1, H, p.kernel_volume)
+    anf = an.reshape(B, -1, H, p.kernel_volume)
+    dof, do = None, None
+    do, dof = rnd(rng, out.shape, dtype)
+    dofl = dof.reshape(B, -1, H, D)
+    qf, kf, vf = qn.reshape(B, -1, H, D), kn.reshape(B, -1, Hkv, D), vn.reshape(B, -1, Hkv, D)
+    for b in range(B):
+        for orow, qtok, slots in dense.tables[b]:
+            for h in range(H):
+                for n, (kt, rl) in enumerate(slots):
+                    if kt < 0:
+                        continue
+                    dq[b, qtok, h] += p.scale * gnf[b, orow, h, n] * kf[b, kt, h // G]
+                    dk[b, kt, h // G] += p.scale * gnf[b, orow, h, n] * qf[b, qtok, h]
+                    drpb[h, rl] += gnf[b, orow, h, n]
+                    dattn[b, orow, h, n] = dofl[b, orow, h] @ vf[b, kt, h // G]
+                    dv[b, kt, h // G] += anf[b, orow, h, n] * dofl[b, orow, h]
+    np.testing.assert_allclose(to_np(vj[0]), dq.reshape(qn.shape), atol=tol * 4, rtol=tol, err_msg="dq")
+    np.testing.assert_allclose(to_np(vj[1]), dk.reshape(kn.shape), atol=tol * 4, rtol=tol, err_msg="dk")
+    if use_rpb:
+        np.testing.assert_allclose(to_np(vj[2]), drpb.reshape(rn.shape), atol=tol * 8, rtol=tol, err_msg="drpb")
+    _, vj = mx.vjp(lambda a, vv: [cuda.na_av(a, vv, p)], [attn, v], [do])
+    np.testing.assert_allclose(to_np(vj[0]), dattn.reshape(an.shape), atol=tol * 4, rtol=tol, err_msg="dattn")
+    np.testing.assert_allclose(to_np(vj[1]), dv.reshape(vn.shape), atol=tol * 4, rtol=tol, err_msg="dv")
+
+
+@gpu
+def test_compile_and_grad_compose():
+    """Works under mx.compile and mx.value_and_grad, same numbers as eager."""
+    rng = np.random.default_rng(5)
+    p = make_params(2, (3, 3), D=32)
+    q, _ = rnd(rng, (1, 8, 8, 2, 32), mx.bfloat16)
+    k, _ = rnd(rng, (1, 8, 8, 2, 32), mx.bfloat16)
+    v, _ = rnd(rng, (1, 8, 8, 2, 32), mx.bfloat16)
+
+    def loss(q, k, v):
+        o, _ = cuda.na_fused(q, k, v, p)
+        return (o.astype(mx.float32) ** 2).sum()
+
+    vg = mx.value_and_grad(loss, argnums=(0, 1, 2))
+    l0, g0 = vg(q, k, v)
+    l1, g1 = mx.compile(vg)(q, k, v)
+    mx.eval(l0, g0, l1, g1)
+    assert abs(l0.item() - l1.item()) < 1e-3 * max(1.0, abs(l0.item()))
+    for a, b in zip(g0, g1):
+        np.testing.assert_allclose(to_np(a), to_np(b), atol=1e-2)
+
+
+@gpu
+def test_supports_and_dispatch():
+    p = make_params(2, 3)
+    dev = mx.default_device()
+    assert cuda.supports("fused", p, mx.bfloat16, dev, rpb=True, extra_kv=True, varlen=True, gqa=True)
+    assert not cuda.supports("fused", p, mx.float64, dev)
+    assert not cuda.supports("fused", p, mx.float32, mx.cpu)
+    assert not cuda.supports("qk", p, mx.float32, dev, varlen=True)
