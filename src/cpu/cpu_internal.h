@@ -1,0 +1,63 @@
+/*
+ * cpu_internal.h -- the fast CPU framework shared by the fused kernels
+ * (fast_dispatch.c) and the per-ISA microkernels (kern_scalar.c,
+ * avx2/kern_avx2.c, avx512/kern_avx512.c, neon/kern_neon.c).
+ *
+ * Microkernels work on f32 vectors whose channels are contiguous, addressed
+ * through pointer lists: every neighbour set the window rule produces
+ * (dilation, causal masks, both strides, borders, varlen, extra tokens) turns
+ * into a list of row pointers, so one pair of kernels serves every feature.
+ * Each kernel fixes its own summation order, independent of the thread that
+ * runs it, which is what makes results identical for any thread count.
+ */
+#ifndef NATTEN_CPU_INTERNAL_H
+#define NATTEN_CPU_INTERNAL_H
+
+#include <stdint.h>
+
+#include "natten.h"
+
+typedef struct natten_cpu_kernels {
+    natten_cpu_isa isa;
+    /* out[j] = sum_c a[c] * rows[j][c], j < n, c < dim. */
+    void (*dots)(const float *a, const float *const *rows, int64_t n, int64_t dim, float *out);
+    /* out[c] = sum_j w[j] * rows[j][c] (overwrites out), c < dim. */
+    void (*wsum)(const float *w, const float *const *rows, int64_t n, int64_t dim, float *out);
+    /* s[j] = exp(s[j] - m) for j < n; returns the sum of the new s[j]. */
+    float (*expsum)(float *s, int64_t n, float m);
+    /* f16 bits -> f32 for n elements. */
+    void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+} natten_cpu_kernels;
+
+extern const natten_cpu_kernels natten_cpu_kernels_scalar;
+#if defined(NATTEN_HAVE_X86)
+extern const natten_cpu_kernels natten_cpu_kernels_avx2;
+extern const natten_cpu_kernels natten_cpu_kernels_avx512;
+#endif
+#if defined(NATTEN_HAVE_NEON)
+extern const natten_cpu_kernels natten_cpu_kernels_neon;
+#endif
+
+/* Kernels of the active ISA level (detected once, or forced). */
+const natten_cpu_kernels *natten_cpu_active_kernels(void);
+
+/* Whether this CPU and build can run an ISA level. */
+int natten_cpu_isa_supported(natten_cpu_isa isa);
+
+/*
+ * Thread pool.  fn(ctx, begin, end, tid) is called on disjoint chunks of
+ * [0, n) of at most `grain` items, handed out dynamically; tid < the value of
+ * nthreads (see below).  Which thread runs an item
+ * must not change its result (kernels never share accumulators).  Nested or
+ * concurrent calls run serially in the caller (tid 0).  At most nthreads
+ * threads take part (pass the value of natten_parallel_threads() that sized
+ * any per-thread scratch).
+ */
+typedef void (*natten_parallel_fn)(void *ctx, int64_t begin, int64_t end, int tid);
+int natten_parallel_threads(void);
+void natten_parallel_for(int nthreads, int64_t n, int64_t grain, natten_parallel_fn fn, void *ctx);
+
+/* Scalar exp used by the scalar kernels and tails (expf). */
+float natten_cpu_expf(float x);
+
+#endif /* NATTEN_CPU_INTERNAL_H */

@@ -1,0 +1,410 @@
+/*
+ * test_fast_cpu.c -- the fast CPU kernels (impl FAST) against
+ *   - the support oracle (dense masked attention in long double) for the
+ *     fused forward;
+ *   - the reference kernels (impl REFERENCE through the public API) for the
+ *     fused forward and backward, whenever the reference runs the problem;
+ *   - directional finite differences of the oracle's forward (float64) for
+ *     every gradient of the fused backward (f32 problems);
+ * at every ISA level this CPU runs (natten_cpu_isa_set), and bitwise equality
+ * of every output across thread counts 1, 2, 3, 7.
+ *
+ * Sizes sit around the kernels' blocking: 16-row (AVX-512) / 8-row (AVX2) dot
+ * groups with 4-row tails, 64/32-channel wsum passes with masked tails, and
+ * 32-query task segments.
+ *
+ * Tolerances (|got - want| <= atol + rtol*|want|):
+ *   forward vs oracle/reference: t_tol(dtype) from support, with f32 widened
+ *     to 2e-5 (f32 accumulation and a degree-6 polynomial exp, vs long double);
+ *   lse: 2e-5 abs+rel (f32 always);
+ *   backward vs reference: f32 1e-4, f16 4e-3, bf16 3e-2, scaled by the
+ *     largest |want| of the tensor (gradients are sums of many terms);
+ *   finite differences: 1e-3 relative to the largest of |analytic|, |numeric|
+ *     and 1e-3 (the directional derivative sums every element's error).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "support.h"
+
+static int n_ref_compared = 0;
+
+typedef struct cfg {
+    const char *name;
+    int rank;
+    int64_t B, H, Hkv, D, Dv;
+    int64_t L[3], K[3], dil[3], gs[3], os[3];
+    int causal[3];
+    int64_t NE;
+    int rpb;
+    int varlen;
+    natten_dtype dt;
+    int layout;
+} cfg;
+
+static natten_problem make_problem(const cfg *c, int32_t *varlen_buf, t_rng *rng) {
+    natten_problem p;
+    natten_problem_init(&p, c->rank);
+    p.batch = c->B;
+    p.heads = c->H;
+    p.kv_heads = c->Hkv;
+    p.head_dim = c->D;
+    p.head_dim_v = c->Dv;
+    for (int a = 0; a < c->rank; ++a) {
+        p.extent[a] = c->L[a];
+        p.kernel[a] = c->K[a];
+        p.dilation[a] = c->dil[a] ? c->dil[a] : 1;
+        p.gna_stride[a] = c->gs[a] ? c->gs[a] : 1;
+        p.out_stride[a] = c->os[a] ? c->os[a] : 1;
+        p.causal[a] = c->causal[a];
+    }
+    p.dtype = c->dt;
+    p.num_extra_kv = c->NE;
+    if (c->varlen) {
+        for (int64_t b = 0; b < c->B; ++b)
+            for (int a = 0; a < c->rank; ++a) {
+                const int64_t lo = p.kernel[a] * p.dilation[a];
+                varlen_buf[b * c->rank + a] = (int32_t)t_rng_int(rng, lo, p.extent[a]);
+            }
+        varlen_buf[0] = (int32_t)p.extent[0]; /* one sample at full size */
+        p.varlen_extent = varlen_buf;
+    }
+    return p;
+}
+
+typedef struct tensors {
+    tbuf q, k, v, rpb, ek, ev, out, lse;
+    tbuf dout, dq, dk, dv, drpb, dek, dev;
+    int has_rpb, has_extra;
+} tensors;
+
+static void tensors_init(tensors *T, const natten_problem *p, const cfg *c, t_rng *rng) {
+    memset(T, 0, sizeof *T);
+    const int L = c->layout;
+    tbuf_init(&T->q, p, NATTEN_TENSOR_Q, L);
+    tbuf_init(&T->k, p, NATTEN_TENSOR_K, L);
+    tbuf_init(&T->v, p, NATTEN_TENSOR_V, L);
+    tbuf_init(&T->out, p, NATTEN_TENSOR_OUT, L);
+    tbuf_init(&T->lse, p, NATTEN_TENSOR_LSE, L);
+    tbuf_init(&T->dout, p, NATTEN_TENSOR_OUT, L);
+    tbuf_init(&T->dq, p, NATTEN_TENSOR_Q, L);
+    tbuf_init(&T->dk, p, NATTEN_TENSOR_K, L);
+    tbuf_init(&T->dv, p, NATTEN_TENSOR_V, L);
+    tbuf_fill_random(&T->q, rng, -1.5, 1.5);
+    tbuf_fill_random(&T->k, rng, -1.5, 1.5);
+    tbuf_fill_random(&T->v, rng, -1, 1);
+    tbuf_fill_random(&T->dout, rng, -1, 1);
+    T->has_rpb = c->rpb;
+    T->has_extra = c->NE > 0;
+    if (T->has_rpb) {
+        tbuf_init(&T->rpb, p, NATTEN_TENSOR_RPB, L);
+        tbuf_init(&T->drpb, p, NATTEN_TENSOR_RPB, L);
+        tbuf_fill_random(&T->rpb, rng, -1, 1);
+    }
+    if (T->has_extra) {
+        tbuf_init(&T->ek, p, NATTEN_TENSOR_EXTRA_K, L);
+        tbuf_init(&T->ev, p, NATTEN_TENSOR_EXTRA_V, L);
+        tbuf_init(&T->dek, p, NATTEN_TENSOR_EXTRA_K, L);
+        tbuf_init(&T->dev, p, NATTEN_TENSOR_EXTRA_V, L);
+        tbuf_fill_random(&T->ek, rng, -1.5, 1.5);
+        tbuf_fill_random(&T->ev, rng, -1, 1);
+    }
+}
+
+static void tensors_free(tensors *T) {
+    tbuf *all[] = {&T->q, &T->k, &T->v, &T->rpb, &T->ek, &T->ev, &T->out, &T->lse,
+                   &T->dout, &T->dq, &T->dk, &T->dv, &T->drpb, &T->dek, &T->dev};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; ++i)
+        if (all[i]->mem) tbuf_free(all[i]);
+}
+
+static natten_status run_forward(natten_problem *p, tensors *T, natten_impl impl) {
+    p->impl = impl;
+    return natten_na_forward(p, &T->q.t, &T->k.t, &T->v.t, T->has_rpb ? &T->rpb.t : NULL,
+                             T->has_extra ? &T->ek.t : NULL, T->has_extra ? &T->ev.t : NULL,
+                             &T->out.t, &T->lse.t);
+}
+
+static natten_status run_backward(natten_problem *p, tensors *T, natten_impl impl) {
+    p->impl = impl;
+    return natten_na_backward(p, &T->q.t, &T->k.t, &T->v.t, T->has_rpb ? &T->rpb.t : NULL,
+                              T->has_extra ? &T->ek.t : NULL, T->has_extra ? &T->ev.t : NULL,
+                              &T->out.t, &T->lse.t, &T->dout.t, &T->dq.t, &T->dk.t, &T->dv.t,
+                              T->has_rpb ? &T->drpb.t : NULL, T->has_extra ? &T->dek.t : NULL,
+                              T->has_extra ? &T->dev.t : NULL);
+}
+
+static double *to_double(const tbuf *tb) {
+    double *d = malloc((size_t)tb->count * sizeof(double));
+    tbuf_to_double(tb, d);
+    return d;
+}
+
+/* Output tensors of the backward, in a fixed order. */
+static int grad_list(tensors *T, tbuf **g) {
+    int n = 0;
+    g[n++] = &T->dq;
+    g[n++] = &T->dk;
+    g[n++] = &T->dv;
+    if (T->has_rpb) g[n++] = &T->drpb;
+    if (T->has_extra) {
+        g[n++] = &T->dek;
+        g[n++] = &T->dev;
+    }
+    return n;
+}
+
+static unsigned char *snap_copy(const tbuf *tb) {
+    unsigned char *m = malloc(tb->bytes);
+    memcpy(m, tb->mem, tb->bytes);
+    return m;
+}
+
+/* sum(dout * out) from the oracle, with input `which` moved by eps*dir. */
+static double oracle_loss(const natten_problem *p, double *in[6], const double *dout, int64_t nout) {
+    double *out = malloc((size_t)nout * sizeof(double));
+    double *lse = malloc((size_t)(nout + 1) * sizeof(double));
+    oracle_fused(p, in[0], in[1], in[2], in[3], in[4], in[5], out, lse);
+    double s = 0;
+    for (int64_t i = 0; i < nout; ++i) s += dout[i] * out[i];
+    free(out);
+    free(lse);
+    return s;
+}
+
+static void check_config(const cfg *c, uint64_t seed) {
+    t_rng rng;
+    t_rng_seed(&rng, seed);
+    int32_t varlen_buf[64];
+    natten_problem p = make_problem(c, varlen_buf, &rng);
+    if (natten_problem_validate(&p) != NATTEN_STATUS_SUCCESS) {
+        t_check(0, "%s: invalid test problem: %s", c->name, natten_last_error_message());
+        return;
+    }
+    tensors T;
+    tensors_init(&T, &p, c, &rng);
+    const int64_t nout = T.out.count;
+
+    /* oracle forward on the (storage-rounded) inputs */
+    double *qd = to_double(&T.q), *kd = to_double(&T.k), *vd = to_double(&T.v);
+    double *rd = T.has_rpb ? to_double(&T.rpb) : NULL;
+    double *ekd = T.has_extra ? to_double(&T.ek) : NULL, *evd = T.has_extra ? to_double(&T.ev) : NULL;
+    double *want_out = malloc((size_t)nout * sizeof(double));
+    double *want_lse = malloc((size_t)T.lse.count * sizeof(double));
+    oracle_fused(&p, qd, kd, vd, rd, ekd, evd, want_out, want_lse);
+    double atol, rtol;
+    t_tol(c->dt, &atol, &rtol);
+    if (c->dt == NATTEN_DTYPE_F32) atol = rtol = 2e-5;
+
+    /* reference forward and backward, when the reference runs this problem */
+    tensors R;
+    int ref_ok = 0;
+    {
+        t_rng r2;
+        t_rng_seed(&r2, seed);
+        int32_t vb2[64];
+        natten_problem p2 = make_problem(c, vb2, &r2);
+        tensors_init(&R, &p2, c, &r2);
+        ref_ok = run_forward(&p2, &R, NATTEN_IMPL_REFERENCE) == NATTEN_STATUS_SUCCESS &&
+                 run_backward(&p2, &R, NATTEN_IMPL_REFERENCE) == NATTEN_STATUS_SUCCESS;
+        n_ref_compared += ref_ok;
+    }
+
+    const natten_cpu_isa isas[] = {NATTEN_CPU_ISA_SCALAR, NATTEN_CPU_ISA_AVX2, NATTEN_CPU_ISA_AVX512,
+                                   NATTEN_CPU_ISA_NEON};
+    const natten_cpu_isa isa0 = natten_cpu_isa_get();
+    const int threads[] = {1, 2, 3, 7};
+    for (size_t ii = 0; ii < 4; ++ii) {
+        if (natten_cpu_isa_set(isas[ii]) != NATTEN_STATUS_SUCCESS) continue;
+        const char *iname = natten_cpu_isa_name(isas[ii]);
+        unsigned char *base_out = NULL, *base_lse = NULL, *base_g[6] = {0};
+        for (size_t ti = 0; ti < 4; ++ti) {
+            natten_num_threads_set(threads[ti]);
+            tbuf_fill_sentinel(&T.out);
+            tbuf_fill_sentinel(&T.lse);
+            natten_status st = run_forward(&p, &T, NATTEN_IMPL_FAST);
+            t_check(st == NATTEN_STATUS_SUCCESS, "%s [%s, %d thr]: forward status %s: %s", c->name,
+                    iname, threads[ti], natten_status_string(st), natten_last_error_message());
+            if (st != NATTEN_STATUS_SUCCESS) break;
+            /* dout must not depend on the run: backward inputs are the forward's outputs */
+            tbuf *g[6];
+            const int ng = grad_list(&T, g);
+            for (int i = 0; i < ng; ++i) tbuf_fill_sentinel(g[i]);
+            st = run_backward(&p, &T, NATTEN_IMPL_FAST);
+            t_check(st == NATTEN_STATUS_SUCCESS, "%s [%s, %d thr]: backward status %s: %s", c->name,
+                    iname, threads[ti], natten_status_string(st), natten_last_error_message());
+            if (ti == 0) {
+                char what[256];
+                snprintf(what, sizeof what, "%s [%s] out vs oracle", c->name, iname);
+                t_check(t_compare(what, &T.out, want_out, atol, rtol), "%s", what);
+                snprintf(what, sizeof what, "%s [%s] lse vs oracle", c->name, iname);
+                t_check(t_compare(what, &T.lse, want_lse, 2e-5, 2e-5), "%s", what);
+                if (ref_ok) {
+                    double *ro = to_double(&R.out);
+                    snprintf(what, sizeof what, "%s [%s] out vs reference", c->name, iname);
+                    t_check(t_compare(what, &T.out, ro, atol, rtol), "%s", what);
+                    free(ro);
+                }
+                base_out = snap_copy(&T.out);
+                base_lse = snap_copy(&T.lse);
+                for (int i = 0; i < ng; ++i) base_g[i] = snap_copy(g[i]);
+            } else {
+                t_check(memcmp(base_out, T.out.mem, T.out.bytes) == 0,
+                        "%s [%s]: out differs between 1 and %d threads", c->name, iname, threads[ti]);
+                t_check(memcmp(base_lse, T.lse.mem, T.lse.bytes) == 0,
+                        "%s [%s]: lse differs between 1 and %d threads", c->name, iname, threads[ti]);
+                for (int i = 0; i < ng; ++i)
+                    t_check(memcmp(base_g[i], g[i]->mem, g[i]->bytes) == 0,
+                            "%s [%s]: gradient %d differs between 1 and %d threads", c->name, iname,
+                            i, threads[ti]);
+            }
+        }
+        /* gradients of the last run (same bits as every thread count) */
+        tbuf *g[6];
+        const int ng = grad_list(&T, g);
+        if (ref_ok) {
+            tbuf *rg[6];
+            grad_list(&R, rg);
+            const double gt = c->dt == NATTEN_DTYPE_F32 ? 1e-4 : c->dt == NATTEN_DTYPE_F16 ? 4e-3 : 3e-2;
+            for (int i = 0; i < ng; ++i) {
+                double *w = to_double(rg[i]);
+                double mx = 1e-3;
+                for (int64_t e = 0; e < rg[i]->count; ++e) mx = fabs(w[e]) > mx ? fabs(w[e]) : mx;
+                char what[256];
+                snprintf(what, sizeof what, "%s [%s] grad %d vs reference", c->name, iname, i);
+                t_check(t_compare(what, g[i], w, gt * mx, gt), "%s", what);
+                free(w);
+            }
+        }
+        /* directional finite differences through the oracle (f32 problems) */
+        if (c->dt == NATTEN_DTYPE_F32) {
+            double *in[6] = {qd, kd, vd, rd, ekd, evd};
+            double *dod = to_double(&T.dout);
+            for (int i = 0; i < ng; ++i) {
+                /* which input does gradient i belong to? */
+                int which = i < 3 ? i : (T.has_rpb && i == 3) ? 3 : (i == ng - 2 ? 4 : 5);
+                const int64_t cnt = g[i]->count;
+                double *dir = malloc((size_t)cnt * sizeof(double));
+                double *gd = to_double(g[i]);
+                double analytic = 0;
+                for (int64_t e = 0; e < cnt; ++e) {
+                    dir[e] = t_rng_uniform(&rng, -1, 1);
+                    analytic += dir[e] * gd[e];
+                }
+                double *save = malloc((size_t)cnt * sizeof(double));
+                memcpy(save, in[which], (size_t)cnt * sizeof(double));
+                const double eps = 1e-4;
+                for (int64_t e = 0; e < cnt; ++e) in[which][e] = save[e] + eps * dir[e];
+                const double lp = oracle_loss(&p, in, dod, nout);
+                for (int64_t e = 0; e < cnt; ++e) in[which][e] = save[e] - eps * dir[e];
+                const double lm = oracle_loss(&p, in, dod, nout);
+                memcpy(in[which], save, (size_t)cnt * sizeof(double));
+                const double numeric = (lp - lm) / (2 * eps);
+                double scale = fabs(analytic) > fabs(numeric) ? fabs(analytic) : fabs(numeric);
+                if (scale < 1e-3) scale = 1e-3;
+                t_check(fabs(analytic - numeric) <= 1e-3 * scale,
+                        "%s [%s] grad %d: directional derivative %.9g, finite difference %.9g",
+                        c->name, iname, i, analytic, numeric);
+                free(dir);
+                free(gd);
+                free(save);
+            }
+            free(dod);
+        }
+        free(base_out);
+        free(base_lse);
+        for (int i = 0; i < 6; ++i) free(base_g[i]);
+    }
+    natten_cpu_isa_set(isa0);
+    free(qd);
+    free(kd);
+    free(vd);
+    free(rd);
+    free(ekd);
+    free(evd);
+    free(want_out);
+    free(want_lse);
+    tensors_free(&T);
+    tensors_free(&R);
+}
+
+#define F32 NATTEN_DTYPE_F32
+#define F16 NATTEN_DTYPE_F16
+#define BF16 NATTEN_DTYPE_BF16
+
+static const cfg configs[] = {
+    /* name, rank, B, H, Hkv, D, Dv, L, K, dil, gs, os, causal, NE, rpb, varlen, dt, layout */
+    {"1d basic", 1, 1, 2, 2, 16, 16, {37}, {7}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d D=15 (tail)", 1, 2, 2, 1, 15, 17, {33}, {5}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d D=17 Dv=63", 1, 1, 3, 3, 17, 63, {31}, {9}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_PADDED},
+    {"1d D=64 K=16", 1, 1, 1, 1, 64, 64, {65}, {16}, {1}, {1}, {1}, {0}, 0, 1, 0, F32, T_CONTIG},
+    {"1d K=17 D=65", 1, 1, 2, 1, 65, 65, {40}, {17}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d dilation 3 uneven", 1, 2, 2, 2, 8, 8, {29}, {3}, {3}, {1}, {1}, {0}, 0, 1, 0, F32, T_CONTIG},
+    {"1d causal", 1, 1, 2, 2, 32, 32, {33}, {7}, {2}, {1}, {1}, {1}, 0, 1, 0, F32, T_CONTIG},
+    {"1d gna stride 3", 1, 1, 2, 2, 8, 8, {23}, {7}, {1}, {3}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d out stride 2", 1, 1, 2, 2, 8, 8, {23}, {5}, {1}, {1}, {2}, {0}, 0, 0, 0, F32, T_PERMUTED},
+    {"1d causal gna 2 out 3", 1, 1, 2, 1, 8, 8, {25}, {5}, {2}, {2}, {3}, {1}, 0, 0, 0, F32, T_CONTIG},
+    {"1d extra kv", 1, 2, 4, 2, 16, 16, {19}, {5}, {1}, {1}, {1}, {0}, 3, 0, 0, F32, T_CONTIG},
+    {"1d extra kv causal rpb", 1, 1, 2, 2, 16, 16, {19}, {5}, {1}, {1}, {1}, {1}, 17, 1, 0, F32, T_PADDED},
+    {"1d varlen", 1, 3, 2, 2, 16, 16, {30}, {5}, {2}, {1}, {1}, {0}, 0, 0, 1, F32, T_CONTIG},
+    {"2d basic", 2, 1, 2, 2, 16, 16, {9, 11}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 0}, 0, 1, 0, F32, T_CONTIG},
+    {"2d 7x7 D=32", 2, 1, 2, 1, 32, 32, {15, 17}, {7, 7}, {1, 2}, {1, 1}, {1, 1}, {0, 0}, 0, 0, 0, F32, T_CONTIG},
+    {"2d causal axis 0", 2, 1, 2, 2, 8, 8, {10, 9}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 0}, 0, 1, 0, F32, T_CONTIG},
+    {"2d causal axis 1", 2, 1, 2, 2, 8, 8, {10, 9}, {3, 4}, {2, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, 0, F32, T_PADDED},
+    {"2d both strides", 2, 2, 4, 2, 8, 8, {12, 10}, {5, 3}, {1, 1}, {2, 3}, {1, 2}, {0, 0}, 2, 0, 0, F32, T_PERMUTED},
+    {"2d varlen extra rpb", 2, 2, 2, 2, 8, 8, {10, 12}, {3, 5}, {1, 2}, {1, 1}, {1, 1}, {0, 0}, 2, 1, 1, F32, T_CONTIG},
+    {"3d basic", 3, 1, 2, 2, 8, 8, {5, 6, 7}, {3, 3, 3}, {1, 1, 2}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 1, 0, F32, T_CONTIG},
+    {"3d causal mixed GQA 4", 3, 1, 4, 1, 16, 16, {6, 5, 7}, {3, 2, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 0, 1}, 0, 0, 0, F32, T_PADDED},
+    {"3d strides varlen", 3, 2, 2, 2, 4, 4, {6, 6, 7}, {3, 3, 3}, {1, 2, 1}, {1, 1, 2}, {2, 1, 1}, {0, 0, 0}, 1, 0, 1, F32, T_CONTIG},
+    {"1d bf16", 1, 1, 2, 2, 32, 32, {40}, {7}, {1}, {1}, {1}, {0}, 2, 1, 0, BF16, T_CONTIG},
+    {"2d bf16 padded", 2, 1, 2, 1, 24, 24, {9, 10}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, 0, BF16, T_PADDED},
+    {"1d f16", 1, 1, 2, 2, 33, 33, {21}, {5}, {2}, {1}, {1}, {0}, 0, 1, 0, F16, T_CONTIG},
+    {"3d f16 permuted", 3, 1, 2, 2, 16, 16, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 0, 0, F16, T_PERMUTED},
+};
+
+int main(void) {
+    const natten_cpu_isa isa0 = natten_cpu_isa_get();
+    printf("test_fast_cpu: best ISA %s\n", natten_cpu_isa_name(isa0));
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 1000 + i);
+
+    /* API of the runtime */
+    t_check(natten_num_threads_set(0) == NATTEN_STATUS_INVALID_ARGUMENT, "num_threads_set(0) must fail");
+    t_check(natten_num_threads_set(3) == NATTEN_STATUS_SUCCESS && natten_num_threads_get() == 3,
+            "num_threads_set(3) then get");
+    t_check(natten_cpu_isa_set(NATTEN_CPU_ISA_SCALAR) == NATTEN_STATUS_SUCCESS &&
+                natten_cpu_isa_get() == NATTEN_CPU_ISA_SCALAR,
+            "isa_set(scalar) then get");
+    t_check(natten_cpu_isa_set((natten_cpu_isa)42) == NATTEN_STATUS_INVALID_ARGUMENT &&
+                natten_last_error_message()[0] != '\0',
+            "isa_set(42) must fail with a message");
+    t_check(strcmp(natten_cpu_isa_name(NATTEN_CPU_ISA_AVX512), "avx512") == 0, "isa name");
+    natten_cpu_isa_set(isa0);
+
+    /* f64 is declined by the fast path (no writes), so impl FAST reports UNSUPPORTED */
+    {
+        natten_problem p;
+        natten_problem_init(&p, 1);
+        p.extent[0] = 8;
+        p.kernel[0] = 3;
+        p.head_dim = p.head_dim_v = 4;
+        p.dtype = NATTEN_DTYPE_F64;
+        p.impl = NATTEN_IMPL_FAST;
+        tbuf q, k, v, o;
+        tbuf_init(&q, &p, NATTEN_TENSOR_Q, T_CONTIG);
+        tbuf_init(&k, &p, NATTEN_TENSOR_K, T_CONTIG);
+        tbuf_init(&v, &p, NATTEN_TENSOR_V, T_CONTIG);
+        tbuf_init(&o, &p, NATTEN_TENSOR_OUT, T_CONTIG);
+        tbuf_snapshot(&o);
+        natten_status st = natten_na_forward(&p, &q.t, &k.t, &v.t, NULL, NULL, NULL, &o.t, NULL);
+        t_check(st == NATTEN_STATUS_UNSUPPORTED && tbuf_unchanged(&o), "f64 FAST declines without writes");
+        tbuf_free(&q);
+        tbuf_free(&k);
+        tbuf_free(&v);
+        tbuf_free(&o);
+    }
+    printf("test_fast_cpu: %d of %d configurations also compared with the reference kernels\n",
+           n_ref_compared, (int)(sizeof configs / sizeof configs[0]));
+    return t_summary("test_fast_cpu");
+}
