@@ -18,7 +18,6 @@ Strides are natten-mlx's: the output is subsampled (`na1d(..., stride=s) == na1d
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import platform
@@ -34,11 +33,6 @@ TIER_WHAT = {
     "pure": "MLX ops",
     "nanobind": "C core (CPU) / CUDA (GPU)",
     "fast_metal": "CUDA kernels (mx.fast.cuda_kernel)",
-}
-TIER_MODULES = {
-    "pure": "natten_mlx._core.pure",
-    "nanobind": "natten_mlx._core.compiled",
-    "fast_metal": "natten_mlx._core.cuda",
 }
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
@@ -245,81 +239,76 @@ def na_params(p: Problem):
                     gna_stride=(1,) * p.rank, causal=p.causal, scale=p.dim ** -0.5)
 
 
-def _support_matrix() -> dict:
-    try:
-        return _natten().get_support_matrix()
-    except Exception:
-        return {}
+def _ops():
+    from natten_mlx._core import ops
+
+    return ops
 
 
-def _tier_module(name: str):
-    try:
-        return importlib.import_module(TIER_MODULES[name])
-    except Exception:
-        return None
+def _features(p: Problem) -> dict:
+    # The same feature keys natten_mlx._core.ops passes to a tier's supports().
+    return {"rpb": False, "extra_kv": p.add_kv > 0, "varlen": False, "gqa": p.heads != p.heads_kv}
 
 
-def _call_supports(mod, op: str, params, dtype, device, features: dict):
-    """Ask a tier's supports(); tolerate tiers that take fewer feature keywords."""
-    fn = getattr(mod, "supports", None)
-    if fn is None:
-        return None
-    attempts = (
-        lambda: fn(op, params, dtype, device, **features),
-        lambda: fn(op, params, dtype, device),
-    )
-    for attempt in attempts:
-        try:
-            return bool(attempt())
-        except TypeError:
-            continue
-        except Exception:
-            return None
-    return None
+def fmha_path(p: Problem) -> bool:
+    """The public na*d ops hand a full-extent, stride-1, non-causal window to MLX's SDPA."""
+    return (all(k >= x for k, x in zip(p.window, p.input_size)) and all(s == 1 for s in p.stride)
+            and not any(p.causal))
+
+
+def _unavailable_reason(name: str, device: str) -> str:
+    if name == "nanobind":
+        return "compiled extension not built (run `make ext`)"
+    if name == "fast_metal":
+        if device == "cpu":
+            return "runs only on a CUDA GPU (use --device gpu on a GPU machine)"
+        return "no CUDA GPU / CUDA kernels not available to MLX"
+    return "not available"
 
 
 def tier_support(p: Problem, device: str) -> Dict[str, Tuple[bool, str]]:
-    """For each tier: (runs this problem natively here, reason / note)."""
+    """For each tier: (it runs this problem itself on this machine, reason / note).
+
+    Uses the tiers' own supports() through natten_mlx._core.ops, on the current default device.
+    """
     mx = _mx()
-    matrix = _support_matrix()
-    out: Dict[str, Tuple[bool, str]] = {}
+    ops = _ops()
     dtype = getattr(mx, DTYPES[p.dtype])
-    try:
-        params = na_params(p)
-    except Exception:
-        params = None
-    features = {"extra_kv": p.add_kv > 0}
+    params = na_params(p)
+    feats = _features(p)
+    dev = mx.default_device()
+    out: Dict[str, Tuple[bool, str]] = {}
     for name in TIERS:
-        info = matrix.get(name, {})
-        available = bool(info.get("available", name == "pure"))
-        if name == "fast_metal" and device == "cpu":
-            out[name] = (False, "runs only on a CUDA GPU (use --device gpu on a GPU machine)")
+        if not ops.tier_available(name):
+            out[name] = (False, _unavailable_reason(name, device))
             continue
-        if not available:
-            if name == "nanobind":
-                why = "compiled extension not built (run `make ext`)"
-            elif name == "fast_metal":
-                why = "no CUDA GPU visible to MLX"
-            else:
-                why = "not available"
-            out[name] = (False, why)
+        mod = ops.tier_module(name) if name != "pure" else (ops.tier_module(name) or None)
+        sup = getattr(mod, "supports", None) if mod is not None else None
+        if sup is None:
+            out[name] = (True, "available")
             continue
-        mod = _tier_module(name)
-        if mod is None or params is None:
-            out[name] = (True, "available (tier did not report per-problem support)")
+        try:
+            fwd = bool(sup("fused", params, dtype, dev, **feats))
+        except Exception as e:  # a tier that cannot even answer is treated as "no"
+            out[name] = (False, f"supports() failed: {e}")
             continue
-        dev = _device(device)
-        ok = _call_supports(mod, "fused", params, dtype, dev, features)
-        if ok is None:
-            ok = _call_supports(mod, "fused", params, dtype, device, features)
-        if ok is None:
-            out[name] = (True, "available (supports() not answered)")
-        elif ok:
-            out[name] = (True, "supported")
-        else:
-            out[name] = (False, "configuration not covered by this tier (its calls fall back "
-                                "to the next tier)")
+        if not fwd:
+            why = "this configuration is outside the tier's kernels (dtype, device, window or feature)"
+            if name == "fast_metal" and device == "cpu":
+                why = _unavailable_reason(name, device)
+            out[name] = (False, why + "; its calls fall back to the next tier")
+            continue
+        note = "supported"
+        if fmha_path(p):
+            note += " (window covers the input: the public op takes the SDPA fast path on every tier)"
+        out[name] = (True, note)
     return out
+
+
+def running_tier(p: Problem) -> str:
+    """The tier the dispatcher picks for the fused op under the current backend setting."""
+    mx = _mx()
+    return _ops().select_tier("fused", na_params(p), getattr(mx, DTYPES[p.dtype]), **_features(p))
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,9 +537,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(render_table(["Tier", "Kernels", "Runs natively", "Why / note"], rows))
         previous = _current_backend(nm)
         try:
-            print(f"\nDispatcher (`auto`) would use: {_auto_name(nm)}")
-        except Exception:
-            pass
+            nm.set_backend("auto")
+            print(f"\n`auto` resolves to {nm.get_backend()!r}; for this problem the fused op "
+                  f"runs on {running_tier(problem)!r}.")
+            if fmha_path(problem):
+                print("The window covers the whole input, so na*d takes the SDPA fast path.")
         finally:
             _restore_backend(nm, previous)
         return 0
@@ -574,10 +565,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     try:
         for name in tiers:
+            nm.set_backend(name)
+            ran = running_tier(problem)
             label = name
             if name == "auto":
-                nm.set_backend("auto")
-                label = f"auto ({_auto_name(nm)})"
+                label = f"auto ({ran})"
+            elif ran != name:
+                label = f"{name} (fell back to {ran})"
             try:
                 t_f, t_b = time_tier(problem, name, args.warmup_steps, args.runs, inputs)
             except ValueError as e:
@@ -617,22 +611,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _current_backend(nm) -> Optional[str]:
     try:
-        return str(nm.get_backend())
+        return str(_ops().selected_backend())
     except Exception:
         return None
 
 
-def _auto_name(nm) -> str:
-    nm.set_backend("auto")
-    return str(nm.get_backend())
-
-
 def _restore_backend(nm, previous: Optional[str]) -> None:
-    """Put the backend setting back (matters when main() runs inside another program)."""
+    """Put the backend selection back (matters when main() runs inside another program)."""
     try:
-        nm.set_backend("auto")
-        if previous is not None and previous in TIERS and nm.get_backend() != previous:
-            nm.set_backend(previous)
+        nm.set_backend(previous or "auto")
     except Exception:
         pass
 
