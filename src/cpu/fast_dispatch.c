@@ -114,6 +114,7 @@ typedef struct pack_ctx {
     natten_dtype dt;
     int ndim;
     int64_t shape[NATTEN_MAX_DIMS];
+    int64_t dst_st[NATTEN_MAX_DIMS];
     int64_t rowlen;
     float *dst;
     const natten_cpu_kernels *kern;
@@ -123,13 +124,17 @@ static void pack_rows(void *vctx, int64_t begin, int64_t end, int tid) {
     const pack_ctx *c = vctx;
     const int64_t last = c->t->stride[c->ndim - 1];
     for (int64_t r = begin; r < end; ++r) {
-        int64_t rem = r, off = 0;
+        int64_t rem = r, off = 0, doff = 0;
         for (int i = c->ndim - 2; i >= 0; --i) {
-            off += (rem % c->shape[i]) * c->t->stride[i];
+            const int64_t ix = rem % c->shape[i];
+            off += ix * c->t->stride[i];
+            doff += ix * c->dst_st[i];
             rem /= c->shape[i];
         }
-        float *d = c->dst + r * c->rowlen;
-        if (c->dt == NATTEN_DTYPE_F16 && last == 1) {
+        float *d = c->dst + doff;
+        if (c->dt == NATTEN_DTYPE_F32 && last == 1) {
+            memcpy(d, (const float *)c->t->data + off, (size_t)c->rowlen * sizeof(float));
+        } else if (c->dt == NATTEN_DTYPE_F16 && last == 1) {
             c->kern->f16_to_f32((const uint16_t *)c->t->data + off, d, c->rowlen);
         } else if (c->dt == NATTEN_DTYPE_BF16) {
             const uint16_t *s = (const uint16_t *)c->t->data + off;
@@ -140,30 +145,54 @@ static void pack_rows(void *vctx, int64_t begin, int64_t end, int tid) {
     }
 }
 
-/* A view of tensor t (kind) as f32 rows with contiguous channels.  0 on OOM. */
+/*
+ * A view of tensor t (kind) as f32 rows with contiguous channels.  0 on OOM.
+ * head_major: always copy, into [B, H, X.., C] order (for [B, X.., H, C]
+ * kinds), so one head's rows are contiguous: neighbouring keys then sit next
+ * to each other in cache instead of H*C floats apart (a power-of-two stride
+ * that maps every key of a head onto a few L1 sets).
+ */
 static int make_view(const natten_problem *p, natten_tensor_kind kind, const natten_tensor *t,
-                     fview *v, int nthreads) {
+                     fview *v, int nthreads, int head_major) {
     int64_t shape[NATTEN_MAX_DIMS];
     const int nd = natten_shape_of(p, kind, shape);
     v->owned = NULL;
-    if (p->dtype == NATTEN_DTYPE_F32 && (t->stride[nd - 1] == 1 || shape[nd - 1] == 1)) {
+    if (!head_major && p->dtype == NATTEN_DTYPE_F32 && (t->stride[nd - 1] == 1 || shape[nd - 1] == 1)) {
         v->data = t->data;
         for (int i = 0; i < NATTEN_MAX_DIMS; ++i) v->st[i] = t->stride[i];
         return 1;
     }
     int64_t total = 1;
     for (int i = 0; i < nd; ++i) total *= shape[i];
-    float *buf = malloc((size_t)(total > 0 ? total : 1) * sizeof(float));
-    if (!buf) return 0;
-    pack_ctx c = {t, p->dtype, nd, {0}, shape[nd - 1], buf, natten_cpu_active_kernels()};
-    for (int i = 0; i < nd; ++i) c.shape[i] = shape[i];
-    natten_parallel_for(nthreads, total / shape[nd - 1], 256, pack_rows, &c);
+    for (int i = 0; i < NATTEN_MAX_DIMS; ++i) v->st[i] = 0;
     int64_t s = 1;
-    for (int i = nd - 1; i >= 0; --i) {
-        v->st[i] = s;
-        s *= shape[i];
+    if (head_major) { /* order: 0 (batch), nd-2 (heads), 1..nd-3 (spatial), nd-1 */
+        v->st[nd - 1] = s;
+        s *= shape[nd - 1];
+        for (int i = nd - 3; i >= 1; --i) {
+            v->st[i] = s;
+            s *= shape[i];
+            /* keep spatial pitches off multiples of 1 KiB (L1 set aliasing) */
+            if (i > 1 && s % 256 == 0) s += 16;
+        }
+        v->st[nd - 2] = s;
+        s *= shape[nd - 2];
+        v->st[0] = s;
+        s *= shape[0];
+    } else {
+        for (int i = nd - 1; i >= 0; --i) {
+            v->st[i] = s;
+            s *= shape[i];
+        }
     }
-    for (int i = nd; i < NATTEN_MAX_DIMS; ++i) v->st[i] = 0;
+    float *buf = malloc((size_t)(s > 0 ? s : 1) * sizeof(float));
+    if (!buf) return 0;
+    pack_ctx c = {t, p->dtype, nd, {0}, {0}, shape[nd - 1], buf, natten_cpu_active_kernels()};
+    for (int i = 0; i < nd; ++i) {
+        c.shape[i] = shape[i];
+        c.dst_st[i] = v->st[i];
+    }
+    natten_parallel_for(nthreads, total / shape[nd - 1], 256, pack_rows, &c);
     v->data = buf;
     v->owned = buf;
     return 1;
@@ -241,91 +270,47 @@ typedef struct common {
 } common;
 
 /*
- * Build the neighbour list of query at output index o[0..rank) (full-res
- * position o*os) of sample b, head h.  Returns 0 if the query is outside the
- * sample (varlen).  w receives the per-axis windows.
+ * Neighbour lists are built in two steps.  line_prep: for one line of
+ * queries (fixed b, h and leading output indices), the windows of the leading
+ * axes (natten_window_of), their valid slot combinations as key/value row
+ * offsets, slot bases and rpb bases, and this head's rpb as an f32 table.
+ * query_list: per query of the line, the last axis's window expands those.
  */
-static int build_list(const common *c, int64_t b, int64_t h, const int64_t *o, nlist *nl,
-                      natten_window w[3], int64_t pos[3]) {
-    const geom *g = &c->g;
-    int64_t e[3];
-    sample_extent(g, b, e);
-    for (int a = 0; a < 3; ++a) {
-        pos[a] = a < g->rank ? o[a] * g->os[a] : 0;
-        if (pos[a] >= e[a]) return 0;
-        if (a < g->rank)
-            w[a] = natten_window_of(e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], pos[a]);
-        else {
-            w[a].start = 0;
-            w[a].step = 1;
-            w[a].valid_begin = 0;
-            w[a].valid_end = 1;
-        }
-    }
-    const int r = g->rank;
-    const int64_t hk = h / g->G;
-    const float *kb = c->k.data + b * c->k.st[0] + hk * c->k.st[r + 1];
-    const float *vb = c->v.data + b * c->v.st[0] + hk * c->v.st[r + 1];
-    const int64_t ks0 = c->k.st[1], ks1 = r > 1 ? c->k.st[2] : 0, ks2 = r > 2 ? c->k.st[3] : 0;
-    const int64_t vs0 = c->v.st[1], vs1 = r > 1 ? c->v.st[2] : 0, vs2 = r > 2 ? c->v.st[3] : 0;
-    int64_t n = 0;
-    int64_t rpb_h = 0, rs[3] = {0, 0, 0};
-    if (c->rpb) {
-        rpb_h = h * c->rpb->stride[0];
-        for (int a = 0; a < r; ++a) rs[a] = c->rpb->stride[a + 1];
-    }
-    for (int64_t k0 = w[0].valid_begin; k0 < w[0].valid_end; ++k0) {
-        const int64_t x0 = w[0].start + k0 * w[0].step;
-        const int64_t r0 = c->rpb ? rpb_h + natten_rpb_index(&w[0], g->K[0], pos[0], k0) * rs[0] : 0;
-        for (int64_t k1 = w[1].valid_begin; k1 < w[1].valid_end; ++k1) {
-            const int64_t x1 = w[1].start + k1 * w[1].step;
-            const int64_t r1 =
-                r > 1 && c->rpb ? r0 + natten_rpb_index(&w[1], g->K[1], pos[1], k1) * rs[1] : r0;
-            const int64_t base_slot = (k0 * g->K[1] + k1) * g->K[2];
-            const int64_t ko = x0 * ks0 + x1 * ks1, vo = x0 * vs0 + x1 * vs1;
-            for (int64_t k2 = w[2].valid_begin; k2 < w[2].valid_end; ++k2) {
-                const int64_t x2 = w[2].start + k2 * w[2].step;
-                nl->kp[n] = kb + ko + x2 * ks2;
-                nl->vp[n] = vb + vo + x2 * vs2;
-                nl->slot[n] = base_slot + k2;
-                if (c->rpb) {
-                    const int64_t ri =
-                        r > 2 ? r1 + natten_rpb_index(&w[2], g->K[2], pos[2], k2) * rs[2] : r1;
-                    nl->bias[n] = (float)natten_load(c->rpb->data, ri, c->p->dtype);
-                } else {
-                    nl->bias[n] = 0.f;
-                }
-                ++n;
-            }
-        }
-    }
-    for (int64_t t = 0; t < g->NE; ++t) {
-        nl->kp[n] = c->ek.data + b * c->ek.st[0] + t * c->ek.st[1] + hk * c->ek.st[2];
-        nl->vp[n] = c->ev.data + b * c->ev.st[0] + t * c->ev.st[1] + hk * c->ev.st[2];
-        nl->slot[n] = g->KK + t;
-        nl->bias[n] = 0.f;
-        ++n;
-    }
-    nl->n = n;
-    return 1;
-}
+typedef struct lineprep {
+    int inside;
+    int64_t e[3], pos[3];
+    int64_t nlead;
+    int64_t *lk, *lv, *lslot, *lrpb;
+    float *rpbf;
+    const float *kb, *vb;
+    const float **ekp, **evp;
+} lineprep;
 
-/* Per-thread scratch layout for the query side. */
 typedef struct qscratch {
+    lineprep lp;
     nlist nl;
     float *s, *dp, *row;
 } qscratch;
 
+static int64_t rpb_table_size(const geom *g) {
+    int64_t n = 1;
+    for (int a = 0; a < g->rank; ++a) n *= 2 * g->K[a] - 1;
+    return n;
+}
+
 static size_t qscratch_bytes(const geom *g) {
     const int64_t n = g->KKE + 16;
     const int64_t dmax = (g->D > g->Dv ? g->D : g->Dv) + 16;
+    const int64_t nl = g->KK / g->K[g->rank - 1] + 1;
     return (size_t)n * (2 * sizeof(float *) + sizeof(int64_t) + 3 * sizeof(float)) +
-           (size_t)dmax * sizeof(float) + 64;
+           (size_t)dmax * sizeof(float) + (size_t)nl * 4 * sizeof(int64_t) +
+           (size_t)rpb_table_size(g) * sizeof(float) + (size_t)(g->NE + 1) * 2 * sizeof(float *) + 256;
 }
 
 static qscratch qscratch_at(const common *c, int tid) {
     const geom *g = &c->g;
     const int64_t n = g->KKE + 16;
+    const int64_t nl = g->KK / g->K[g->rank - 1] + 1;
     char *s = c->scratch + (size_t)tid * c->scratch_bytes;
     qscratch q;
     q.nl.kp = (const float **)s;
@@ -340,8 +325,132 @@ static qscratch qscratch_at(const common *c, int tid) {
     s += n * sizeof(float);
     q.dp = (float *)s;
     s += n * sizeof(float);
+    q.lp.lk = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.lv = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.lslot = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.lrpb = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.ekp = (const float **)s;
+    s += (g->NE + 1) * sizeof(float *);
+    q.lp.evp = (const float **)s;
+    s += (g->NE + 1) * sizeof(float *);
+    q.lp.rpbf = (float *)s;
+    s += rpb_table_size(g) * sizeof(float);
+    s = (char *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
     q.row = (float *)s;
     return q;
+}
+
+/* Prepare the line (b, h, o[0..rank-1)); *rpb_h: the head whose rpb table
+ * lp->rpbf holds (-1: none), updated. */
+static void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, lineprep *lp,
+                      int64_t *rpb_h) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    sample_extent(g, b, lp->e);
+    natten_window w[2];
+    lp->inside = 1;
+    for (int a = 0; a < r - 1; ++a) {
+        lp->pos[a] = o[a] * g->os[a];
+        if (lp->pos[a] >= lp->e[a]) {
+            lp->inside = 0;
+            return;
+        }
+        w[a] = natten_window_of(lp->e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], lp->pos[a]);
+    }
+    const int64_t hk = h / g->G;
+    lp->kb = c->k.data + b * c->k.st[0] + hk * c->k.st[r + 1];
+    lp->vb = c->v.data + b * c->v.st[0] + hk * c->v.st[r + 1];
+    int64_t dims[3] = {1, 1, 1};
+    for (int a = 0; a < r; ++a) dims[a] = 2 * g->K[a] - 1;
+    if (c->rpb && *rpb_h != h) {
+        const int64_t nb = rpb_table_size(g);
+        for (int64_t i = 0; i < nb; ++i) {
+            int64_t rem = i, off = h * c->rpb->stride[0];
+            for (int a = r - 1; a >= 0; --a) {
+                off += (rem % dims[a]) * c->rpb->stride[a + 1];
+                rem /= dims[a];
+            }
+            lp->rpbf[i] = (float)natten_load(c->rpb->data, off, c->p->dtype);
+        }
+        *rpb_h = h;
+    }
+    /* valid combinations of the leading axes (at most 2), in slot order */
+    int64_t n = 0;
+    if (r == 1) {
+        lp->lk[0] = lp->lv[0] = lp->lslot[0] = lp->lrpb[0] = 0;
+        n = 1;
+    } else if (r == 2) {
+        for (int64_t k0 = w[0].valid_begin; k0 < w[0].valid_end; ++k0) {
+            const int64_t x0 = w[0].start + k0 * w[0].step;
+            lp->lk[n] = x0 * c->k.st[1];
+            lp->lv[n] = x0 * c->v.st[1];
+            lp->lslot[n] = k0 * g->K[1];
+            lp->lrpb[n] = c->rpb ? natten_rpb_index(&w[0], g->K[0], lp->pos[0], k0) * dims[1] : 0;
+            ++n;
+        }
+    } else {
+        for (int64_t k0 = w[0].valid_begin; k0 < w[0].valid_end; ++k0) {
+            const int64_t x0 = w[0].start + k0 * w[0].step;
+            const int64_t r0 = c->rpb ? natten_rpb_index(&w[0], g->K[0], lp->pos[0], k0) : 0;
+            for (int64_t k1 = w[1].valid_begin; k1 < w[1].valid_end; ++k1) {
+                const int64_t x1 = w[1].start + k1 * w[1].step;
+                lp->lk[n] = x0 * c->k.st[1] + x1 * c->k.st[2];
+                lp->lv[n] = x0 * c->v.st[1] + x1 * c->v.st[2];
+                lp->lslot[n] = (k0 * g->K[1] + k1) * g->K[2];
+                lp->lrpb[n] =
+                    c->rpb ? (r0 * dims[1] + natten_rpb_index(&w[1], g->K[1], lp->pos[1], k1)) * dims[2] : 0;
+                ++n;
+            }
+        }
+    }
+    lp->nlead = n;
+    for (int64_t t = 0; t < g->NE; ++t) {
+        lp->ekp[t] = c->ek.data + b * c->ek.st[0] + t * c->ek.st[1] + hk * c->ek.st[2];
+        lp->evp[t] = c->ev.data + b * c->ev.st[0] + t * c->ev.st[1] + hk * c->ev.st[2];
+    }
+}
+
+/* The list of the query at last-axis output index ol of a prepared line.
+ * Returns 0 if the query is outside the sample (varlen). */
+static int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl) {
+    const geom *g = &c->g;
+    const int a = g->rank - 1;
+    const int64_t i = ol * g->os[a];
+    if (!lp->inside || i >= lp->e[a]) return 0;
+    lp->pos[a] = i;
+    const natten_window w = natten_window_of(lp->e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+    const int64_t ks = c->k.st[a + 1], vs = c->v.st[a + 1];
+    const int64_t kb = w.valid_begin, ke = w.valid_end;
+    int64_t n = 0;
+    for (int64_t l = 0; l < lp->nlead; ++l) {
+        const float *kr = lp->kb + lp->lk[l], *vr = lp->vb + lp->lv[l];
+        for (int64_t k = kb; k < ke; ++k) {
+            const int64_t x = w.start + k * w.step;
+            nl->kp[n] = kr + x * ks;
+            nl->vp[n] = vr + x * vs;
+            nl->slot[n] = lp->lslot[l] + k;
+            ++n;
+        }
+    }
+    if (c->rpb) {
+        n = 0;
+        for (int64_t l = 0; l < lp->nlead; ++l)
+            for (int64_t k = kb; k < ke; ++k)
+                nl->bias[n++] = lp->rpbf[lp->lrpb[l] + natten_rpb_index(&w, g->K[a], i, k)];
+    }
+    for (int64_t t = 0; t < g->NE; ++t) {
+        nl->kp[n] = lp->ekp[t];
+        nl->vp[n] = lp->evp[t];
+        nl->slot[n] = g->KK + t;
+        if (c->rpb) nl->bias[n] = 0.f;
+        ++n;
+    }
+    nl->n = n;
+    return 1;
 }
 
 /* Decode a query task: (b, h, line, seg) -> output index o (last axis from seg). */
@@ -375,19 +484,20 @@ static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
     qscratch sc = qscratch_at(c, tid);
     const natten_dtype dt = c->p->dtype;
     const int out_direct = dt == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
+    int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
         int64_t b, h, seg, o[3];
         decode_task(g, task, &b, &h, o, &seg);
         const int64_t last0 = seg * SEG;
         const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
+        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        const int64_t *pos = sc.lp.pos;
         for (int64_t ol = last0; ol < last1; ++ol) {
             o[r - 1] = ol;
-            natten_window w[3];
-            int64_t pos[3];
             const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
             int64_t loff = 0;
             if (c->lse_t) loff = row_off(c->lse_t->stride, r, b, o, 0) + h * c->lse_t->stride[r + 1];
-            if (!build_list(c, b, h, o, &sc.nl, w, pos)) {
+            if (!query_list(c, &sc.lp, ol, &sc.nl)) {
                 store_zero_row(c->out_t->data, ooff, c->out_t->stride[r + 2], dt, g->Dv);
                 if (c->lse_t) ((float *)c->lse_t->data)[loff] = -INFINITY;
                 continue;
@@ -396,10 +506,11 @@ static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
             const int64_t n = sc.nl.n;
             c->kern->dots(qrow, sc.nl.kp, n, g->D, sc.s);
             float m = -INFINITY;
-            for (int64_t j = 0; j < n; ++j) {
-                sc.s[j] = sc.s[j] * g->scale + sc.nl.bias[j];
-                m = sc.s[j] > m ? sc.s[j] : m;
-            }
+            if (c->rpb)
+                for (int64_t j = 0; j < n; ++j) sc.s[j] = sc.s[j] * g->scale + sc.nl.bias[j];
+            else
+                for (int64_t j = 0; j < n; ++j) sc.s[j] *= g->scale;
+            for (int64_t j = 0; j < n; ++j) m = sc.s[j] > m ? sc.s[j] : m;
             const float sum = c->kern->expsum(sc.s, n, m);
             const float inv = 1.0f / sum;
             float *orow = out_direct ? (float *)c->out_t->data + ooff : sc.row;
@@ -442,11 +553,11 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     c.out_t = out;
     c.lse_t = lse;
     const int nt = natten_parallel_threads();
-    int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt) && make_view(p, NATTEN_TENSOR_K, k, &c.k, nt) &&
-             make_view(p, NATTEN_TENSOR_V, v, &c.v, nt);
+    int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 1) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 1);
     if (ok && c.g.NE > 0)
-        ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt) &&
-             make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt);
+        ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
     c.scratch_bytes = (qscratch_bytes(&c.g) + 63) & ~(size_t)63;
     if (ok) ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
     if (!ok) {
@@ -472,19 +583,20 @@ static void bwd_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const int r = g->rank;
     qscratch sc = qscratch_at(c, tid);
     const natten_dtype dt = c->p->dtype;
+    int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
         int64_t b, h, seg, o[3];
         decode_task(g, task, &b, &h, o, &seg);
         const int64_t last0 = seg * SEG;
         const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
+        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        const int64_t *pos = sc.lp.pos;
         for (int64_t ol = last0; ol < last1; ++ol) {
             o[r - 1] = ol;
-            natten_window w[3];
-            int64_t pos[3];
             const int64_t qlin = (b * g->H + h) * g->Oin + olin_of(g, o);
             float *Prow = c->Pbuf + qlin * g->KKE, *Srow = c->Sbuf + qlin * g->KKE;
             for (int64_t j = 0; j < g->KKE; ++j) Prow[j] = Srow[j] = 0.f;
-            if (!build_list(c, b, h, o, &sc.nl, w, pos)) continue; /* dq pre-zeroed */
+            if (!query_list(c, &sc.lp, ol, &sc.nl)) continue; /* dq pre-zeroed */
             const int64_t n = sc.nl.n;
             const float *qrow = c->q.data + row_off(c->q.st, r, b, pos, h);
             const float *dorow = c->dout.data + row_off(c->dout.st, r, b, o, h);
@@ -492,7 +604,10 @@ static void bwd_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
             const float lse = ((const float *)c->lse_in->data)[row_off(c->lse_in->stride, r, b, o, 0) +
                                                                h * c->lse_in->stride[r + 1]];
             c->kern->dots(qrow, sc.nl.kp, n, g->D, sc.s);
-            for (int64_t j = 0; j < n; ++j) sc.s[j] = sc.s[j] * g->scale + sc.nl.bias[j];
+            if (c->rpb)
+                for (int64_t j = 0; j < n; ++j) sc.s[j] = sc.s[j] * g->scale + sc.nl.bias[j];
+            else
+                for (int64_t j = 0; j < n; ++j) sc.s[j] *= g->scale;
             c->kern->expsum(sc.s, n, lse); /* s = P */
             float delta;
             c->kern->dots(dorow, &orow, 1, g->Dv, &delta);
@@ -805,13 +920,13 @@ natten_status natten_fast_na_backward(
     c.inv_stride_start = Lmax + 1;
     c.inv_stride_ent = Kmax;
     const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
-    int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt) && make_view(p, NATTEN_TENSOR_K, k, &c.k, nt) &&
-             make_view(p, NATTEN_TENSOR_V, v, &c.v, nt) &&
-             make_view(p, NATTEN_TENSOR_OUT, out, &c.out, nt) &&
-             make_view(p, NATTEN_TENSOR_OUT, dout, &c.dout, nt);
+    int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 1) &&
+             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 1) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 1) &&
+             make_view(p, NATTEN_TENSOR_OUT, out, &c.out, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_OUT, dout, &c.dout, nt, 1);
     if (ok && g->NE > 0)
-        ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt) &&
-             make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt);
+        ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
     if (ok) ok = (c.Pbuf = malloc(pbytes ? pbytes : 1)) != NULL;
     if (ok) ok = (c.Sbuf = malloc(pbytes ? pbytes : 1)) != NULL;
     if (ok) ok = (c.inv_start = malloc((size_t)(ntab * 3 * c.inv_stride_start) * sizeof(int64_t))) != NULL;
