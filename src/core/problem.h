@@ -12,7 +12,7 @@
 
 /* Output rows along axis a: ceil(extent / out_stride). */
 static inline int64_t natten_out_extent(const natten_problem *p, int a) {
-    return (p->extent[a] + p->out_stride[a] - 1) / p->out_stride[a];
+    return (p->extent[a] - 1) / p->out_stride[a] + 1; /* ceil, without overflow (extent >= 1) */
 }
 
 /* Element type of a tensor kind (lse is f32, or f64 for f64 problems). */

@@ -33,18 +33,18 @@ static inline natten_window natten_window_of(int64_t L, int64_t K, int64_t d, in
                                              int causal, int64_t i) {
     const int64_t r = i % d;
     const int64_t p = i / d;
-    const int64_t n = (L - r + d - 1) / d;
+    const int64_t n = (L - r - 1) / d + 1; /* ceil((L-r)/d) without overflow; r < L */
     const int64_t t = p / s;
     natten_window w;
     w.step = d;
     if (causal) {
-        const int64_t leader = nw_min(t * s + s - 1, n - 1);
+        const int64_t leader = t * s + nw_min(s - 1, n - 1 - t * s); /* t*s <= p <= n-1 */
         const int64_t local_start = leader - K + 1;
         w.start = local_start * d + r;
         w.valid_begin = nw_max(0, -local_start);
         w.valid_end = nw_min(K, p - local_start + 1);
     } else {
-        const int64_t leader = nw_min(t * s + s / 2, n - 1);
+        const int64_t leader = t * s + nw_min(s / 2, n - 1 - t * s);
         const int64_t local_start = nw_max(0, nw_min(leader - K / 2, n - K));
         w.start = local_start * d + r;
         w.valid_begin = 0;
