@@ -48,11 +48,24 @@ fuzz:
 	cmake --build $(BUILD)-fuzz -j$(JOBS)
 	$(MAKE) -C . fuzz-run FUZZ_DIR=$(BUILD)-fuzz
 
+# FUZZ_SECONDS is the total budget, split evenly over the harnesses.  New
+# inputs go to $(FUZZ_DIR)/corpus/<harness>; tests/fuzz/corpus/<harness> is
+# the committed seed corpus and is only read.
 fuzz-run:
-	@for f in $(FUZZ_DIR)/tests/fuzz/fuzz_*; do \
-	  [ -x "$$f" ] || continue; \
-	  echo "== $$f ($(FUZZ_SECONDS)s)"; \
-	  "$$f" -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 tests/fuzz/corpus || exit 1; \
+	@set -e; n=$$(ls $(FUZZ_DIR)/tests/fuzz/ | grep -c '^fuzz_' || true); \
+	[ "$$n" -gt 0 ] || { echo "no fuzz harnesses in $(FUZZ_DIR)/tests/fuzz"; exit 1; }; \
+	per=$$(( $(FUZZ_SECONDS) / n )); [ "$$per" -ge 1 ] || per=1; \
+	for f in $(FUZZ_DIR)/tests/fuzz/fuzz_*; do \
+	  [ -x "$$f" ] || continue; name=$$(basename "$$f"); \
+	  mkdir -p $(FUZZ_DIR)/corpus/$$name; \
+	  echo "== $$name ($${per}s)"; \
+	  if "$$f" -max_total_time=$$per -rss_limit_mb=2048 -print_final_stats=1 \
+	        -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus/$$name tests/fuzz/corpus/$$name \
+	        > $(FUZZ_DIR)/$$name.log 2>&1; then \
+	    grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' $(FUZZ_DIR)/$$name.log || true; \
+	  else \
+	    tail -n 60 $(FUZZ_DIR)/$$name.log; echo "$$name FAILED (log: $(FUZZ_DIR)/$$name.log)"; exit 1; \
+	  fi; \
 	done
 
 # The MLX extension, built in place so `import natten_mlx` works from the repo.
