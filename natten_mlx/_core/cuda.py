@@ -22,6 +22,8 @@ Kernels (src/cuda):
   na_fwd_tc.cuh  tensor-core (mma.sync, inline PTX) fused forward for f16/bf16
                  when there is no RPB, extra KV, varlen or out_stride, D == Dv
                  in {32, 64, 128}
+  na_bwd_tc.cuh  tensor-core fused backward (dq pass + dk/dv pass, no atomics)
+                 for the same scope
 
 Importing this module never fails; on machines without MLX's CUDA backend
 ``is_available()`` is False and ``supports()`` always says no.
@@ -125,7 +127,7 @@ def supports(op: str, p: NAParams, dtype, device=None, **features) -> bool:
 # Kernel sources
 # ----------------------------------------------------------------------------
 
-_HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh")
+_HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh", "na_bwd_tc.cuh")
 
 
 @lru_cache(maxsize=1)
@@ -220,7 +222,18 @@ _SPECS = {
         ["out", "lse"],
         "na_fwd_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse);",
     ),
+    "bwd_dq_tc": (
+        ["params", "q", "k", "v", "dout", "lse", "delta"],
+        ["dq"],
+        "na_bwd_dq_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dq);",
+    ),
+    "bwd_dkdv_tc": (
+        ["params", "q", "k", "v", "dout", "lse", "delta"],
+        ["dk", "dv"],
+        "na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv);",
+    ),
 }
+_TC_NAMES = ("fwd_tc", "bwd_dq_tc", "bwd_dkdv_tc")
 
 _kernels: Dict[tuple, object] = {}
 
@@ -229,7 +242,7 @@ def _kernel(name: str, smem: int = 0):
     kern = _kernels.get((name, smem))
     if kern is None:
         inputs, outputs, body = _SPECS[name]
-        src = body if name == "fwd_tc" else _PRE + body
+        src = body if name in _TC_NAMES else _PRE + body
         kern = mx.fast.cuda_kernel(
             name="natten_" + name + (f"_s{smem}" if smem else ""),
             input_names=inputs,
@@ -362,6 +375,7 @@ def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
     lse_shape = (B,) + tuple(O) + (H,)
     plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
     if plan is not None:
+        prm = _params(p, B, X, H, Hkv, D, Dv)
         res = _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape)
         if res is not None:
             return res
@@ -375,10 +389,8 @@ def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
 
 def _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape):
     tq, tk = plan
-    X3 = _pad3(X, 1)
-    d3 = _pad3(p.dilation, 1)
     # per axis: every dilation group gets ceil(ceil(X/d)/TQ) tiles
-    tiles = _prod(d * (-(-(-(-x // d)) // t)) for x, d, t in zip(X3, d3, tq))
+    tiles = _tc_grid(X, p, tq)
     warps = _prod(tq) // 16
     smem = (_prod(tq) + 4 * _prod(tk)) * (D + 8) * 2
     if tiles >= 2**31 // (32 * warps) or B * H >= 65536:
@@ -394,10 +406,44 @@ def _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape):
     )
 
 
+def _tc_grid(X, p, box):
+    X3, d3 = _pad3(X, 1), _pad3(p.dilation, 1)
+    return _prod(d * (-(-(-(-x // d)) // t)) for x, d, t in zip(X3, d3, box))
+
+
+def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
+    """Tensor-core backward: (dq, dk, dv) or None when the launch does not fit."""
+    tq, tk = plan
+    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    Hkv = k.shape[-2]
+    qt, kt = _tc_grid(X, p, tq), _tc_grid(X, p, tk)
+    if max(qt, kt) * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
+        return None
+    delta = (dout.astype(mx.float32) * out.astype(mx.float32)).sum(-1) - dlse
+    T = q.dtype
+    tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
+            ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
+    smem = 6 * 64 * (D + 8) * 2
+    (dq,) = _kernel("bwd_dq_tc", smem)(
+        inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(qt * 128, B * H, 1),
+        threadgroup=(128, 1, 1), output_shapes=[q.shape], output_dtypes=[T])
+    dk, dv = _kernel("bwd_dkdv_tc", smem + 4 * 64 * 4)(
+        inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(kt * 128, B * Hkv, 1),
+        threadgroup=(128, 1, 1), output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
+    return dq, dk, dv
+
+
 def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams, flags):
     has_rpb, has_extra, has_varlen = flags
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
     Hkv, Dv = k.shape[-2], v.shape[-1]
+    plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
+    if plan is not None:
+        prm = _params(p, B, X, H, Hkv, D, Dv)
+        res = _bwd_tc(prm, q, k, v, out, lse, dout.astype(q.dtype), dlse.astype(mx.float32), p, plan)
+        if res is not None:
+            dq, dk, dv = res
+            return dq, dk, dv, mx.zeros_like(rpb), mx.zeros_like(ek), mx.zeros_like(ev)
     n_extra = ek.shape[1] if has_extra else 0
     T = q.dtype
     prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)

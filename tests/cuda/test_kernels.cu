@@ -19,6 +19,7 @@
 
 #include "../../src/cuda/na_simple.cuh"
 #include "../../src/cuda/na_fwd_tc.cuh"
+#include "../../src/cuda/na_bwd_tc.cuh"
 #include "../../src/core/window.h"
 
 #define CK(x)                                                                      \
@@ -85,6 +86,27 @@ template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
 __global__ void k_fwd_tc(const int *pa, const T *q, const T *k, const T *v, T *o, float *lse) {
     na_fwd_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
 }
+
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_bwd_dq_tc(const int *pa, const T *q, const T *k, const T *v, const T *dout, const float *lse,
+                            const float *delta, T *dq) {
+    na_bwd_dq_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dq);
+}
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_bwd_dkdv_tc(const int *pa, const T *q, const T *k, const T *v, const T *dout,
+                              const float *lse, const float *delta, T *dk, T *dv) {
+    na_bwd_dkdv_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dk, dv);
+}
+#define INST_BWD_TC(T, HD, A, B_, C, D, E, F)                                                              \
+    template __global__ void k_bwd_dq_tc<T, HD, A, B_, C, D, E, F>(const int *, const T *, const T *,     \
+                                                                 const T *, const T *, const float *,     \
+                                                                 const float *, T *);                     \
+    template __global__ void k_bwd_dkdv_tc<T, HD, A, B_, C, D, E, F>(const int *, const T *, const T *,   \
+                                                                   const T *, const T *, const float *,   \
+                                                                   const float *, T *, T *);
+INST_BWD_TC(__nv_bfloat16, 128, 8, 8, 1, 8, 8, 1)
+INST_BWD_TC(__half, 64, 64, 1, 1, 64, 1, 1)
+INST_BWD_TC(__nv_bfloat16, 32, 4, 4, 4, 4, 4, 4)
 
 #define INST_SIMPLE(T)                                                    \
     template __global__ void k_fwd<T, 1, 1>(const int *, const T *, const T *, const T *, const T *, \

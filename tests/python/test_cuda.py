@@ -299,7 +299,7 @@ def test_fused_varlen(case):
     _run_fused_case(case, mx.float32, varlen=True, extra=2 if case[6] == 4 else 0)
 
 
-# tensor-core forward: f16/bf16, D == Dv in {32, 64, 128}, larger problems so
+# tensor-core forward and backward: f16/bf16, D == Dv in {32, 64, 128}, larger problems so
 # that key tiles are partly full, partly masked and partly skipped
 TC_CASES = [
     ((150,), 13, 2, 1, 1, False, 4, 2, 32, 32),
@@ -315,8 +315,8 @@ TC_CASES = [
 @gpu
 @pytest.mark.parametrize("case", TC_CASES, ids=lambda c: "x".join(map(str, c[0])))
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_tensor_core_forward(case, dtype):
-    _run_fused_case(case, _dt(dtype), grads=False, seed=3)
+def test_tensor_core_forward_backward(case, dtype):
+    _run_fused_case(case, _dt(dtype), seed=3)
 
 
 SPLIT_CASES = [

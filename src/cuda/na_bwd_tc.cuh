@@ -1,0 +1,474 @@
+/*
+ * na_bwd_tc.cuh -- tensor-core fused backward for f16/bf16 (same scope as
+ * na_fwd_tc.cuh: HD in {32, 64, 128}, out_stride 1, no RPB / extra KV /
+ * varlen).  Probabilities are recomputed from lse; delta = rowsum(dO*O) -
+ * dlse comes precomputed (f32).  Two kernels, no atomics:
+ *
+ *   na_bwd_dq_tc_entry    one CTA per box of TQ queries (like the forward):
+ *                         S = Q K^T, P = exp(S - lse), dP = dO V^T,
+ *                         dS = P (dP - delta), dQ += dS K   over the union
+ *                         of the queries' windows, in key tiles of TK.
+ *   na_bwd_dkdv_tc_entry  one CTA per box of TK keys (one kv head), for
+ *                         every query head of its GQA group, over the
+ *                         queries whose windows hold those keys (a box too:
+ *                         the inverse rule is monotone, window.cuh), in
+ *                         query tiles of TQ:  S^T = K Q^T, P^T, dV += P^T dO,
+ *                         dP^T = V dO^T, dS^T, dK += dS^T Q.
+ *
+ * mma.sync.m16n8k16 with f32 accumulation; operands through ldmatrix from
+ * padded shared memory; tiles double-buffered with cp.async.
+ * Dynamic shared memory: dq: (2*TQ + 4*TK) * (HD+8) * 2;
+ *                        dkdv: (2*TK + 4*TQ) * (HD+8) * 2 + 4*TQ*4.
+ */
+#ifndef NATTEN_CUDA_BWD_TC_CUH
+#define NATTEN_CUDA_BWD_TC_CUH
+
+#include "na_fwd_tc.cuh"
+
+/* Box tile geometry of one CTA along 3 axes: dilation group r, group size n,
+ * first local index b0, last active local index blast.  Returns 0 when the
+ * box holds nothing (a dilation group shorter than the others). */
+template <int T0, int T1, int T2>
+NA_DEV int na_box_of(const na_params &P, int tile, int r[3], int n[3], int b0[3], int blast[3]) {
+    const int Ta[3] = {T0, T1, T2};
+    int c[3];
+    for (int x = 2; x >= 0; --x) {
+        const int d = P.dil[x];
+        const int ntl = ((P.X[x] + d - 1) / d + Ta[x] - 1) / Ta[x];
+        c[x] = tile % (d * ntl);
+        tile /= d * ntl;
+    }
+    for (int x = 0; x < 3; ++x) {
+        const int d = P.dil[x];
+        r[x] = c[x] % d;
+        n[x] = (P.X[x] - r[x] + d - 1) / d;
+        b0[x] = (c[x] / d) * Ta[x];
+        if (b0[x] >= n[x]) return 0;
+        blast[x] = min(b0[x] + Ta[x] - 1, n[x] - 1);
+    }
+    return 1;
+}
+
+/* Queries (local indices in group r) whose windows meet keys [k0, k1]: [*lo, *hi]. */
+NA_DEV void na_query_range(int L, int K, int d, int s, int causal, int r, int k0, int k1, int *lo, int *hi) {
+    const int n = (L - r + d - 1) / d;
+    int a = 0, b = n;
+    while (a < b) {
+        const int mid = (a + b) >> 1;
+        if (na_last_valid_local(L, K, d, s, causal, r, mid) >= k0) b = mid; else a = mid + 1;
+    }
+    *lo = a;
+    a = 0;
+    b = n;
+    while (a < b) {
+        const int mid = (a + b) >> 1;
+        if (na_first_valid_local(L, K, d, s, causal, r, mid) > k1) b = mid; else a = mid + 1;
+    }
+    *hi = a - 1;
+}
+
+template <int T0, int T1, int T2>
+NA_DEV void na_tile_coords(int tt, const int nt[3], int kt[3]) {
+    kt[2] = tt % nt[2];
+    kt[1] = (tt / nt[2]) % nt[1];
+    kt[0] = tt / (nt[2] * nt[1]);
+}
+
+/* cp.async a box of 64 (or TQ) rows of HD channels: rows at local coords
+ * base + u (u decomposed over the box shape), valid iff <= lim. */
+template <typename T, int HD, int S0, int S1, int S2, int NT>
+NA_DEV void na_load_box(T *dst, int LD, const T *src, long long heads, int head, int b, const na_params &P,
+                        const int r[3], const int base[3], const int lim[3], int tid) {
+    constexpr int CPR = HD / 8, ROWS = S0 * S1 * S2;
+    for (int c = tid; c < ROWS * CPR; c += NT) {
+        const int row = c / CPR, part = c % CPR;
+        const int u[3] = {row / (S1 * S2), (row / S2) % S1, row % S2};
+        int pos[3], ok = 1;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            const int l = base[x] + u[x];
+            ok &= l <= lim[x];
+            pos[x] = ok ? l * P.dil[x] + r[x] : 0;
+        }
+        const long long g = ok ? (na_tok(b, pos, P.X) * heads + head) * (long long)HD + part * 8 : 0;
+        na_cp_async16(dst + row * LD + part * 8, src + g, ok);
+    }
+}
+
+/* ------------------------------------------------------------------ dQ */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
+                               const float *lse, const float *delta, T *dq) {
+    constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
+    constexpr int NW = TQ / 16, NT = NW * 32, LD = HD + 8;
+    static_assert(TK == 64, "key tile must hold 64 keys");
+    extern __shared__ __align__(16) unsigned char na_smem_raw[];
+    T *sQ = reinterpret_cast<T *>(na_smem_raw);
+    T *sO = sQ + TQ * LD;
+    T *sK = sO + TQ * LD; /* [2][TK][LD] */
+    T *sV = sK + 2 * TK * LD;
+
+    const na_params P = na_load_params(params);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int bh = blockIdx.y, b = bh / P.H, h = bh % P.H;
+    const int kvh = h / (P.H / P.Hkv);
+    const int TKa[3] = {TK0, TK1, TK2};
+    int r[3], n[3], q0[3], qlast[3], kmin[3], kmax[3], nkt[3];
+    if (!na_box_of<TQ0, TQ1, TQ2>(P, blockIdx.x, r, n, q0, qlast)) return;
+    for (int x = 0; x < 3; ++x) {
+        kmin[x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], q0[x]);
+        kmax[x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], qlast[x]);
+        nkt[x] = (kmax[x] - kmin[x] + TKa[x]) / TKa[x];
+    }
+    const int ntiles = nkt[0] * nkt[1] * nkt[2];
+    const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
+    na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sQ, LD, q, P.H, h, b, P, r, q0, lastq, tid);
+    na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sO, LD, dout, P.H, h, b, P, r, q0, lastq, tid);
+    na_cp_commit();
+
+    const int g4 = lane >> 2, t4 = lane & 3;
+    int rlo[2][3], rhi[2][3], rowpos[2][3];
+    bool ract[2];
+    float rl2[2], rdl[2];
+    const float sl2 = P.scale * 1.4426950408889634f;
+    for (int rr = 0; rr < 2; ++rr) {
+        const int row = warp * 16 + g4 + rr * 8;
+        const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+        bool act = true;
+        for (int x = 0; x < 3; ++x) {
+            const int ql = q0[x] + t[x];
+            act = act && ql < n[x];
+            rowpos[rr][x] = ql * P.dil[x] + r[x];
+            rlo[rr][x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], min(ql, n[x] - 1));
+            rhi[rr][x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], min(ql, n[x] - 1));
+        }
+        ract[rr] = act;
+        rl2[rr] = 0.f;
+        rdl[rr] = 0.f;
+        if (!act) {
+            for (int x = 0; x < 3; ++x) { rlo[rr][x] = 1 << 30; rhi[rr][x] = -(1 << 30); }
+        } else {
+            const long long orow = na_tok(b, rowpos[rr], P.X) * P.H + h;
+            rl2[rr] = lse[orow] * 1.4426950408889634f;
+            rdl[rr] = delta[orow];
+        }
+    }
+    auto load_kv = [&](int tt, int stage) {
+        int kt[3], base[3];
+        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
+        for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * TKa[x];
+        na_load_box<T, HD, TK0, TK1, TK2, NT>(sK + stage * TK * LD, LD, k, P.Hkv, kvh, b, P, r, base, kmax, tid);
+        na_load_box<T, HD, TK0, TK1, TK2, NT>(sV + stage * TK * LD, LD, v, P.Hkv, kvh, b, P, r, base, kmax, tid);
+    };
+
+    unsigned qf[HD / 16][4]; /* dO fragments are re-read from shared memory (register budget) */
+    float acc[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+
+    load_kv(0, 0);
+    na_cp_commit();
+    for (int tt = 0; tt < ntiles; ++tt) {
+        if (tt + 1 < ntiles) {
+            load_kv(tt + 1, (tt + 1) & 1);
+            na_cp_commit();
+            na_cp_wait<1>();
+        } else {
+            na_cp_wait<0>();
+        }
+        __syncthreads();
+        if (tt == 0) {
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) {
+                na_ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+            }
+        }
+        const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
+        int kt[3];
+        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
+        unsigned long long mk[2][3];
+        bool full = true, empty = true;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            bool rowfull = true, rowempty = false;
+#pragma unroll
+            for (int x = 0; x < 3; ++x) {
+                const int base = kmin[x] + kt[x] * TKa[x];
+                mk[rr][x] = na_range_bits(rlo[rr][x] - base, rhi[rr][x] - base);
+                const unsigned long long all = TKa[x] == 64 ? ~0ull : ((1ull << TKa[x]) - 1);
+                rowfull = rowfull && ((mk[rr][x] & all) == all);
+                rowempty = rowempty || ((mk[rr][x] & all) == 0ull);
+            }
+            full = full && rowfull;
+            empty = empty && rowempty;
+        }
+        full = __all_sync(0xffffffffu, full);
+        empty = __all_sync(0xffffffffu, empty);
+        if (!empty) {
+            float s[8][4], dp[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) {
+                unsigned of[4];
+                na_ldsm_x4(of, sO + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int jp = 0; jp < 4; ++jp) {
+                    unsigned bk[4], bv[4];
+                    const int off = (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8;
+                    na_ldsm_x4(bk, cK + off);
+                    na_ldsm_x4(bv, cV + off);
+                    na_mma(s[2 * jp], qf[kk], bk[0], bk[1], T());
+                    na_mma(s[2 * jp + 1], qf[kk], bk[2], bk[3], T());
+                    na_mma(dp[2 * jp], of, bv[0], bv[1], T());
+                    na_mma(dp[2 * jp + 1], of, bv[2], bv[3], T());
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int rr = e >> 1;
+                    bool ok = true;
+                    if (!full) {
+                        const int col = j * 8 + t4 * 2 + (e & 1);
+                        const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
+                        ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
+                    }
+                    const float pr = ok ? exp2f(s[j][e] * sl2 - rl2[rr]) : 0.f;
+                    s[j][e] = pr * (dp[j][e] - rdl[rr]); /* dS */
+                }
+            /* dQ += dS K */
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                unsigned pa[4];
+                pa[0] = na_pack2(s[2 * kk][0], s[2 * kk][1], T());
+                pa[1] = na_pack2(s[2 * kk][2], s[2 * kk][3], T());
+                pa[2] = na_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
+                pa[3] = na_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
+#pragma unroll
+                for (int jp = 0; jp < HD / 16; ++jp) {
+                    unsigned bk[4];
+                    na_ldsm_x4_t(bk, cK + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + jp * 16 + (lane >> 4) * 8);
+                    na_mma(acc[2 * jp], pa, bk[0], bk[1], T());
+                    na_mma(acc[2 * jp + 1], pa, bk[2], bk[3], T());
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        if (!ract[rr]) continue;
+        T *dst = dq + (na_tok(b, rowpos[rr], P.X) * P.H + h) * (long long)HD;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j)
+            *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) =
+                na_pack2(acc[j][2 * rr] * P.scale, acc[j][2 * rr + 1] * P.scale, T());
+    }
+}
+
+/* ------------------------------------------------------------------ dK, dV */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
+                                 const float *lse, const float *delta, T *dk, T *dv) {
+    constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
+    constexpr int NW = TK / 16, NT = NW * 32, LD = HD + 8;
+    static_assert(TQ == 64, "query tile must hold 64 queries");
+    extern __shared__ __align__(16) unsigned char na_smem_raw[];
+    T *sK = reinterpret_cast<T *>(na_smem_raw);
+    T *sV = sK + TK * LD;
+    T *sQ = sV + TK * LD;  /* [2][TQ][LD] */
+    T *sO = sQ + 2 * TQ * LD; /* [2][TQ][LD] */
+    float *sL = reinterpret_cast<float *>(sO + 2 * TQ * LD); /* [2][TQ] lse*log2e */
+    float *sD = sL + 2 * TQ;                                   /* [2][TQ] delta   */
+
+    const na_params P = na_load_params(params);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int bh = blockIdx.y, b = bh / P.Hkv, kvh = bh % P.Hkv;
+    const int G = P.H / P.Hkv;
+    const int TQa[3] = {TQ0, TQ1, TQ2};
+    int r[3], n[3], k0[3], klast[3], qmin[3], qmax[3], nqt[3];
+    if (!na_box_of<TK0, TK1, TK2>(P, blockIdx.x, r, n, k0, klast)) return;
+    for (int x = 0; x < 3; ++x) {
+        na_query_range(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], k0[x], klast[x], &qmin[x], &qmax[x]);
+        nqt[x] = qmax[x] >= qmin[x] ? (qmax[x] - qmin[x] + TQa[x]) / TQa[x] : 0;
+    }
+    const int ntq = nqt[0] * nqt[1] * nqt[2];
+    const int ntiles = ntq * G;
+    const int lastk[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
+    na_load_box<T, HD, TK0, TK1, TK2, NT>(sK, LD, k, P.Hkv, kvh, b, P, r, k0, lastk, tid);
+    na_load_box<T, HD, TK0, TK1, TK2, NT>(sV, LD, v, P.Hkv, kvh, b, P, r, k0, lastk, tid);
+    na_cp_commit();
+
+    /* per key row (g, g+8 of this warp): the queries that read it, per axis */
+    const int g4 = lane >> 2, t4 = lane & 3;
+    int rlo[2][3], rhi[2][3], rowpos[2][3];
+    bool ract[2];
+    for (int rr = 0; rr < 2; ++rr) {
+        const int row = warp * 16 + g4 + rr * 8;
+        const int u[3] = {row / (TK1 * TK2), (row / TK2) % TK1, row % TK2};
+        bool act = true;
+        for (int x = 0; x < 3; ++x) {
+            const int kl = k0[x] + u[x];
+            act = act && kl < n[x];
+            rowpos[rr][x] = kl * P.dil[x] + r[x];
+            if (kl < n[x]) {
+                na_query_range(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], kl, kl, &rlo[rr][x], &rhi[rr][x]);
+            } else {
+                rlo[rr][x] = 1 << 30;
+                rhi[rr][x] = -(1 << 30);
+            }
+        }
+        ract[rr] = act;
+        if (!act)
+            for (int x = 0; x < 3; ++x) { rlo[rr][x] = 1 << 30; rhi[rr][x] = -(1 << 30); }
+    }
+    const float sl2 = P.scale * 1.4426950408889634f;
+
+    auto load_q = [&](int tt, int stage) {
+        const int h = kvh * G + tt / ntq;
+        int qt[3], base[3];
+        na_tile_coords<TQ0, TQ1, TQ2>(tt % ntq, nqt, qt);
+        for (int x = 0; x < 3; ++x) base[x] = qmin[x] + qt[x] * TQa[x];
+        na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sQ + stage * TQ * LD, LD, q, P.H, h, b, P, r, base, qmax, tid);
+        na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sO + stage * TQ * LD, LD, dout, P.H, h, b, P, r, base, qmax, tid);
+        for (int row = tid; row < TQ; row += NT) {
+            const int u[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+            int pos[3], ok = 1;
+            for (int x = 0; x < 3; ++x) {
+                const int l = base[x] + u[x];
+                ok &= l <= qmax[x];
+                pos[x] = ok ? l * P.dil[x] + r[x] : 0;
+            }
+            const long long orow = na_tok(b, pos, P.X) * P.H + h;
+            sL[stage * TQ + row] = ok ? lse[orow] * 1.4426950408889634f : 0.f;
+            sD[stage * TQ + row] = ok ? delta[orow] : 0.f;
+        }
+    };
+
+    float dka[HD / 8][4], dva[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[j][e] = dva[j][e] = 0.f;
+
+    if (ntiles > 0) {
+        load_q(0, 0);
+        na_cp_commit();
+    }
+    for (int tt = 0; tt < ntiles; ++tt) {
+        if (tt + 1 < ntiles) {
+            load_q(tt + 1, (tt + 1) & 1);
+            na_cp_commit();
+            na_cp_wait<1>();
+        } else {
+            na_cp_wait<0>();
+        }
+        __syncthreads();
+        const int st = tt & 1;
+        const T *cQ = sQ + st * TQ * LD, *cO = sO + st * TQ * LD;
+        const float *cL = sL + st * TQ, *cD = sD + st * TQ;
+        int qt[3];
+        na_tile_coords<TQ0, TQ1, TQ2>(tt % ntq, nqt, qt);
+        unsigned long long mk[2][3];
+        bool full = true, empty = true;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            bool rowfull = true, rowempty = false;
+#pragma unroll
+            for (int x = 0; x < 3; ++x) {
+                const int base = qmin[x] + qt[x] * TQa[x];
+                mk[rr][x] = na_range_bits(rlo[rr][x] - base, rhi[rr][x] - base);
+                const unsigned long long all = TQa[x] == 64 ? ~0ull : ((1ull << TQa[x]) - 1);
+                rowfull = rowfull && ((mk[rr][x] & all) == all);
+                rowempty = rowempty || ((mk[rr][x] & all) == 0ull);
+            }
+            full = full && rowfull;
+            empty = empty && rowempty;
+        }
+        full = __all_sync(0xffffffffu, full);
+        empty = __all_sync(0xffffffffu, empty);
+        if (!empty) {
+            float s[8][4], dp[8][4];
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) {
+                unsigned ka[4], va[4];
+                na_ldsm_x4(ka, sK + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+                na_ldsm_x4(va, sV + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int jp = 0; jp < 4; ++jp) {
+                    unsigned bq[4], bo[4];
+                    const int off = (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8;
+                    na_ldsm_x4(bq, cQ + off);
+                    na_ldsm_x4(bo, cO + off);
+                    na_mma(s[2 * jp], ka, bq[0], bq[1], T());
+                    na_mma(s[2 * jp + 1], ka, bq[2], bq[3], T());
+                    na_mma(dp[2 * jp], va, bo[0], bo[1], T());
+                    na_mma(dp[2 * jp + 1], va, bo[2], bo[3], T());
+                }
+            }
+            /* s <- P^T, dp <- dS^T */
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int rr = e >> 1;
+                    const int col = j * 8 + t4 * 2 + (e & 1);
+                    bool ok = true;
+                    if (!full) {
+                        const int u0 = col / (TQ1 * TQ2), u1 = (col / TQ2) % TQ1, u2 = col % TQ2;
+                        ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
+                    }
+                    const float pr = ok ? exp2f(s[j][e] * sl2 - cL[col]) : 0.f;
+                    s[j][e] = pr;
+                    dp[j][e] = pr * (dp[j][e] - cD[col]);
+                }
+#pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                unsigned pa[4], da[4];
+                pa[0] = na_pack2(s[2 * kk][0], s[2 * kk][1], T());
+                pa[1] = na_pack2(s[2 * kk][2], s[2 * kk][3], T());
+                pa[2] = na_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
+                pa[3] = na_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
+                da[0] = na_pack2(dp[2 * kk][0], dp[2 * kk][1], T());
+                da[1] = na_pack2(dp[2 * kk][2], dp[2 * kk][3], T());
+                da[2] = na_pack2(dp[2 * kk + 1][0], dp[2 * kk + 1][1], T());
+                da[3] = na_pack2(dp[2 * kk + 1][2], dp[2 * kk + 1][3], T());
+#pragma unroll
+                for (int jp = 0; jp < HD / 16; ++jp) {
+                    unsigned bo[4], bq[4];
+                    const int off = (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + jp * 16 + (lane >> 4) * 8;
+                    na_ldsm_x4_t(bo, cO + off);
+                    na_ldsm_x4_t(bq, cQ + off);
+                    na_mma(dva[2 * jp], pa, bo[0], bo[1], T());
+                    na_mma(dva[2 * jp + 1], pa, bo[2], bo[3], T());
+                    na_mma(dka[2 * jp], da, bq[0], bq[1], T());
+                    na_mma(dka[2 * jp + 1], da, bq[2], bq[3], T());
+                }
+            }
+        }
+        __syncthreads();
+    }
+    na_cp_wait<0>();
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        if (!ract[rr]) continue;
+        const long long krow = na_tok(b, rowpos[rr], P.X) * P.Hkv + kvh;
+        T *dK = dk + krow * HD, *dV = dv + krow * HD;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j) {
+            *reinterpret_cast<unsigned *>(dK + j * 8 + t4 * 2) =
+                na_pack2(dka[j][2 * rr] * P.scale, dka[j][2 * rr + 1] * P.scale, T());
+            *reinterpret_cast<unsigned *>(dV + j * 8 + t4 * 2) = na_pack2(dva[j][2 * rr], dva[j][2 * rr + 1], T());
+        }
+    }
+}
+
+#endif /* NATTEN_CUDA_BWD_TC_CUH */
