@@ -176,14 +176,14 @@ static natten_status tensor_span(const char *fn, const natten_problem *p, targ *
                 st[j] = st[j - 1], ex[j] = ex[j - 1], idx[j] = idx[j - 1];
                 st[j - 1] = ts, ex[j - 1] = te, idx[j - 1] = ti;
             }
-        int64_t reach = 0; /* largest offset spanned by the smaller axes (no overflow: bounded by span) */
+        int64_t reach = 0; /* largest offset spanned by the smaller axes (saturating) */
         for (int i = 0; i < m; ++i) {
             if (st[i] <= reach)
                 return natten_set_error(NATTEN_STATUS_ALIASING,
                                         "%s: output %s stride[%d]=%lld makes distinct elements "
                                         "share memory",
                                         fn, a->name, idx[i], LL(t->stride[idx[i]]));
-            reach += (ex[i] - 1) * st[i];
+            if (__builtin_add_overflow(reach, (ex[i] - 1) * st[i], &reach)) reach = INT64_MAX;
         }
     }
     return NATTEN_STATUS_SUCCESS;
