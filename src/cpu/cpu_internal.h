@@ -13,6 +13,7 @@
 #ifndef NATTEN_CPU_INTERNAL_H
 #define NATTEN_CPU_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "natten.h"
@@ -27,6 +28,22 @@ typedef struct natten_cpu_kernels {
     float (*expsum)(float *s, int64_t n, float m);
     /* f16 bits -> f32 for n elements. */
     void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+    /* dst[c*dst_ld + r] = src[r*src_ld + c] for r < rows, c < cols. */
+    void (*transpose)(const float *src, int64_t src_ld, float *dst, int64_t dst_ld, int64_t rows,
+                      int64_t cols);
+    /*
+     * Optional (NULL: not available).  Lane-major forward tile: TILE_LANES
+     * queries whose neighbour pairs i < n sit at the same offsets:
+     *   q of lane l, channel c:         qt[c*ld + l]
+     *   key of pair i, lane l, channel c: pk[i][c*ld + l]   (value: pv[i][c*ld + l])
+     * s_i = scale*q.k + bias[i]; out_t[c*16 + l] = sum_i softmax_i * v (normalised),
+     * lse[l] = log-sum-exp.  sbuf: n*16 floats.  Lanes >= nlanes are computed
+     * on whatever the padding holds and never stored by the caller.
+     */
+    void (*tile_fwd)(const float *qt, int64_t ld, const float *const *pk, const float *const *pv,
+                     const float *bias, int64_t n, int64_t D, int64_t Dv, float scale, float *sbuf,
+                     float *out_t, float *lse);
+    int tile_lanes; /* 16 for AVX-512, 0 when tile_fwd is NULL */
 } natten_cpu_kernels;
 
 extern const natten_cpu_kernels natten_cpu_kernels_scalar;
@@ -56,6 +73,14 @@ int natten_cpu_isa_supported(natten_cpu_isa isa);
 typedef void (*natten_parallel_fn)(void *ctx, int64_t begin, int64_t end, int tid);
 int natten_parallel_threads(void);
 void natten_parallel_for(int nthreads, int64_t n, int64_t grain, natten_parallel_fn fn, void *ctx);
+
+/* Reusable large buffers (cached across calls); put(NULL) is a no-op. */
+void *natten_cpu_ws_get(size_t bytes);
+void natten_cpu_ws_put(void *ptr);
+
+/* Portable blocked transpose (the scalar table's entry). */
+void natten_cpu_transpose_scalar(const float *src, int64_t src_ld, float *dst, int64_t dst_ld,
+                                 int64_t rows, int64_t cols);
 
 /* Scalar exp used by the scalar kernels and tails (expf). */
 float natten_cpu_expf(float x);

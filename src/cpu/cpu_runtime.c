@@ -273,3 +273,62 @@ void natten_parallel_for(int nthreads, int64_t n, int64_t grain, natten_parallel
     pthread_mutex_unlock(&P.m);
     pthread_mutex_unlock(&P.run_lock);
 }
+
+/* ------------------------------------------------------------------------ */
+/* Workspace cache                                                           */
+/* ------------------------------------------------------------------------ */
+/*
+ * Large staging buffers (packed K/V, P/dS of the backward) are reused across
+ * calls: a fresh multi-megabyte malloc is a fresh mmap, and touching it costs
+ * a page fault per 4 KiB, which for the benchmark shapes is a sizeable share
+ * of a forward pass.  A few buffers (WS_SLOTS, WS_CAP bytes in all) are kept.
+ */
+#define WS_SLOTS 12
+#define WS_CAP ((size_t)1 << 31)
+#define WS_HDR 64
+
+static pthread_mutex_t ws_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *ws_slot[WS_SLOTS];
+static size_t ws_size[WS_SLOTS];
+static size_t ws_total;
+
+void *natten_cpu_ws_get(size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    pthread_mutex_lock(&ws_lock);
+    int best = -1;
+    for (int i = 0; i < WS_SLOTS; ++i)
+        if (ws_slot[i] && ws_size[i] >= bytes && ws_size[i] <= 2 * bytes + (1u << 20) &&
+            (best < 0 || ws_size[i] < ws_size[best]))
+            best = i;
+    if (best >= 0) {
+        char *p = ws_slot[best];
+        ws_total -= ws_size[best];
+        ws_slot[best] = NULL;
+        pthread_mutex_unlock(&ws_lock);
+        return p + WS_HDR;
+    }
+    pthread_mutex_unlock(&ws_lock);
+    char *p = malloc(bytes + WS_HDR);
+    if (!p) return NULL;
+    memcpy(p, &bytes, sizeof bytes);
+    return p + WS_HDR;
+}
+
+void natten_cpu_ws_put(void *ptr) {
+    if (!ptr) return;
+    char *p = (char *)ptr - WS_HDR;
+    size_t bytes;
+    memcpy(&bytes, p, sizeof bytes);
+    pthread_mutex_lock(&ws_lock);
+    int slot = -1;
+    for (int i = 0; i < WS_SLOTS; ++i)
+        if (!ws_slot[i]) slot = i;
+    if (slot >= 0 && ws_total + bytes <= WS_CAP) {
+        ws_slot[slot] = p;
+        ws_size[slot] = bytes;
+        ws_total += bytes;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&ws_lock);
+    free(p);
+}

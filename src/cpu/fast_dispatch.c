@@ -185,7 +185,7 @@ static int make_view(const natten_problem *p, natten_tensor_kind kind, const nat
             s *= shape[i];
         }
     }
-    float *buf = malloc((size_t)(s > 0 ? s : 1) * sizeof(float));
+    float *buf = natten_cpu_ws_get((size_t)(s > 0 ? s : 1) * sizeof(float));
     if (!buf) return 0;
     pack_ctx c = {t, p->dtype, nd, {0}, {0}, shape[nd - 1], buf, natten_cpu_active_kernels()};
     for (int i = 0; i < nd; ++i) {
@@ -267,6 +267,7 @@ typedef struct common {
     int64_t scratch_floats;        /* per thread */
     char *scratch;                 /* per-thread scratch, scratch_bytes each */
     size_t scratch_bytes;
+    const struct tile_common *tile; /* lane-major packs of the tile forward, or NULL */
 } common;
 
 /*
@@ -280,7 +281,7 @@ typedef struct lineprep {
     int inside;
     int64_t e[3], pos[3];
     int64_t nlead;
-    int64_t *lk, *lv, *lslot, *lrpb;
+    int64_t *lk, *lv, *lslot, *lrpb, *lrow; /* lrow: lead spatial row index (lane-major packs) */
     float *rpbf;
     const float *kb, *vb;
     const float **ekp, **evp;
@@ -290,6 +291,9 @@ typedef struct qscratch {
     lineprep lp;
     nlist nl;
     float *s, *dp, *row;
+    /* lane-major tiles */
+    const float **tpk, **tpv;
+    float *tbias, *tsbuf, *tout, *tlse;
 } qscratch;
 
 static int64_t rpb_table_size(const geom *g) {
@@ -303,7 +307,9 @@ static size_t qscratch_bytes(const geom *g) {
     const int64_t dmax = (g->D > g->Dv ? g->D : g->Dv) + 16;
     const int64_t nl = g->KK / g->K[g->rank - 1] + 1;
     return (size_t)n * (2 * sizeof(float *) + sizeof(int64_t) + 3 * sizeof(float)) +
-           (size_t)dmax * sizeof(float) + (size_t)nl * 4 * sizeof(int64_t) +
+           (size_t)dmax * sizeof(float) + (size_t)nl * 5 * sizeof(int64_t) +
+           (size_t)(g->KK + 16) * (2 * sizeof(float *) + sizeof(float)) + (size_t)(g->KK + 16) * 16 * sizeof(float) +
+           (size_t)(g->Dv + 16) * 16 * sizeof(float) + 64 * sizeof(float) +
            (size_t)rpb_table_size(g) * sizeof(float) + (size_t)(g->NE + 1) * 2 * sizeof(float *) + 256;
 }
 
@@ -333,6 +339,21 @@ static qscratch qscratch_at(const common *c, int tid) {
     s += nl * sizeof(int64_t);
     q.lp.lrpb = (int64_t *)s;
     s += nl * sizeof(int64_t);
+    q.lp.lrow = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.tpk = (const float **)s;
+    s += (g->KK + 16) * sizeof(float *);
+    q.tpv = (const float **)s;
+    s += (g->KK + 16) * sizeof(float *);
+    q.tbias = (float *)s;
+    s += (g->KK + 16) * sizeof(float);
+    s = (char *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
+    q.tsbuf = (float *)s;
+    s += (g->KK + 16) * 16 * sizeof(float);
+    q.tout = (float *)s;
+    s += (g->Dv + 16) * 16 * sizeof(float);
+    q.tlse = (float *)s;
+    s += 64 * sizeof(float);
     q.lp.ekp = (const float **)s;
     s += (g->NE + 1) * sizeof(float *);
     q.lp.evp = (const float **)s;
@@ -381,7 +402,7 @@ static void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, l
     /* valid combinations of the leading axes (at most 2), in slot order */
     int64_t n = 0;
     if (r == 1) {
-        lp->lk[0] = lp->lv[0] = lp->lslot[0] = lp->lrpb[0] = 0;
+        lp->lk[0] = lp->lv[0] = lp->lslot[0] = lp->lrpb[0] = lp->lrow[0] = 0;
         n = 1;
     } else if (r == 2) {
         for (int64_t k0 = w[0].valid_begin; k0 < w[0].valid_end; ++k0) {
@@ -390,6 +411,7 @@ static void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, l
             lp->lv[n] = x0 * c->v.st[1];
             lp->lslot[n] = k0 * g->K[1];
             lp->lrpb[n] = c->rpb ? natten_rpb_index(&w[0], g->K[0], lp->pos[0], k0) * dims[1] : 0;
+            lp->lrow[n] = x0;
             ++n;
         }
     } else {
@@ -403,6 +425,7 @@ static void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, l
                 lp->lslot[n] = (k0 * g->K[1] + k1) * g->K[2];
                 lp->lrpb[n] =
                     c->rpb ? (r0 * dims[1] + natten_rpb_index(&w[1], g->K[1], lp->pos[1], k1)) * dims[2] : 0;
+                lp->lrow[n] = x0 * g->L[1] + x1;
                 ++n;
             }
         }
@@ -477,59 +500,14 @@ static inline int64_t olin_of(const geom *g, const int64_t o[3]) {
 /* Forward                                                                   */
 /* ------------------------------------------------------------------------ */
 
-static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
-    const common *c = vctx;
-    const geom *g = &c->g;
-    const int r = g->rank;
-    qscratch sc = qscratch_at(c, tid);
-    const natten_dtype dt = c->p->dtype;
-    const int out_direct = dt == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
-    int64_t rpb_h = -1;
-    for (int64_t task = begin; task < end; ++task) {
-        int64_t b, h, seg, o[3];
-        decode_task(g, task, &b, &h, o, &seg);
-        const int64_t last0 = seg * SEG;
-        const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
-        line_prep(c, b, h, o, &sc.lp, &rpb_h);
-        const int64_t *pos = sc.lp.pos;
-        for (int64_t ol = last0; ol < last1; ++ol) {
-            o[r - 1] = ol;
-            const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
-            int64_t loff = 0;
-            if (c->lse_t) loff = row_off(c->lse_t->stride, r, b, o, 0) + h * c->lse_t->stride[r + 1];
-            if (!query_list(c, &sc.lp, ol, &sc.nl)) {
-                store_zero_row(c->out_t->data, ooff, c->out_t->stride[r + 2], dt, g->Dv);
-                if (c->lse_t) ((float *)c->lse_t->data)[loff] = -INFINITY;
-                continue;
-            }
-            const float *qrow = c->q.data + row_off(c->q.st, r, b, pos, h);
-            const int64_t n = sc.nl.n;
-            c->kern->dots(qrow, sc.nl.kp, n, g->D, sc.s);
-            float m = -INFINITY;
-            if (c->rpb)
-                for (int64_t j = 0; j < n; ++j) sc.s[j] = sc.s[j] * g->scale + sc.nl.bias[j];
-            else
-                for (int64_t j = 0; j < n; ++j) sc.s[j] *= g->scale;
-            for (int64_t j = 0; j < n; ++j) m = sc.s[j] > m ? sc.s[j] : m;
-            const float sum = c->kern->expsum(sc.s, n, m);
-            const float inv = 1.0f / sum;
-            float *orow = out_direct ? (float *)c->out_t->data + ooff : sc.row;
-            c->kern->wsum(sc.s, sc.nl.vp, n, g->Dv, orow);
-            for (int64_t i = 0; i < g->Dv; ++i) orow[i] *= inv;
-            if (!out_direct) store_row(c->out_t->data, ooff, c->out_t->stride[r + 2], dt, orow, g->Dv);
-            if (c->lse_t) ((float *)c->lse_t->data)[loff] = m + logf(sum);
-        }
-    }
-}
-
 static void free_views(common *c) {
-    free(c->q.owned);
-    free(c->k.owned);
-    free(c->v.owned);
-    free(c->ek.owned);
-    free(c->ev.owned);
-    free(c->out.owned);
-    free(c->dout.owned);
+    natten_cpu_ws_put(c->q.owned);
+    natten_cpu_ws_put(c->k.owned);
+    natten_cpu_ws_put(c->v.owned);
+    natten_cpu_ws_put(c->ek.owned);
+    natten_cpu_ws_put(c->ev.owned);
+    natten_cpu_ws_put(c->out.owned);
+    natten_cpu_ws_put(c->dout.owned);
 }
 
 /* Which problems the fast kernels take. */
@@ -537,6 +515,247 @@ static int fast_supported(const natten_problem *p) {
     if (p->dtype == NATTEN_DTYPE_F64) return 0;
     return 1;
 }
+
+/* One query by the generic list path: o[0..rank-1) set; writes out and lse. */
+static void fwd_query(const common *c, qscratch *sc, int64_t b, int64_t h, int64_t o[3], int64_t ol,
+                      int out_direct) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const natten_dtype dt = c->p->dtype;
+    o[r - 1] = ol;
+    const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
+    int64_t loff = 0;
+    if (c->lse_t) loff = row_off(c->lse_t->stride, r, b, o, 0) + h * c->lse_t->stride[r + 1];
+    if (!query_list(c, &sc->lp, ol, &sc->nl)) {
+        store_zero_row(c->out_t->data, ooff, c->out_t->stride[r + 2], dt, g->Dv);
+        if (c->lse_t) ((float *)c->lse_t->data)[loff] = -INFINITY;
+        return;
+    }
+    const float *qrow = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
+    const int64_t n = sc->nl.n;
+    c->kern->dots(qrow, sc->nl.kp, n, g->D, sc->s);
+    float m = -INFINITY;
+    if (c->rpb)
+        for (int64_t j = 0; j < n; ++j) sc->s[j] = sc->s[j] * g->scale + sc->nl.bias[j];
+    else
+        for (int64_t j = 0; j < n; ++j) sc->s[j] *= g->scale;
+    for (int64_t j = 0; j < n; ++j) m = sc->s[j] > m ? sc->s[j] : m;
+    const float sum = c->kern->expsum(sc->s, n, m);
+    const float inv = 1.0f / sum;
+    float *orow = out_direct ? (float *)c->out_t->data + ooff : sc->row;
+    c->kern->wsum(sc->s, sc->nl.vp, n, g->Dv, orow);
+    for (int64_t i = 0; i < g->Dv; ++i) orow[i] *= inv;
+    if (!out_direct) store_row(c->out_t->data, ooff, c->out_t->stride[r + 2], dt, orow, g->Dv);
+    if (c->lse_t) ((float *)c->lse_t->data)[loff] = m + logf(sum);
+}
+
+/* Generic forward: tasks (b, h, line, segment of SEG outputs). */
+static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const common *c = vctx;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    qscratch sc = qscratch_at(c, tid);
+    const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
+    int64_t rpb_h = -1;
+    for (int64_t task = begin; task < end; ++task) {
+        int64_t b, h, seg, o[3];
+        decode_task(g, task, &b, &h, o, &seg);
+        const int64_t last0 = seg * SEG;
+        const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
+        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        for (int64_t ol = last0; ol < last1; ++ol) fwd_query(c, &sc, b, h, o, ol, out_direct);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lane-major tiles (forward, when the ISA has tile_fwd)                     */
+/* ------------------------------------------------------------------------ */
+/*
+ * Along the last axis (out_stride 1), positions are reordered group-major:
+ * x = r + d*p (dilation group r, local index p) goes to u = goff[r] + p.  A
+ * pack holds, per (batch, head, leading row), channel-major rows of u:
+ * pack[c*XP + u].  Consecutive queries of one group whose windows are the
+ * same shift of their own position (checked per query with natten_window_of:
+ * full window, start - x equal across the run) then read their keys at
+ * consecutive u, so a tile of 16 such queries is a small GEMM on aligned
+ * lanes: no horizontal sums, no per-query lists.  Everything else (borders
+ * of shifted windows, causal heads, GNA groups, varlen tails) takes the
+ * generic path, query by query.
+ */
+#define TSEG 64
+
+typedef struct lmpack {
+    float *data;
+    int64_t XP, RP, HP, BP;
+} lmpack;
+
+typedef struct lm_ctx {
+    const common *c;
+    const fview *src;
+    lmpack *dst;
+    int64_t C, Hn, nR;
+    const int64_t *goff;
+} lm_ctx;
+
+static void lm_pack_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const lm_ctx *x = vctx;
+    const geom *g = &x->c->g;
+    const int r = g->rank;
+    const int64_t d = g->dil[r - 1], L = g->L[r - 1];
+    for (int64_t idx = begin; idx < end; ++idx) {
+        const int64_t R = idx % x->nR, h = (idx / x->nR) % x->Hn, b = idx / (x->nR * x->Hn);
+        int64_t soff = b * x->src->st[0] + h * x->src->st[r + 1];
+        if (r == 2) soff += R * x->src->st[1];
+        if (r == 3) soff += (R / g->L[1]) * x->src->st[1] + (R % g->L[1]) * x->src->st[2];
+        const int64_t sx = x->src->st[r];
+        const float *src = x->src->data + soff;
+        float *dst = x->dst->data + b * x->dst->BP + h * x->dst->HP + R * x->dst->RP;
+        for (int64_t rr = 0; rr < d && rr < L; ++rr) {
+            const int64_t nr = x->goff[rr + 1] - x->goff[rr];
+            for (int64_t p0 = 0; p0 < nr; p0 += 16) {
+                const int64_t nb = nr - p0 < 16 ? nr - p0 : 16;
+                x->c->kern->transpose(src + (rr + d * p0) * sx, d * sx, dst + x->goff[rr] + p0, x->dst->XP, nb,
+                                      x->C);
+            }
+        }
+        for (int64_t ch = 0; ch < x->C; ++ch)
+            for (int64_t u = L; u < x->dst->XP; ++u) dst[ch * x->dst->XP + u] = 0.f;
+    }
+}
+
+static int lm_pack(const common *c, const fview *src, int64_t Hn, int64_t C, const int64_t *goff,
+                   lmpack *dst, int nt) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    int64_t XP = ((g->L[r - 1] + 16 + 15) / 16) * 16;
+    if (XP % 256 == 0) XP += 16;
+    dst->XP = XP;
+    dst->RP = C * XP;
+    int64_t nR = 1;
+    for (int a = 0; a < r - 1; ++a) nR *= g->L[a];
+    dst->HP = nR * dst->RP;
+    dst->BP = Hn * dst->HP;
+    dst->data = natten_cpu_ws_get((size_t)(g->B * dst->BP) * sizeof(float) + 64 * sizeof(float));
+    if (!dst->data) return 0;
+    lm_ctx x = {c, src, dst, C, Hn, nR, goff};
+    natten_parallel_for(nt, g->B * Hn * nR, 4, lm_pack_task, &x);
+    return 1;
+}
+
+typedef struct tile_common {
+    lmpack q, k, v;
+    int64_t *goff;  /* dilation groups of the last axis, d+1 entries */
+    int64_t *xofu;  /* u -> x */
+    int64_t nseg;   /* TSEG segments of u */
+} tile_common;
+
+static const tile_common *tile_of(const common *c);
+
+/* Run one tile: lanes u0..u0+nl-1 (one group) with common shift `shift`. */
+static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64_t b, int64_t h,
+                     int64_t o[3], int64_t u0, int64_t nl, int64_t shift, const natten_window *w0,
+                     int64_t x0, int out_direct) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t hk = h / g->G, K = g->K[r - 1], d = g->dil[r - 1];
+    int64_t Rq = 0;
+    if (r == 2) Rq = sc->lp.pos[0];
+    if (r == 3) Rq = sc->lp.pos[0] * g->L[1] + sc->lp.pos[1];
+    const float *qt = tc->q.data + b * tc->q.BP + h * tc->q.HP + Rq * tc->q.RP + u0;
+    const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
+    const float *vb = tc->v.data + b * tc->v.BP + hk * tc->v.HP + u0 + shift;
+    int64_t n = 0;
+    for (int64_t l = 0; l < sc->lp.nlead; ++l)
+        for (int64_t k = 0; k < K; ++k) {
+            sc->tpk[n] = kb + sc->lp.lrow[l] * tc->k.RP + k;
+            sc->tpv[n] = vb + sc->lp.lrow[l] * tc->v.RP + k;
+            if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
+            ++n;
+        }
+    c->kern->tile_fwd(qt, tc->q.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, g->D, g->Dv, g->scale,
+                      sc->tsbuf, sc->tout, sc->tlse);
+    const natten_dtype dt = c->p->dtype;
+    o[r - 1] = x0;
+    const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
+    const int64_t ost = c->out_t->stride[r]; /* out_stride is 1 on this axis: o == x */
+    if (out_direct) {
+        c->kern->transpose(sc->tout, 16, (float *)c->out_t->data + ooff, d * ost, g->Dv, nl);
+    } else {
+        for (int64_t l = 0; l < nl; ++l) {
+            for (int64_t ch = 0; ch < g->Dv; ++ch) sc->row[ch] = sc->tout[ch * 16 + l];
+            store_row(c->out_t->data, ooff + l * d * ost, c->out_t->stride[r + 2], dt, sc->row, g->Dv);
+        }
+    }
+    if (c->lse_t) {
+        const int64_t loff = row_off(c->lse_t->stride, r, b, o, 0) + h * c->lse_t->stride[r + 1];
+        for (int64_t l = 0; l < nl; ++l) ((float *)c->lse_t->data)[loff + l * d * c->lse_t->stride[r]] = sc->tlse[l];
+    }
+}
+
+/* Tile forward: tasks (b, h, line, TSEG segment of u). */
+static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const common *c = vctx;
+    const tile_common *tc = tile_of(c);
+    const geom *g = &c->g;
+    const int r = g->rank;
+    qscratch sc = qscratch_at(c, tid);
+    const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
+    const int64_t K = g->K[r - 1], d = g->dil[r - 1], L = g->L[r - 1];
+    int64_t rpb_h = -1;
+    for (int64_t task = begin; task < end; ++task) {
+        int64_t t = task;
+        const int64_t seg = t % tc->nseg;
+        t /= tc->nseg;
+        int64_t line = t % g->lines;
+        t /= g->lines;
+        const int64_t h = t % g->H, b = t / g->H;
+        int64_t o[3] = {0, 0, 0};
+        for (int a = r - 2; a >= 0; --a) {
+            o[a] = line % g->O[a];
+            line /= g->O[a];
+        }
+        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
+        int64_t u = seg * TSEG;
+        if (!sc.lp.inside) {
+            for (; u < u1; ++u) fwd_query(c, &sc, b, h, o, tc->xofu[u], out_direct);
+            continue;
+        }
+        const int64_t e = sc.lp.e[r - 1];
+        while (u < u1) {
+            /* a run of regular queries within one group, up to 16 lanes */
+            const int64_t x = tc->xofu[u];
+            const int64_t grp = x % d;
+            const int64_t gend = tc->goff[grp + 1] < u1 ? tc->goff[grp + 1] : u1;
+            natten_window w;
+            int64_t shift = 0;
+            int regular = x < e;
+            if (regular) {
+                w = natten_window_of(e, K, d, g->gs[r - 1], g->causal[r - 1], x);
+                regular = w.valid_begin == 0 && w.valid_end == K;
+                shift = (w.start - x) / d;
+            }
+            if (!regular) {
+                fwd_query(c, &sc, b, h, o, x, out_direct);
+                ++u;
+                continue;
+            }
+            int64_t nl = 1;
+            while (nl < 16 && u + nl < gend) {
+                const int64_t xl = tc->xofu[u + nl];
+                if (xl >= e) break;
+                const natten_window wl = natten_window_of(e, K, d, g->gs[r - 1], g->causal[r - 1], xl);
+                if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != shift) break;
+                ++nl;
+            }
+            fwd_tile(c, tc, &sc, b, h, o, u, nl, shift, &w, x, out_direct);
+            u += nl;
+        }
+    }
+}
+
+static tile_common g_tile_unused;
+static const tile_common *tile_of(const common *c) { return c->tile ? c->tile : &g_tile_unused; }
 
 natten_status natten_fast_na_forward(const natten_problem *p, const natten_tensor *q,
                                      const natten_tensor *k, const natten_tensor *v,
@@ -548,28 +767,58 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     memset(&c, 0, sizeof c);
     c.p = p;
     geom_init(&c.g, p);
+    const geom *g = &c.g;
     c.kern = natten_cpu_active_kernels();
     c.rpb = rpb;
     c.out_t = out;
     c.lse_t = lse;
     const int nt = natten_parallel_threads();
+    const int r = g->rank;
+    const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 &&
+                         getenv("NATTEN_CPU_NO_TILES") == NULL;
+    tile_common tc;
+    memset(&tc, 0, sizeof tc);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
-             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 1) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 1);
-    if (ok && c.g.NE > 0)
+             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, !use_tile) &&
+             make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, !use_tile);
+    if (ok && g->NE > 0)
         ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
              make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
-    c.scratch_bytes = (qscratch_bytes(&c.g) + 63) & ~(size_t)63;
-    if (ok) ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
-    if (!ok) {
-        free_views(&c);
-        free(c.scratch);
-        return NATTEN_STATUS_UNSUPPORTED; /* too big to stage: the reference has its own limits */
+    if (ok && use_tile) {
+        const int64_t d = g->dil[r - 1], L = g->L[r - 1];
+        ok = (tc.goff = malloc((size_t)(d + 1) * sizeof(int64_t))) != NULL &&
+             (tc.xofu = malloc((size_t)L * sizeof(int64_t))) != NULL;
+        if (ok) {
+            tc.goff[0] = 0;
+            for (int64_t rr = 0; rr < d; ++rr) {
+                const int64_t n_r = rr < L ? (L - rr + d - 1) / d : 0;
+                for (int64_t pp = 0; pp < n_r; ++pp) tc.xofu[tc.goff[rr] + pp] = rr + d * pp;
+                tc.goff[rr + 1] = tc.goff[rr] + n_r;
+            }
+            tc.nseg = (L + TSEG - 1) / TSEG;
+            ok = lm_pack(&c, &c.q, g->H, g->D, tc.goff, &tc.q, nt) &&
+                 lm_pack(&c, &c.k, g->Hkv, g->D, tc.goff, &tc.k, nt) &&
+                 lm_pack(&c, &c.v, g->Hkv, g->Dv, tc.goff, &tc.v, nt);
+        }
+        c.tile = &tc;
     }
-    const int64_t ntasks = c.g.B * c.g.H * c.g.lines * c.g.nseg;
-    natten_parallel_for(nt, ntasks, 1, fwd_task, &c);
+    c.scratch_bytes = (qscratch_bytes(g) + 63) & ~(size_t)63;
+    if (ok) ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
+    if (ok) {
+        if (use_tile)
+            natten_parallel_for(nt, g->B * g->H * g->lines * tc.nseg, 1, fwd_tile_task, &c);
+        else
+            natten_parallel_for(nt, g->B * g->H * g->lines * g->nseg, 1, fwd_task, &c);
+    }
     free_views(&c);
     free(c.scratch);
-    return NATTEN_STATUS_SUCCESS;
+    free(tc.goff);
+    free(tc.xofu);
+    natten_cpu_ws_put(tc.q.data);
+    natten_cpu_ws_put(tc.k.data);
+    natten_cpu_ws_put(tc.v.data);
+    /* staging failed (out of memory): decline, so the reference runs */
+    return ok ? NATTEN_STATUS_SUCCESS : NATTEN_STATUS_UNSUPPORTED;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -927,8 +1176,8 @@ natten_status natten_fast_na_backward(
     if (ok && g->NE > 0)
         ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
              make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
-    if (ok) ok = (c.Pbuf = malloc(pbytes ? pbytes : 1)) != NULL;
-    if (ok) ok = (c.Sbuf = malloc(pbytes ? pbytes : 1)) != NULL;
+    if (ok) ok = (c.Pbuf = natten_cpu_ws_get(pbytes)) != NULL;
+    if (ok) ok = (c.Sbuf = natten_cpu_ws_get(pbytes)) != NULL;
     if (ok) ok = (c.inv_start = malloc((size_t)(ntab * 3 * c.inv_stride_start) * sizeof(int64_t))) != NULL;
     if (ok) ok = (c.inv_ent = malloc((size_t)(ntab * 3 * c.inv_stride_ent) * sizeof(int64_t))) != NULL;
     if (ok) build_inverse(&c);
@@ -952,8 +1201,8 @@ natten_status natten_fast_na_backward(
     }
     if (!ok) {
         free_views(&c);
-        free(c.Pbuf);
-        free(c.Sbuf);
+        natten_cpu_ws_put(c.Pbuf);
+        natten_cpu_ws_put(c.Sbuf);
         free(c.inv_start);
         free(c.inv_ent);
         free(c.scratch);
@@ -970,8 +1219,8 @@ natten_status natten_fast_na_backward(
     if (c.drpb_t) natten_parallel_for(nt, g->H, 1, bwd_rpb_task, &c);
     if (g->NE > 0) natten_parallel_for(nt, g->B * g->NE * g->Hkv, 1, bwd_extra_task, &c);
     free_views(&c);
-    free(c.Pbuf);
-    free(c.Sbuf);
+    natten_cpu_ws_put(c.Pbuf);
+    natten_cpu_ws_put(c.Sbuf);
     free(c.inv_start);
     free(c.inv_ent);
     free(c.scratch);

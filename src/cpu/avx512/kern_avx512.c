@@ -170,5 +170,137 @@ static void f16_to_f32_avx512(const uint16_t *src, float *dst, int64_t n) {
     }
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* Lane-major tiles                                                          */
+/* ------------------------------------------------------------------------ */
+
+static inline __m512 unlo_pd(__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+static inline __m512 unhi_pd(__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+}
+
+/* In-register 16x16 transpose: r[i] lane j -> o[j] lane i. */
+static inline void transpose16(const __m512 r[16], __m512 o[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int j = 0; j < 4; ++j) {
+        u[4 * j] = unlo_pd(t[4 * j], t[4 * j + 2]);
+        u[4 * j + 1] = unhi_pd(t[4 * j], t[4 * j + 2]);
+        u[4 * j + 2] = unlo_pd(t[4 * j + 1], t[4 * j + 3]);
+        u[4 * j + 3] = unhi_pd(t[4 * j + 1], t[4 * j + 3]);
+    }
+    for (int m = 0; m < 4; ++m) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
+        const __m512 v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
+        const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
+        const __m512 v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+        o[m] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        o[8 + m] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        o[4 + m] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        o[12 + m] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+
+static void transpose_avx512(const float *src, int64_t src_ld, float *dst, int64_t dst_ld, int64_t rows,
+                             int64_t cols) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        const int64_t nr = rows - r0 < 16 ? rows - r0 : 16;
+        const __mmask16 rmask = tail_mask(nr);
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            const int64_t nc = cols - c0 < 16 ? cols - c0 : 16;
+            const __mmask16 cmask = tail_mask(nc);
+            __m512 r[16], o[16];
+            for (int i = 0; i < 16; ++i)
+                r[i] = i < nr ? _mm512_maskz_loadu_ps(cmask, src + (r0 + i) * src_ld + c0) : _mm512_setzero_ps();
+            transpose16(r, o);
+            for (int j = 0; j < nc; ++j) _mm512_mask_storeu_ps(dst + (c0 + j) * dst_ld + r0, rmask, o[j]);
+        }
+    }
+}
+
+/* Scores of CNT pairs (CNT fixed at compile time so the accumulators stay in registers). */
+#define TILE_QK(CNT)                                                                               \
+    do {                                                                                           \
+        __m512 acc[CNT];                                                                           \
+        const float *p[CNT];                                                                       \
+        for (int t = 0; t < CNT; ++t) {                                                            \
+            acc[t] = _mm512_setzero_ps();                                                          \
+            p[t] = pk[i0 + t];                                                                     \
+        }                                                                                          \
+        for (int64_t c = 0; c < D; ++c) {                                                          \
+            const __m512 qv = _mm512_loadu_ps(qt + c * ld);                                        \
+            for (int t = 0; t < CNT; ++t)                                                          \
+                acc[t] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(p[t] + c * ld), acc[t]);              \
+        }                                                                                          \
+        for (int t = 0; t < CNT; ++t) {                                                            \
+            __m512 s = _mm512_mul_ps(acc[t], sc);                                                  \
+            if (bias) s = _mm512_add_ps(s, _mm512_set1_ps(bias[i0 + t]));                          \
+            mx = _mm512_max_ps(mx, s);                                                             \
+            _mm512_storeu_ps(sbuf + (i0 + t) * 16, s);                                             \
+        }                                                                                          \
+    } while (0)
+
+/* CNT output channels over all pairs. */
+#define TILE_AV(CNT)                                                                               \
+    do {                                                                                           \
+        __m512 acc[CNT];                                                                           \
+        for (int t = 0; t < CNT; ++t) acc[t] = _mm512_setzero_ps();                                \
+        for (int64_t i = 0; i < n; ++i) {                                                          \
+            const __m512 w = _mm512_loadu_ps(sbuf + i * 16);                                       \
+            const float *v = pv[i] + c0 * ld;                                                      \
+            for (int t = 0; t < CNT; ++t) acc[t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + t * ld), acc[t]); \
+        }                                                                                          \
+        for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], inv)); \
+    } while (0)
+
+static void tile_fwd_avx512(const float *qt, int64_t ld, const float *const *pk, const float *const *pv,
+                            const float *bias, int64_t n, int64_t D, int64_t Dv, float scale, float *sbuf,
+                            float *out_t, float *lse) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    int64_t i0 = 0;
+    for (; i0 + 8 <= n; i0 += 8) TILE_QK(8);
+    switch (n - i0) {
+    case 7: TILE_QK(7); break;
+    case 6: TILE_QK(6); break;
+    case 5: TILE_QK(5); break;
+    case 4: TILE_QK(4); break;
+    case 3: TILE_QK(3); break;
+    case 2: TILE_QK(2); break;
+    case 1: TILE_QK(1); break;
+    default: break;
+    }
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; ++i) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sbuf + i * 16), mx));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_storeu_ps(sbuf + i * 16, e);
+    }
+    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+    int64_t c0 = 0;
+    for (; c0 + 8 <= Dv; c0 += 8) TILE_AV(8);
+    switch (Dv - c0) {
+    case 7: TILE_AV(7); break;
+    case 6: TILE_AV(6); break;
+    case 5: TILE_AV(5); break;
+    case 4: TILE_AV(4); break;
+    case 3: TILE_AV(3); break;
+    case 2: TILE_AV(2); break;
+    case 1: TILE_AV(1); break;
+    default: break;
+    }
+    float m[16], s[16];
+    _mm512_storeu_ps(m, mx);
+    _mm512_storeu_ps(s, sum);
+    for (int l = 0; l < 16; ++l) lse[l] = m[l] + logf(s[l]);
+}
+
 const natten_cpu_kernels natten_cpu_kernels_avx512 = {
-    NATTEN_CPU_ISA_AVX512, dots_avx512, wsum_avx512, expsum_avx512, f16_to_f32_avx512};
+    NATTEN_CPU_ISA_AVX512, dots_avx512, wsum_avx512, expsum_avx512, f16_to_f32_avx512,
+    transpose_avx512, tile_fwd_avx512, 16};
