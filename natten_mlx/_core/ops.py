@@ -61,11 +61,18 @@ def has_nanobind() -> bool:
     """True iff the compiled extension ``natten_mlx._core._natten_ext`` imports."""
     global _nanobind_ext_ok
     if _nanobind_ext_ok is None:
+        ok = False
         try:
-            importlib.import_module("natten_mlx._core._natten_ext")
-            _nanobind_ext_ok = True
-        except Exception:  # ImportError, or a broken build (OSError, ...)
-            _nanobind_ext_ok = False
+            # The compiled tier loads the extension (honouring the
+            # NATTEN_MLX_NANOBIND_MODULE override and its MLX-version check).
+            ok = bool(importlib.import_module(_TIER_MODULES["nanobind"]).is_available())
+        except Exception:
+            try:
+                importlib.import_module("natten_mlx._core._natten_ext")
+                ok = True
+            except Exception:  # ImportError, or a broken build (OSError, ...)
+                ok = False
+        _nanobind_ext_ok = ok
     return _nanobind_ext_ok
 
 
@@ -151,13 +158,15 @@ def tier_chain() -> List[str]:
 def select_tier(op: str, p: NAParams, dtype, **features) -> str:
     """Name of the tier that will run ``op`` for this problem."""
     dev = _device()
+    feats = {"rpb": False, "extra_kv": False, "varlen": False, "gqa": False}
+    feats.update(features)
     for name in _CHAINS[_selected]:
         mod = tier_module(name)
         if mod is None:
             continue
         sup = getattr(mod, "supports", None)
         try:
-            ok = True if sup is None else bool(sup(op, p, dtype, dev, **features))
+            ok = True if sup is None else bool(sup(op, p, dtype, dev, **feats))
         except Exception:
             ok = False
         if ok:
