@@ -583,6 +583,7 @@ static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
  * generic path, query by query.
  */
 #define TSEG 64
+#define TILE_MIN 6 /* shorter runs go query by query */
 
 typedef struct lmpack {
     float *data;
@@ -747,6 +748,11 @@ static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 const natten_window wl = natten_window_of(e, K, d, g->gs[r - 1], g->causal[r - 1], xl);
                 if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != shift) break;
                 ++nl;
+            }
+            if (nl < TILE_MIN) { /* a clamped border window: shift changes every query */
+                fwd_query(c, &sc, b, h, o, x, out_direct);
+                ++u;
+                continue;
             }
             fwd_tile(c, tc, &sc, b, h, o, u, nl, shift, &w, x, out_direct);
             u += nl;
