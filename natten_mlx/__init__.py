@@ -7,7 +7,7 @@ CUDA device) and MLX ops (``pure``); see ``get_support_matrix()``.
 
 __version__ = "0.3.3"
 
-from natten_mlx._core import ops  # noqa: E402
+from natten_mlx._core import fast_metal, nanobind, ops  # noqa: E402,F401
 from natten_mlx._core.ops import get_backend, has_metal, has_nanobind, set_backend  # noqa: E402
 from natten_mlx.functional import (  # noqa: E402
     na1d,

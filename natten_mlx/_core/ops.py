@@ -227,3 +227,64 @@ __all__ = [
     "na_qk",
     "na_av",
 ]
+
+
+# --------------------------------------------------------------------------
+# natten-mlx's per-rank entry points (``ops.na1d_forward``, ``ops.na1d_qk_backward``
+# ...).  Code written against natten-mlx calls these directly; they take
+# normalised tuples and go through the same dispatch.  Backwards are VJPs of
+# the dispatched forward (the tier's own VJP, or MLX autodiff for pure).
+# --------------------------------------------------------------------------
+
+
+def _np_params(rank, kernel_size, stride, dilation, is_causal, scale, head_dim):
+    def tup(x):
+        return tuple(x) if isinstance(x, (tuple, list)) else (x,) * rank
+    sc = float(head_dim) ** -0.5 if scale is None else float(scale)
+    return NAParams(rank, tuple(int(k) for k in tup(kernel_size)),
+                    tuple(int(d) for d in tup(dilation)), tuple(int(s) for s in tup(stride)),
+                    (1,) * rank, tuple(bool(c) for c in tup(is_causal)), sc)
+
+
+def _make_rank_ops(rank):
+    def forward(q, k, v, kernel_size, stride, dilation, is_causal, scale=None):
+        p = _np_params(rank, kernel_size, stride, dilation, is_causal, scale, q.shape[-1])
+        return na_fused(q, k, v, p)[0]
+
+    def qk_forward(q, k, kernel_size, stride, dilation, is_causal, scale=None):
+        p = _np_params(rank, kernel_size, stride, dilation, is_causal, scale, q.shape[-1])
+        return na_qk(q, k, p)
+
+    def av_forward(attn, v, kernel_size, stride, dilation, is_causal):
+        p = _np_params(rank, kernel_size, stride, dilation, is_causal, 1.0, v.shape[-1])
+        return na_av(attn, v, p)
+
+    def backward(q, k, v, grad_out, kernel_size, stride, dilation, is_causal, scale=None):
+        fn = lambda a, b, c: forward(a, b, c, kernel_size, stride, dilation, is_causal, scale)  # noqa: E731
+        _, grads = mx.vjp(fn, [q, k, v], [grad_out])
+        return tuple(grads)
+
+    def qk_backward(q, k, grad_attn, kernel_size, stride, dilation, is_causal, scale=None):
+        fn = lambda a, b: qk_forward(a, b, kernel_size, stride, dilation, is_causal, scale)  # noqa: E731
+        _, grads = mx.vjp(fn, [q, k], [grad_attn])
+        return tuple(grads)
+
+    def av_backward(attn, v, grad_out, kernel_size, stride, dilation, is_causal):
+        fn = lambda a, b: av_forward(a, b, kernel_size, stride, dilation, is_causal)  # noqa: E731
+        _, grads = mx.vjp(fn, [attn, v], [grad_out])
+        return tuple(grads)
+
+    names = {"forward": forward, "qk_forward": qk_forward, "av_forward": av_forward,
+             "backward": backward, "qk_backward": qk_backward, "av_backward": av_backward}
+    out = {}
+    for suffix, fn in names.items():
+        fn.__name__ = f"na{rank}d_{suffix}"
+        out[fn.__name__] = fn
+    return out
+
+
+for _r in (1, 2, 3):
+    for _name, _fn in _make_rank_ops(_r).items():
+        globals()[_name] = _fn
+        __all__.append(_name)
+del _r, _name, _fn

@@ -190,3 +190,41 @@ def test_tiers_agree(rng):
             nm.set_backend(t)
             assert_close(fn(q, q, q, K, s, d, c), want, what=t)
     np.testing.assert_equal(True, True)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_ops_rank_entry_points(tier, rank, rng):
+    """natten-mlx's ops.na{r}d_{forward,backward,qk_*,av_*} (called directly by
+    its tests) agree with the public API and with autodiff of it."""
+    X = {1: (9,), 2: (5, 6), 3: (3, 4, 4)}[rank]
+    ks, st, dil, caus = (3,) * rank, (2,) * rank, (1,) * rank, (True,) * rank
+    fused = {1: nm.na1d, 2: nm.na2d, 3: nm.na3d}[rank]
+    q, qn = rand(rng, (1,) + X + (2, 4))
+    k, _ = rand(rng, (1,) + X + (2, 4))
+    v, _ = rand(rng, (1,) + X + (2, 4))
+    out = getattr(ops, f"na{rank}d_forward")(q, k, v, ks, st, dil, caus, None)
+    ref = fused(q, k, v, 3, 2, 1, True)
+    np.testing.assert_allclose(np.array(out), np.array(ref), atol=1e-6)
+    g = mx.ones(out.shape)
+    dq, dk, dv = getattr(ops, f"na{rank}d_backward")(q, k, v, g, ks, st, dil, caus, None)
+    rq, rk, rv = mx.grad(lambda a, b, c: fused(a, b, c, 3, 2, 1, True).sum(),
+                         argnums=(0, 1, 2))(q, k, v)
+    for a, b in ((dq, rq), (dk, rk), (dv, rv)):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-5)
+    lg = getattr(ops, f"na{rank}d_qk_forward")(q, k, ks, st, dil, caus, 0.5)
+    attn = mx.softmax(lg, axis=-1)
+    o2 = getattr(ops, f"na{rank}d_av_forward")(attn, v, ks, st, dil, caus)
+    np.testing.assert_allclose(np.array(o2), np.array(fused(q, k, v, 3, 2, 1, True, 0.5)),
+                               atol=1e-5)
+    dq2, dk2 = getattr(ops, f"na{rank}d_qk_backward")(q, k, mx.where(mx.isinf(lg), 0, 1.0), ks,
+                                                      st, dil, caus, 0.5)
+    assert dq2.shape == q.shape and dk2.shape == k.shape
+    da, dv2 = getattr(ops, f"na{rank}d_av_backward")(attn, v, mx.ones(o2.shape), ks, st, dil,
+                                                     caus)
+    assert da.shape == attn.shape and dv2.shape == v.shape
+    assert (np.array(da)[np.isinf(np.array(lg))] == 0).all()
+
+
+def test_backend_module_objects():
+    assert nm.nanobind.is_available() == nm.has_nanobind()
+    assert nm.fast_metal.is_available() == ops.tier_available("fast_metal")
