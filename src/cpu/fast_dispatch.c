@@ -123,14 +123,16 @@ typedef struct pack_ctx {
 static void pack_rows(void *vctx, int64_t begin, int64_t end, int tid) {
     const pack_ctx *c = vctx;
     const int64_t last = c->t->stride[c->ndim - 1];
+    const int nlead = c->ndim - 1;
+    int64_t ix[NATTEN_MAX_DIMS] = {0}, off = 0, doff = 0;
+    int64_t rem = begin;
+    for (int i = nlead - 1; i >= 0; --i) { /* odometer start; then increments only */
+        ix[i] = rem % c->shape[i];
+        rem /= c->shape[i];
+        off += ix[i] * c->t->stride[i];
+        doff += ix[i] * c->dst_st[i];
+    }
     for (int64_t r = begin; r < end; ++r) {
-        int64_t rem = r, off = 0, doff = 0;
-        for (int i = c->ndim - 2; i >= 0; --i) {
-            const int64_t ix = rem % c->shape[i];
-            off += ix * c->t->stride[i];
-            doff += ix * c->dst_st[i];
-            rem /= c->shape[i];
-        }
         float *d = c->dst + doff;
         if (c->dt == NATTEN_DTYPE_F32 && last == 1) {
             memcpy(d, (const float *)c->t->data + off, (size_t)c->rowlen * sizeof(float));
@@ -141,6 +143,14 @@ static void pack_rows(void *vctx, int64_t begin, int64_t end, int tid) {
             for (int64_t i = 0; i < c->rowlen; ++i) d[i] = natten_bf16_to_f32(s[i * last]);
         } else {
             for (int64_t i = 0; i < c->rowlen; ++i) d[i] = (float)natten_load(c->t->data, off + i * last, c->dt);
+        }
+        for (int i = nlead - 1; i >= 0; --i) {
+            off += c->t->stride[i];
+            doff += c->dst_st[i];
+            if (++ix[i] < c->shape[i]) break;
+            off -= ix[i] * c->t->stride[i];
+            doff -= ix[i] * c->dst_st[i];
+            ix[i] = 0;
         }
     }
 }
@@ -904,7 +914,7 @@ static void build_inverse(common *c) {
             if (a >= g->rank) { /* one key, one query, slot 0 */
                 st[0] = 0;
                 st[1] = 1;
-                en[0] = 0;
+                en[0] = en[1] = 0;
                 continue;
             }
             /* count */
@@ -926,8 +936,11 @@ static void build_inverse(common *c) {
                 const int64_t i = o * g->os[a];
                 if (i >= e[a]) break;
                 natten_window w = natten_window_of(e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
-                for (int64_t kk = w.valid_begin; kk < w.valid_end; ++kk)
-                    en[cur[w.start + kk * w.step]++] = o * g->K[a] + kk;
+                for (int64_t kk = w.valid_begin; kk < w.valid_end; ++kk) {
+                    const int64_t at = cur[w.start + kk * w.step]++;
+                    en[2 * at] = o;
+                    en[2 * at + 1] = kk;
+                }
             }
             free(cur);
         }
@@ -1002,20 +1015,27 @@ static void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 for (int64_t gg = 0; gg < g->G; ++gg) {
                     const int64_t h = hk * g->G + gg;
                     const int64_t qbase = (b * g->H + h) * g->Oin;
+                    const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
+                    const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
+                    const int64_t qs0 = c->q.st[1] * g->os[0], qs1 = r > 1 ? c->q.st[2] * g->os[1] : 0,
+                                  qs2 = r > 2 ? c->q.st[3] * g->os[2] : 0;
+                    const int64_t ds0 = c->dout.st[1], ds1 = r > 1 ? c->dout.st[2] : 0,
+                                  ds2 = r > 2 ? c->dout.st[3] : 0;
                     for (int64_t i0 = st[0][x0]; i0 < st[0][x0 + 1]; ++i0) {
-                        const int64_t o0 = en[0][i0] / g->K[0], s0 = en[0][i0] % g->K[0];
+                        const int64_t o0 = en[0][2 * i0], s0 = en[0][2 * i0 + 1];
                         for (int64_t i1 = st[1][x1]; i1 < st[1][x1 + 1]; ++i1) {
-                            const int64_t o1 = en[1][i1] / g->K[1], s1 = en[1][i1] % g->K[1];
+                            const int64_t o1 = en[1][2 * i1], s1 = en[1][2 * i1 + 1];
+                            const int64_t qb01 = qbase + (o0 * g->O[1] + o1) * g->O[2];
+                            const int64_t sb01 = (s0 * g->K[1] + s1) * g->K[2];
+                            const float *q01 = qh + o0 * qs0 + o1 * qs1;
+                            const float *d01 = dh + o0 * ds0 + o1 * ds1;
                             for (int64_t i2 = st[2][x2]; i2 < st[2][x2 + 1]; ++i2) {
-                                const int64_t o2 = en[2][i2] / g->K[2], s2 = en[2][i2] % g->K[2];
-                                const int64_t oo[3] = {o0, o1, o2};
-                                const int64_t qlin = qbase + (o0 * g->O[1] + o1) * g->O[2] + o2;
-                                const int64_t slot = (s0 * g->K[1] + s1) * g->K[2] + s2;
-                                const int64_t pp[3] = {o0 * g->os[0], o1 * g->os[1], o2 * g->os[2]};
-                                sc.qp[n] = c->q.data + row_off(c->q.st, r, b, pp, h);
-                                sc.dop[n] = c->dout.data + row_off(c->dout.st, r, b, oo, h);
-                                sc.wk[n] = c->Sbuf[qlin * g->KKE + slot];
-                                sc.wv[n] = c->Pbuf[qlin * g->KKE + slot];
+                                const int64_t o2 = en[2][2 * i2], s2 = en[2][2 * i2 + 1];
+                                const int64_t at = (qb01 + o2) * g->KKE + sb01 + s2;
+                                sc.qp[n] = q01 + o2 * qs2;
+                                sc.dop[n] = d01 + o2 * ds2;
+                                sc.wk[n] = c->Sbuf[at];
+                                sc.wv[n] = c->Pbuf[at];
                                 ++n;
                             }
                         }
@@ -1173,7 +1193,7 @@ natten_status natten_fast_na_backward(
     int64_t Kmax = 1;
     for (int a = 0; a < 3; ++a) Kmax = g->K[a] * g->O[a] > Kmax ? g->K[a] * g->O[a] : Kmax;
     c.inv_stride_start = Lmax + 1;
-    c.inv_stride_ent = Kmax;
+    c.inv_stride_ent = 2 * Kmax; /* (o, slot) pairs */
     const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 1) &&
              make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 1) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 1) &&
