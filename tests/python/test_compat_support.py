@@ -92,9 +92,9 @@ def fd_check(fn, args, rng, wrt=None, eps=1e-6, atol=1e-6, rtol=1e-5, samples=12
     logits) are excluded from the loss.  `samples` random elements per argument.
     """
     wrt = list(range(len(args))) if wrt is None else list(wrt)
-    xs = [mx.array(a.astype(np.float64)) for a in args]
+    xs = [mx.array(a, dtype=mx.float64) for a in args]
     out0 = fn(*xs)
-    W = mx.array(rng.standard_normal(out0.shape))
+    W = mx.array(rng.standard_normal(out0.shape), dtype=mx.float64)
     finite = mx.array(np.isfinite(np.array(out0)))
 
     def loss(*a):
@@ -115,8 +115,8 @@ def fd_check(fn, args, rng, wrt=None, eps=1e-6, atol=1e-6, rtol=1e-5, samples=12
             minus[idx] -= eps
             a_p = list(xs)
             a_m = list(xs)
-            a_p[ai] = mx.array(plus)
-            a_m[ai] = mx.array(minus)
+            a_p[ai] = mx.array(plus, dtype=mx.float64)
+            a_m[ai] = mx.array(minus, dtype=mx.float64)
             num = (loss(*a_p).item() - loss(*a_m).item()) / (2 * eps)
             assert abs(num - g[idx]) <= atol + rtol * abs(num), (
                 f"arg {ai} at {idx}: finite difference {num:.10g} vs autodiff {g[idx]:.10g}"
