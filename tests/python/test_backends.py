@@ -228,3 +228,24 @@ def test_ops_rank_entry_points(tier, rank, rng):
 def test_backend_module_objects():
     assert nm.nanobind.is_available() == nm.has_nanobind()
     assert nm.fast_metal.is_available() == ops.tier_available("fast_metal")
+
+
+def test_without_extension_everything_runs_on_pure():
+    """With the extension unavailable (override module that does not exist),
+    has_nanobind() is False, auto resolves to pure and the API still works."""
+    code = (
+        "import mlx.core as mx, natten_mlx as nm;"
+        "q = mx.random.normal((1, 9, 2, 4));"
+        "o = nm.na1d(q, q, q, 3, stride=2, is_causal=True);"
+        "g = mx.grad(lambda q: nm.na2d(q, q, q, 3).sum())(mx.random.normal((1, 4, 5, 1, 2)));"
+        "mx.eval(o, g);"
+        "print(nm.has_nanobind(), nm.get_backend(), nm.get_support_matrix()['nanobind']['available'])"
+    )
+    env = dict(os.environ, NATTEN_MLX_NANOBIND_MODULE="natten_mlx_no_such_module",
+               PYTHONPATH=ROOT)
+    env.pop("NATTEN_BACKEND", None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    want_backend = "fast_metal" if ops.tier_available("fast_metal") else "pure"
+    assert res.stdout.split() == ["False", want_backend, "False"]
