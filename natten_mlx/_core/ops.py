@@ -171,6 +171,12 @@ def select_tier(op: str, p: NAParams, dtype, **features) -> str:
             ok = False
         if ok:
             return name
+    # Every chain ends with pure; if even pure says no, the problem is invalid.
+    if not tier_module("pure").supports(op, p, dtype, dev, **feats):
+        if feats.get("rpb") and any(s != 1 for s in p.gna_stride):
+            raise ValueError("relative position bias (rpb) cannot be combined with "
+                             f"gna_stride > 1; got gna_stride={tuple(p.gna_stride)}")
+        raise ValueError(f"no tier supports op '{op}' for {p}")
     return "pure"
 
 

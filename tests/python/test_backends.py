@@ -249,3 +249,17 @@ def test_without_extension_everything_runs_on_pure():
     assert res.returncode == 0, res.stderr
     want_backend = "fast_metal" if ops.tier_available("fast_metal") else "pure"
     assert res.stdout.split() == ["False", want_backend, "False"]
+
+
+def test_rpb_with_gna_stride_is_a_clear_error(rng):
+    p = NAParams(1, (3,), (1,), (1,), (2,), (False,), 1.0)
+    q, _ = rand(rng, (1, 8, 1, 2))
+    r, _ = rand(rng, (1, 5))
+    for name in ("auto", "pure", "nanobind"):
+        nm.set_backend(name)
+        with pytest.raises(ValueError, match="gna_stride > 1"):
+            ops.na_fused(q, q, q, p, rpb=r)
+        with pytest.raises(ValueError, match="gna_stride > 1"):
+            ops.na_qk(q, q, p, rpb=r)
+    # without rpb, GNA stride runs
+    ops.na_fused(q, q, q, p)
