@@ -37,12 +37,13 @@ typedef struct natten_cpu_kernels {
      *   q of lane l, channel c:         qt[c*ld + l]
      *   key of pair i, lane l, channel c: pk[i][c*ld + l]   (value: pv[i][c*ld + l])
      * s_i = scale*q.k + bias[i]; out_t[c*16 + l] = sum_i softmax_i * v (normalised),
-     * lse[l] = log-sum-exp.  sbuf: n*16 floats.  Lanes >= nlanes are computed
+     * lse[l] = log-sum-exp.  sbuf: n*16 floats.  group: pairs per key row
+     * (consecutive pairs that share cache lines), a blocking hint.  Lanes >= nlanes are computed
      * on whatever the padding holds and never stored by the caller.
      */
     void (*tile_fwd)(const float *qt, int64_t ld, const float *const *pk, const float *const *pv,
-                     const float *bias, int64_t n, int64_t D, int64_t Dv, float scale, float *sbuf,
-                     float *out_t, float *lse);
+                     const float *bias, int64_t n, int64_t group, int64_t D, int64_t Dv, float scale,
+                     float *sbuf, float *out_t, float *lse);
     int tile_lanes; /* 16 for AVX-512, 0 when tile_fwd is NULL */
 } natten_cpu_kernels;
 

@@ -278,6 +278,7 @@ typedef struct common {
     char *scratch;                 /* per-thread scratch, scratch_bytes each */
     size_t scratch_bytes;
     const struct tile_common *tile; /* lane-major packs of the tile forward, or NULL */
+    float *rpb_all;                 /* rpb as f32 [H][prod(2K-1)], or NULL */
 } common;
 
 /*
@@ -292,7 +293,7 @@ typedef struct lineprep {
     int64_t e[3], pos[3];
     int64_t nlead;
     int64_t *lk, *lv, *lslot, *lrpb, *lrow; /* lrow: lead spatial row index (lane-major packs) */
-    float *rpbf;
+    const float *rpbf; /* this head's rpb, f32 (into common.rpb_all) */
     const float *kb, *vb;
     const float **ekp, **evp;
 } lineprep;
@@ -368,7 +369,6 @@ static qscratch qscratch_at(const common *c, int tid) {
     s += (g->NE + 1) * sizeof(float *);
     q.lp.evp = (const float **)s;
     s += (g->NE + 1) * sizeof(float *);
-    q.lp.rpbf = (float *)s;
     s += rpb_table_size(g) * sizeof(float);
     s = (char *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
     q.row = (float *)s;
@@ -397,18 +397,7 @@ static void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, l
     lp->vb = c->v.data + b * c->v.st[0] + hk * c->v.st[r + 1];
     int64_t dims[3] = {1, 1, 1};
     for (int a = 0; a < r; ++a) dims[a] = 2 * g->K[a] - 1;
-    if (c->rpb && *rpb_h != h) {
-        const int64_t nb = rpb_table_size(g);
-        for (int64_t i = 0; i < nb; ++i) {
-            int64_t rem = i, off = h * c->rpb->stride[0];
-            for (int a = r - 1; a >= 0; --a) {
-                off += (rem % dims[a]) * c->rpb->stride[a + 1];
-                rem /= dims[a];
-            }
-            lp->rpbf[i] = (float)natten_load(c->rpb->data, off, c->p->dtype);
-        }
-        *rpb_h = h;
-    }
+    lp->rpbf = c->rpb_all ? c->rpb_all + h * rpb_table_size(g) : NULL;
     /* valid combinations of the leading axes (at most 2), in slot order */
     int64_t n = 0;
     if (r == 1) {
@@ -441,6 +430,43 @@ static void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, l
         }
     }
     lp->nlead = n;
+    for (int64_t t = 0; t < g->NE; ++t) {
+        lp->ekp[t] = c->ek.data + b * c->ek.st[0] + t * c->ek.st[1] + hk * c->ek.st[2];
+        lp->evp[t] = c->ev.data + b * c->ev.st[0] + t * c->ev.st[1] + hk * c->ev.st[2];
+    }
+}
+
+/* rpb as an f32 table per head (both passes read it per query). 0 on OOM. */
+static int build_rpb_all(common *c) {
+    if (!c->rpb) return 1;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t nb = rpb_table_size(g);
+    int64_t dims[3] = {1, 1, 1};
+    for (int a = 0; a < r; ++a) dims[a] = 2 * g->K[a] - 1;
+    c->rpb_all = malloc((size_t)(g->H * nb) * sizeof(float));
+    if (!c->rpb_all) return 0;
+    for (int64_t h = 0; h < g->H; ++h)
+        for (int64_t i = 0; i < nb; ++i) {
+            int64_t rem = i, off = h * c->rpb->stride[0];
+            for (int a = r - 1; a >= 0; --a) {
+                off += (rem % dims[a]) * c->rpb->stride[a + 1];
+                rem /= dims[a];
+            }
+            c->rpb_all[h * nb + i] = (float)natten_load(c->rpb->data, off, c->p->dtype);
+        }
+    return 1;
+}
+
+/* Switch a prepared line to another head (the leading windows do not
+ * depend on the head). */
+static void line_set_head(const common *c, int64_t b, int64_t h, lineprep *lp) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t hk = h / g->G;
+    lp->kb = c->k.data + b * c->k.st[0] + hk * c->k.st[r + 1];
+    lp->vb = c->v.data + b * c->v.st[0] + hk * c->v.st[r + 1];
+    lp->rpbf = c->rpb_all ? c->rpb_all + h * rpb_table_size(g) : NULL;
     for (int64_t t = 0; t < g->NE; ++t) {
         lp->ekp[t] = c->ek.data + b * c->ek.st[0] + t * c->ek.st[1] + hk * c->ek.st[2];
         lp->evp[t] = c->ev.data + b * c->ev.st[0] + t * c->ev.st[1] + hk * c->ev.st[2];
@@ -559,7 +585,9 @@ static void fwd_query(const common *c, qscratch *sc, int64_t b, int64_t h, int64
     if (c->lse_t) ((float *)c->lse_t->data)[loff] = m + logf(sum);
 }
 
-/* Generic forward: tasks (b, h, line, segment of SEG outputs). */
+/* Generic forward: tasks (b, line, segment of SEG outputs), every head of a
+ * query position in turn: the heads of one position share cache lines in the
+ * [.., H, D] layout, so nothing is repacked. */
 static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const common *c = vctx;
     const geom *g = &c->g;
@@ -568,12 +596,23 @@ static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
     int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
-        int64_t b, h, seg, o[3];
-        decode_task(g, task, &b, &h, o, &seg);
+        int64_t h, o[3] = {0, 0, 0}, t = task;
+        const int64_t seg = t % g->nseg;
+        t /= g->nseg;
+        int64_t line = t % g->lines;
+        const int64_t b = t / g->lines;
+        for (int a = r - 2; a >= 0; --a) {
+            o[a] = line % g->O[a];
+            line /= g->O[a];
+        }
         const int64_t last0 = seg * SEG;
         const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
-        line_prep(c, b, h, o, &sc.lp, &rpb_h);
-        for (int64_t ol = last0; ol < last1; ++ol) fwd_query(c, &sc, b, h, o, ol, out_direct);
+        line_prep(c, b, 0, o, &sc.lp, &rpb_h);
+        for (int64_t ol = last0; ol < last1; ++ol)
+            for (h = 0; h < g->H; ++h) {
+                line_set_head(c, b, h, &sc.lp);
+                fwd_query(c, &sc, b, h, o, ol, out_direct);
+            }
     }
 }
 
@@ -683,8 +722,8 @@ static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
             if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
             ++n;
         }
-    c->kern->tile_fwd(qt, tc->q.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, g->D, g->Dv, g->scale,
-                      sc->tsbuf, sc->tout, sc->tlse);
+    c->kern->tile_fwd(qt, tc->q.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
+                      g->scale, sc->tsbuf, sc->tout, sc->tlse);
     const natten_dtype dt = c->p->dtype;
     o[r - 1] = x0;
     const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
@@ -795,8 +834,8 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     tile_common tc;
     memset(&tc, 0, sizeof tc);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
-             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, !use_tile) &&
-             make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, !use_tile);
+             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 0);
     if (ok && g->NE > 0)
         ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
              make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
@@ -820,14 +859,16 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     }
     c.scratch_bytes = (qscratch_bytes(g) + 63) & ~(size_t)63;
     if (ok) ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
+    if (ok) ok = build_rpb_all(&c);
     if (ok) {
         if (use_tile)
             natten_parallel_for(nt, g->B * g->H * g->lines * tc.nseg, 1, fwd_tile_task, &c);
         else
-            natten_parallel_for(nt, g->B * g->H * g->lines * g->nseg, 1, fwd_task, &c);
+            natten_parallel_for(nt, g->B * g->lines * g->nseg, 1, fwd_task, &c);
     }
     free_views(&c);
     free(c.scratch);
+    free(c.rpb_all);
     free(tc.goff);
     free(tc.xofu);
     natten_cpu_ws_put(tc.q.data);
@@ -1206,6 +1247,7 @@ natten_status natten_fast_na_backward(
     if (ok) ok = (c.Sbuf = natten_cpu_ws_get(pbytes)) != NULL;
     if (ok) ok = (c.inv_start = malloc((size_t)(ntab * 3 * c.inv_stride_start) * sizeof(int64_t))) != NULL;
     if (ok) ok = (c.inv_ent = malloc((size_t)(ntab * 3 * c.inv_stride_ent) * sizeof(int64_t))) != NULL;
+    if (ok) ok = build_rpb_all(&c);
     if (ok) build_inverse(&c);
     size_t sb = 0;
     if (ok) {
@@ -1229,6 +1271,7 @@ natten_status natten_fast_na_backward(
         free_views(&c);
         natten_cpu_ws_put(c.Pbuf);
         natten_cpu_ws_put(c.Sbuf);
+        free(c.rpb_all);
         free(c.inv_start);
         free(c.inv_ent);
         free(c.scratch);
@@ -1247,6 +1290,7 @@ natten_status natten_fast_na_backward(
     free_views(&c);
     natten_cpu_ws_put(c.Pbuf);
     natten_cpu_ws_put(c.Sbuf);
+    free(c.rpb_all);
     free(c.inv_start);
     free(c.inv_ent);
     free(c.scratch);

@@ -260,21 +260,24 @@ static void transpose_avx512(const float *src, int64_t src_ld, float *dst, int64
     } while (0)
 
 static void tile_fwd_avx512(const float *qt, int64_t ld, const float *const *pk, const float *const *pv,
-                            const float *bias, int64_t n, int64_t D, int64_t Dv, float scale, float *sbuf,
-                            float *out_t, float *lse) {
+                            const float *bias, int64_t n, int64_t group, int64_t D, int64_t Dv, float scale,
+                            float *sbuf, float *out_t, float *lse) {
     const __m512 sc = _mm512_set1_ps(scale);
     __m512 mx = _mm512_set1_ps(-INFINITY);
-    int64_t i0 = 0;
-    for (; i0 + 8 <= n; i0 += 8) TILE_QK(8);
-    switch (n - i0) {
-    case 7: TILE_QK(7); break;
-    case 6: TILE_QK(6); break;
-    case 5: TILE_QK(5); break;
-    case 4: TILE_QK(4); break;
-    case 3: TILE_QK(3); break;
-    case 2: TILE_QK(2); break;
-    case 1: TILE_QK(1); break;
-    default: break;
+    /* chunks of whole key rows (group pairs each) where they fit in 8
+     * accumulators, so a row's cache lines are read in one pass */
+    const int64_t chunk = group >= 1 && group <= 8 ? group * (8 / group) : 8;
+    for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+        switch (n - i0 < chunk ? n - i0 : chunk) {
+        case 8: TILE_QK(8); break;
+        case 7: TILE_QK(7); break;
+        case 6: TILE_QK(6); break;
+        case 5: TILE_QK(5); break;
+        case 4: TILE_QK(4); break;
+        case 3: TILE_QK(3); break;
+        case 2: TILE_QK(2); break;
+        default: TILE_QK(1); break;
+        }
     }
     __m512 sum = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; ++i) {
