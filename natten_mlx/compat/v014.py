@@ -9,6 +9,8 @@
 
 QK returns *unscaled* q.k + rpb[h, (key - i)/d + K - 1] (callers pre-scale q,
 as upstream's modules and Hugging Face NAT/DiNAT do); rpb may be None.
+The 0.14.1 forms natten{1,2}dqkrpb(q, k, rpb, dilation) and
+natten{1,2}dav(attn, v, dilation) (kernel size taken from rpb / attn) work too.
 Every op is differentiable (q, k, rpb, attn, v) on every tier.
 """
 
@@ -34,8 +36,40 @@ __all__ = [
 ]
 
 
-def natten1dqkrpb(query, key, rpb: Optional[mx.array], kernel_size, dilation=1):
+# 0.14.1 had no kernel_size argument (natten1dqkrpb(q, k, rpb, dilation),
+# natten1dav(attn, v, dilation)): the kernel size came from the rpb / attn shape.
+# 0.14.5+ always passes both kernel_size and dilation, so a call without the
+# last argument is the 0.14.1 form.
+_NOT_GIVEN = object()
+
+
+def _qk_args(fn, rank, rpb, kernel_size, dilation):
+    if dilation is not _NOT_GIVEN:
+        return kernel_size, dilation
+    if not isinstance(rpb, mx.array):
+        raise TypeError(
+            f"{fn}() missing argument 'dilation' (the 0.14.1 form {fn}(q, k, rpb, dilation) "
+            "infers the kernel size from rpb, which must then be given)"
+        )
+    return (int(rpb.shape[-1]) + 1) // 2, kernel_size
+
+
+def _av_args(fn, rank, attn, kernel_size, dilation):
+    if dilation is not _NOT_GIVEN:
+        return kernel_size, dilation
+    n = int(attn.shape[-1]) if isinstance(attn, mx.array) else 0
+    k = round(n ** (1.0 / rank))
+    if n == 0 or k**rank != n:
+        raise TypeError(
+            f"{fn}() missing argument 'dilation' (0.14.1 form {fn}(attn, v, dilation) needs "
+            f"attn's last axis to be kernel_size**{rank}, got {n})"
+        )
+    return k, kernel_size
+
+
+def natten1dqkrpb(query, key, rpb: Optional[mx.array], kernel_size, dilation=_NOT_GIVEN):
     """[B, H, L, D] x2 (+ rpb [H, 2K-1] or None) -> unscaled logits [B, H, L, K]."""
+    kernel_size, dilation = _qk_args("natten1dqkrpb", 1, rpb, kernel_size, dilation)
     return C.heads_first_qk("natten1dqkrpb", 1, query, key, rpb, kernel_size, dilation)
 
 
@@ -44,13 +78,15 @@ def natten1dqk(query, key, kernel_size, dilation=1):
     return C.heads_first_qk("natten1dqk", 1, query, key, None, kernel_size, dilation)
 
 
-def natten1dav(attn, value, kernel_size, dilation=1):
+def natten1dav(attn, value, kernel_size, dilation=_NOT_GIVEN):
     """attn [B, H, L, K], value [B, H, L, D] -> [B, H, L, D]."""
+    kernel_size, dilation = _av_args("natten1dav", 1, attn, kernel_size, dilation)
     return C.heads_first_av("natten1dav", 1, attn, value, kernel_size, dilation)
 
 
-def natten2dqkrpb(query, key, rpb: Optional[mx.array], kernel_size, dilation=1):
+def natten2dqkrpb(query, key, rpb: Optional[mx.array], kernel_size, dilation=_NOT_GIVEN):
     """[B, H, X, Y, D] x2 (+ rpb [H, 2Kx-1, 2Ky-1] or None) -> [B, H, X, Y, Kx*Ky]."""
+    kernel_size, dilation = _qk_args("natten2dqkrpb", 2, rpb, kernel_size, dilation)
     return C.heads_first_qk("natten2dqkrpb", 2, query, key, rpb, kernel_size, dilation)
 
 
@@ -58,8 +94,9 @@ def natten2dqk(query, key, kernel_size, dilation=1):
     return C.heads_first_qk("natten2dqk", 2, query, key, None, kernel_size, dilation)
 
 
-def natten2dav(attn, value, kernel_size, dilation=1):
+def natten2dav(attn, value, kernel_size, dilation=_NOT_GIVEN):
     """attn [B, H, X, Y, Kx*Ky], value [B, H, X, Y, D] -> [B, H, X, Y, D]."""
+    kernel_size, dilation = _av_args("natten2dav", 2, attn, kernel_size, dilation)
     return C.heads_first_av("natten2dav", 2, attn, value, kernel_size, dilation)
 
 

@@ -315,3 +315,21 @@ def test_heads_first_errors():
         v017.na1d_qk(q, q, 0)
     with pytest.raises(ValueError, match="additional_keys"):
         v015.na1d_qk(q, q, 3, 1, additional_keys=mx.zeros((1, 3, 2, 4)))
+
+
+def test_v014_1_forms_without_kernel_size(tier, rng):
+    # 0.14.1: natten1dqkrpb(q, k, rpb, dilation), natten1dav(attn, v, dilation)
+    q, qn = _rand(rng, (1, 2, 13, 4))
+    rpb, rn = _rand(rng, (2, 5))
+    got = v014.natten1dqkrpb(q, q, rpb, 3)  # dilation 3, K=3 from rpb
+    assert_close(got, hf(oracle.oracle_qk(hl(qn), hl(qn), 3, dilation=3, scale=1.0, rpb=rn)))
+    a, an = _rand(rng, (1, 2, 13, 3))
+    assert_close(v014.natten1dav(a, q, 3), hf(oracle.oracle_av(hl(an), hl(qn), 3, dilation=3)))
+    q2, q2n = _rand(rng, (1, 2, 9, 8, 4))
+    r2, r2n = _rand(rng, (2, 5, 5))
+    assert_close(v014.natten2dqkrpb(q2, q2, r2, 2),
+                 hf(oracle.oracle_qk(hl(q2n), hl(q2n), 3, dilation=2, scale=1.0, rpb=r2n)))
+    a2, a2n = _rand(rng, (1, 2, 9, 8, 9))
+    assert_close(v014.natten2dav(a2, q2, 2), hf(oracle.oracle_av(hl(a2n), hl(q2n), 3, dilation=2)))
+    with pytest.raises(TypeError, match="dilation"):
+        v014.natten1dqkrpb(q, q, None, 3)
