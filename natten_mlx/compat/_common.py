@@ -315,7 +315,8 @@ def heads_first_av(
 _FUSED_SHAPE = {1: "[B, L, H, D]", 2: "[B, H, W, heads, dim]", 3: "[B, D, H, W, heads, dim]"}
 
 
-def check_qkv_heads_last(fn: str, rank: int, query, key, value) -> None:
+def check_qkv_heads_last(fn: str, rank: int, query, key, value, allow_dv: bool = False) -> None:
+    """natten-mlx's checks and messages; allow_dv lets V have its own head dim (upstream 0.20.1+)."""
     nd = rank + 3
     for t in (query, key, value):
         if not isinstance(t, mx.array) or t.ndim != nd:
@@ -331,7 +332,7 @@ def check_qkv_heads_last(fn: str, rank: int, query, key, value) -> None:
         raise ValueError(f"Head dim must match: Q has {query.shape[-1]}, K has {key.shape[-1]}.")
     if key.shape[-2] != value.shape[-2]:
         raise ValueError("K and V must have same number of heads.")
-    if key.shape[-1] != value.shape[-1]:
+    if key.shape[-1] != value.shape[-1] and not allow_dv:
         raise ValueError(f"Head dim must match: K has {key.shape[-1]}, V has {value.shape[-1]}.")
     if query.shape[-2] % key.shape[-2] != 0:
         raise ValueError(
@@ -339,7 +340,8 @@ def check_qkv_heads_last(fn: str, rank: int, query, key, value) -> None:
         )
 
 
-def check_extra_kv(query, key, additional_keys, additional_values) -> None:
+def check_extra_kv(query, key, additional_keys, additional_values, value=None) -> None:
+    """`value` given: additional values must match its head dim (else the query's)."""
     if (additional_keys is None) != (additional_values is None):
         raise ValueError(
             "additional_keys and additional_values must both be provided or both None."
@@ -353,7 +355,10 @@ def check_extra_kv(query, key, additional_keys, additional_values) -> None:
             )
         if t.shape[0] != query.shape[0]:
             raise ValueError(f"{name} batch must match query batch.")
-        if t.shape[-1] != query.shape[-1]:
+        want = query.shape[-1]
+        if name == "additional_values" and value is not None:
+            want = value.shape[-1]
+        if t.shape[-1] != want:
             raise ValueError(f"{name} head dim must match query head dim.")
     if additional_keys.shape[2] != additional_values.shape[2]:
         raise ValueError("additional_keys and additional_values must have same number of heads.")

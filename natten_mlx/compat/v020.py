@@ -103,8 +103,8 @@ def _resolve_scale(scale, head_dim):
 
 def _na(rank, name, query, key, value, kernel_size, stride, dilation, is_causal, scale,
         additional_keys, additional_values, return_lse):
-    C.check_qkv_heads_last(name, rank, query, key, value)
-    C.check_extra_kv(query, key, additional_keys, additional_values)
+    C.check_qkv_heads_last(name, rank, query, key, value, allow_dv=True)
+    C.check_extra_kv(query, key, additional_keys, additional_values, value=value)
     kernel, st, dil, causal = normalize_args(rank, kernel_size, stride, dilation, is_causal)
     check_against_input(tuple(query.shape[1 : 1 + rank]), kernel, st, dil)
     p = C.make_params(rank, kernel, dil, causal, _resolve_scale(scale, query.shape[-1]),
@@ -115,7 +115,8 @@ def _na(rank, name, query, key, value, kernel_size, stride, dilation, is_causal,
 
 _DOC = """{n}-D neighborhood attention, upstream NATTEN >= 0.20 semantics.
 
-query [B, {axes}, H, D], key/value [B, {axes}, H_kv, D]; returns [B, {axes}, H, D]
+query [B, {axes}, H, D], key [B, {axes}, H_kv, D], value [B, {axes}, H_kv, D_v] (D_v may
+differ from D, as upstream 0.20.1+); returns [B, {axes}, H, D_v]
 (and the float32 natural-log LSE [B, {axes}, H] when return_lse=True).
 """
 

@@ -178,3 +178,31 @@ def test_validation_follows_upstream_020():
 def test_feature_flags():
     assert v020.has_mlx() is True
     assert v020.has_cuda() is False and v020.has_mps() is False and v020.has_fna() is False
+
+
+def test_value_head_dim_may_differ(tier, rng):
+    # upstream 0.20.1+ (MLA-style): D_v != D_qk, also for the extra tokens
+    q = mx.array(rng.standard_normal((1, 10, 2, 4)).astype(np.float32))
+    k = mx.array(rng.standard_normal((1, 10, 2, 4)).astype(np.float32))
+    v = mx.array(rng.standard_normal((1, 10, 2, 6)).astype(np.float32))
+    ak = mx.array(rng.standard_normal((1, 2, 2, 4)).astype(np.float32))
+    av = mx.array(rng.standard_normal((1, 2, 2, 6)).astype(np.float32))
+    out = v020.na1d(q, k, v, 3, stride=2, additional_keys=ak, additional_values=av)
+    assert out.shape == (1, 10, 2, 6)
+    want, _ = oracle.oracle_na(npy(q), npy(k), npy(v), 3, gna_stride=2, extra_k=npy(ak), extra_v=npy(av))
+    assert_close(out, want, what="D_v != D")
+
+
+def test_compiled_step(tier, rng):
+    # the shims trace under mx.compile (static gather tables, no host syncs)
+    from natten_mlx.compat import v017
+
+    q = mx.array(rng.standard_normal((1, 2, 9, 4)).astype(np.float32))
+
+    def f(q):
+        a = mx.softmax(v017.na1d_qk(q, q, 3, 2, is_causal=True), axis=-1)
+        return v017.na1d_av(a, q, 3, 2, is_causal=True).sum() + v020.na1d(
+            mx.moveaxis(q, 1, 2), mx.moveaxis(q, 1, 2), mx.moveaxis(q, 1, 2), 3, stride=3).sum()
+
+    g = mx.compile(mx.grad(f))
+    np.testing.assert_allclose(np.array(g(q)), np.array(mx.grad(f)(q)), rtol=1e-5, atol=1e-6)
