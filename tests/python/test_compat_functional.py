@@ -333,3 +333,15 @@ def test_v014_1_forms_without_kernel_size(tier, rng):
     assert_close(v014.natten2dav(a2, q2, 2), hf(oracle.oracle_av(hl(a2n), hl(q2n), 3, dilation=2)))
     with pytest.raises(TypeError, match="dilation"):
         v014.natten1dqkrpb(q, q, None, 3)
+
+
+@pytest.mark.parametrize("L,K,d", [(12, 3, 2), (17, 5, 3), (9, 7, 1)])
+def test_rpb_index_equals_pb_start(tier, L, K, d):
+    # natten-mlx's own check: bias index of slot k == get_pb_start(i) + k (NATTEN 0.14's formula)
+    from natten_mlx.utils.window import compute_pb_start
+
+    q = mx.zeros((1, 1, L, 2))
+    rpb = mx.arange(2 * K - 1, dtype=mx.float32).reshape(1, -1)
+    got = np.array(v014.natten1dqkrpb(q, q, rpb, K, d))[0, 0]
+    pb = np.asarray(compute_pb_start(np.arange(L), L, K, d))
+    np.testing.assert_array_equal(got, pb[:, None] + np.arange(K)[None, :])
