@@ -279,6 +279,8 @@ typedef struct common {
     size_t scratch_bytes;
     const struct tile_common *tile; /* lane-major packs of the tile forward, or NULL */
     float *rpb_all;                 /* rpb as f32 [H][prod(2K-1)], or NULL */
+    natten_window *wlast;           /* natten_window_of for every position of the last axis
+                                       at the full extent (no varlen), or NULL */
 } common;
 
 /*
@@ -314,7 +316,7 @@ static int64_t rpb_table_size(const geom *g) {
 }
 
 static size_t qscratch_bytes(const geom *g) {
-    const int64_t n = g->KKE + 16;
+    const int64_t n = (g->KKE + 31) & ~(int64_t)15; /* keeps every array 64-bit aligned */
     const int64_t dmax = (g->D > g->Dv ? g->D : g->Dv) + 16;
     const int64_t nl = g->KK / g->K[g->rank - 1] + 1;
     return (size_t)n * (2 * sizeof(float *) + sizeof(int64_t) + 3 * sizeof(float)) +
@@ -326,7 +328,7 @@ static size_t qscratch_bytes(const geom *g) {
 
 static qscratch qscratch_at(const common *c, int tid) {
     const geom *g = &c->g;
-    const int64_t n = g->KKE + 16;
+    const int64_t n = (g->KKE + 31) & ~(int64_t)15; /* keeps every array 64-bit aligned */
     const int64_t nl = g->KK / g->K[g->rank - 1] + 1;
     char *s = c->scratch + (size_t)tid * c->scratch_bytes;
     qscratch q;
@@ -458,6 +460,25 @@ static int build_rpb_all(common *c) {
     return 1;
 }
 
+/* Windows of the last axis, once per call (queries of every line share them). */
+static int build_wlast(common *c) {
+    const geom *g = &c->g;
+    const int a = g->rank - 1;
+    if (g->varlen) return 1; /* extents differ per sample: computed per query */
+    c->wlast = malloc((size_t)g->L[a] * sizeof(natten_window));
+    if (!c->wlast) return 0;
+    for (int64_t i = 0; i < g->L[a]; ++i)
+        c->wlast[i] = natten_window_of(g->L[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+    return 1;
+}
+
+static inline natten_window last_window(const common *c, int64_t e, int64_t i) {
+    const geom *g = &c->g;
+    const int a = g->rank - 1;
+    if (c->wlast) return c->wlast[i];
+    return natten_window_of(e, g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+}
+
 /* Switch a prepared line to another head (the leading windows do not
  * depend on the head). */
 static void line_set_head(const common *c, int64_t b, int64_t h, lineprep *lp) {
@@ -481,7 +502,7 @@ static int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl) {
     const int64_t i = ol * g->os[a];
     if (!lp->inside || i >= lp->e[a]) return 0;
     lp->pos[a] = i;
-    const natten_window w = natten_window_of(lp->e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+    const natten_window w = last_window(c, lp->e[a], i);
     const int64_t ks = c->k.st[a + 1], vs = c->v.st[a + 1];
     const int64_t kb = w.valid_begin, ke = w.valid_end;
     int64_t n = 0;
@@ -781,7 +802,7 @@ static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
             int64_t shift = 0;
             int regular = x < e;
             if (regular) {
-                w = natten_window_of(e, K, d, g->gs[r - 1], g->causal[r - 1], x);
+                w = last_window(c, e, x);
                 regular = w.valid_begin == 0 && w.valid_end == K;
                 shift = (w.start - x) / d;
             }
@@ -794,7 +815,7 @@ static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
             while (nl < 16 && u + nl < gend) {
                 const int64_t xl = tc->xofu[u + nl];
                 if (xl >= e) break;
-                const natten_window wl = natten_window_of(e, K, d, g->gs[r - 1], g->causal[r - 1], xl);
+                const natten_window wl = last_window(c, e, xl);
                 if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != shift) break;
                 ++nl;
             }
@@ -829,7 +850,8 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     c.lse_t = lse;
     const int nt = natten_parallel_threads();
     const int r = g->rank;
-    const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 &&
+    /* tiles pay for repacking Q, K and V; worth it from ~16 neighbours up */
+    const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 && g->KK >= 16 &&
                          getenv("NATTEN_CPU_NO_TILES") == NULL;
     tile_common tc;
     memset(&tc, 0, sizeof tc);
@@ -859,7 +881,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     }
     c.scratch_bytes = (qscratch_bytes(g) + 63) & ~(size_t)63;
     if (ok) ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
-    if (ok) ok = build_rpb_all(&c);
+    if (ok) ok = build_rpb_all(&c) && build_wlast(&c);
     if (ok) {
         if (use_tile)
             natten_parallel_for(nt, g->B * g->H * g->lines * tc.nseg, 1, fwd_tile_task, &c);
@@ -869,6 +891,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     free_views(&c);
     free(c.scratch);
     free(c.rpb_all);
+    free(c.wlast);
     free(tc.goff);
     free(tc.xofu);
     natten_cpu_ws_put(tc.q.data);
@@ -1247,7 +1270,7 @@ natten_status natten_fast_na_backward(
     if (ok) ok = (c.Sbuf = natten_cpu_ws_get(pbytes)) != NULL;
     if (ok) ok = (c.inv_start = malloc((size_t)(ntab * 3 * c.inv_stride_start) * sizeof(int64_t))) != NULL;
     if (ok) ok = (c.inv_ent = malloc((size_t)(ntab * 3 * c.inv_stride_ent) * sizeof(int64_t))) != NULL;
-    if (ok) ok = build_rpb_all(&c);
+    if (ok) ok = build_rpb_all(&c) && build_wlast(&c);
     if (ok) build_inverse(&c);
     size_t sb = 0;
     if (ok) {
@@ -1272,6 +1295,7 @@ natten_status natten_fast_na_backward(
         natten_cpu_ws_put(c.Pbuf);
         natten_cpu_ws_put(c.Sbuf);
         free(c.rpb_all);
+        free(c.wlast);
         free(c.inv_start);
         free(c.inv_ent);
         free(c.scratch);
@@ -1291,6 +1315,7 @@ natten_status natten_fast_na_backward(
     natten_cpu_ws_put(c.Pbuf);
     natten_cpu_ws_put(c.Sbuf);
     free(c.rpb_all);
+    free(c.wlast);
     free(c.inv_start);
     free(c.inv_ent);
     free(c.scratch);
