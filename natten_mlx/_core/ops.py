@@ -160,6 +160,11 @@ def select_tier(op: str, p: NAParams, dtype, **features) -> str:
     dev = _device()
     feats = {"rpb": False, "extra_kv": False, "varlen": False, "gqa": False}
     feats.update(features)
+    if feats["rpb"] and any(s != 1 for s in p.gna_stride):
+        # Undefined (the C API rejects it too): the bias index of a slot would
+        # depend on which query of the stride group is asking.
+        raise ValueError("relative position bias (rpb) cannot be combined with "
+                         f"gna_stride > 1; got gna_stride={tuple(p.gna_stride)}")
     for name in _CHAINS[_selected]:
         mod = tier_module(name)
         if mod is None:
@@ -173,9 +178,6 @@ def select_tier(op: str, p: NAParams, dtype, **features) -> str:
             return name
     # Every chain ends with pure; if even pure says no, the problem is invalid.
     if not tier_module("pure").supports(op, p, dtype, dev, **feats):
-        if feats.get("rpb") and any(s != 1 for s in p.gna_stride):
-            raise ValueError("relative position bias (rpb) cannot be combined with "
-                             f"gna_stride > 1; got gna_stride={tuple(p.gna_stride)}")
         raise ValueError(f"no tier supports op '{op}' for {p}")
     return "pure"
 

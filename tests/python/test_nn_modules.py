@@ -21,6 +21,16 @@ MODS = {1: nm.NeighborhoodAttention1D, 2: nm.NeighborhoodAttention2D,
 SHAPES = {1: (11,), 2: (6, 7), 3: (3, 4, 5)}
 
 
+def _close(got, want, what=""):
+    """The layer's nn.Linear projections run MLX's own GEMMs, which use TF32 on
+    CUDA GPUs; the attention itself is held to the float32 tolerance elsewhere."""
+    if mx.default_device() == mx.gpu:
+        g, w = to_np(got), np.asarray(want)
+        np.testing.assert_allclose(g, w, atol=3e-3, rtol=3e-3, err_msg=what)
+    else:
+        assert_close(got, want, what=what)
+
+
 def _ref_forward(layer, x_np, rank, kv_heads=None):
     """The module's math, by hand from its weights, with the oracle for attention."""
     E, H = layer.embed_dim, layer.num_heads
@@ -56,7 +66,7 @@ def test_module_matches_reference(tier, rank, kv, rng):
     x, xn = rand(rng, (2,) + SHAPES[rank] + (16,))
     y = layer(x)
     assert y.shape == (2,) + tuple(-(-s // 2) for s in SHAPES[rank]) + (16,)
-    assert_close(y, _ref_forward(layer, xn, rank, kv), what="module")
+    _close(y, _ref_forward(layer, xn, rank, kv), what="module")
     keys = set(dict(tree_flatten(layer.parameters())))
     if kv in (None, 4):
         assert {"qkv.weight", "qkv.bias", "proj.weight", "proj.bias"} <= keys
@@ -94,7 +104,7 @@ def test_attn_drop_path_with_gqa(tier, rank, kv, rng):
     y = layer(x)
     assert not np.isnan(to_np(y)).any()
     layer.eval()
-    assert_close(layer(x), _ref_forward(layer, xn, rank, kv), what="eval")
+    _close(layer(x), _ref_forward(layer, xn, rank, kv), what="eval")
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
@@ -107,7 +117,7 @@ def test_varlen_path(tier, rank, rng):
     # sample 0 covers the whole extent: equals stride-1, non-causal attention
     ref = MODS[rank](8, 2, 3, num_kv_heads=1)
     ref.update(layer.parameters())
-    assert_close(y[:1], ref(x[:1]), what="varlen full sample")
+    _close(y[:1], ref(x[:1]), what="varlen full sample")
 
 
 def test_module_grads(tier, rng):
