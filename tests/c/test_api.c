@@ -198,6 +198,64 @@ static void test_dispatch(void) {
         }
 }
 
+/* Concurrent calls from several threads (the reference is re-entrant; AUTO
+ * must be too, whatever the fast kernels do with their pool). */
+typedef struct worker {
+    natten_problem p;
+    tbuf *q, *k, *v;
+    const double *want;
+    int ok;
+} worker;
+
+static void *worker_body(void *arg) {
+    worker *w = (worker *)arg;
+    tbuf out;
+    tbuf_init(&out, &w->p, NATTEN_TENSOR_OUT, T_CONTIG);
+    w->ok = 1;
+    for (int it = 0; it < 8; ++it) {
+        if (natten_na_forward(&w->p, &w->q->t, &w->k->t, &w->v->t, NULL, NULL, NULL, &out.t, NULL) !=
+            NATTEN_STATUS_SUCCESS)
+            w->ok = 0;
+        for (int64_t i = 0; i < out.count; ++i)
+            if (fabs(tbuf_get(&out, i) - w->want[i]) > 1e-4) w->ok = 0;
+    }
+    tbuf_free(&out);
+    return NULL;
+}
+
+static void test_concurrency(void) {
+    const t_case c = {"threads", 2, 2, 4, 2, 16, 0, {12, 10}, {5, 3}, .causal = {1, 0}};
+    t_rng rng;
+    t_rng_seed(&rng, 5);
+    natten_problem p;
+    t_case_problem(&c, NATTEN_DTYPE_F32, NATTEN_IMPL_REFERENCE, &rng, NULL, &p);
+    tbuf q, k, v, out;
+    tbuf_init(&q, &p, NATTEN_TENSOR_Q, T_CONTIG);
+    tbuf_init(&k, &p, NATTEN_TENSOR_K, T_CONTIG);
+    tbuf_init(&v, &p, NATTEN_TENSOR_V, T_CONTIG);
+    tbuf_init(&out, &p, NATTEN_TENSOR_OUT, T_CONTIG);
+    tbuf_fill_random(&q, &rng, -1, 1), tbuf_fill_random(&k, &rng, -1, 1), tbuf_fill_random(&v, &rng, -1, 1);
+    natten_na_forward(&p, &q.t, &k.t, &v.t, NULL, NULL, NULL, &out.t, NULL);
+    double *want = (double *)malloc(sizeof(double) * (size_t)out.count);
+    tbuf_to_double(&out, want);
+    enum { NW = 4 };
+    worker w[NW];
+    pthread_t th[NW];
+    for (int i = 0; i < NW; ++i) {
+        w[i].p = p;
+        w[i].p.impl = (i % 2) ? NATTEN_IMPL_AUTO : NATTEN_IMPL_REFERENCE;
+        w[i].q = &q, w[i].k = &k, w[i].v = &v, w[i].want = want;
+        pthread_create(&th[i], NULL, worker_body, &w[i]);
+    }
+    for (int i = 0; i < NW; ++i) {
+        pthread_join(th[i], NULL);
+        t_check(w[i].ok, "concurrent thread %d (%s) agrees with the reference", i,
+                (i % 2) ? "AUTO" : "REFERENCE");
+    }
+    free(want);
+    tbuf_free(&q), tbuf_free(&k), tbuf_free(&v), tbuf_free(&out);
+}
+
 int main(void) {
     test_status_strings();
     test_messages();
@@ -205,5 +263,6 @@ int main(void) {
     test_shapes();
     test_cpu_runtime();
     test_dispatch();
+    test_concurrency();
     return t_summary("test_api");
 }
