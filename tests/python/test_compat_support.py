@@ -90,7 +90,13 @@ def fd_check(fn, args, rng, wrt=None, eps=1e-6, atol=1e-6, rtol=1e-5, samples=12
 
     args: numpy float64 arrays.  Entries of fn's output that are +-inf (masked
     logits) are excluded from the loss.  `samples` random elements per argument.
+    Runs on MLX's CPU device (float64 exists only there).
     """
+    with mx.stream(mx.cpu):
+        _fd_check(fn, args, rng, wrt, eps, atol, rtol, samples)
+
+
+def _fd_check(fn, args, rng, wrt, eps, atol, rtol, samples):
     wrt = list(range(len(args))) if wrt is None else list(wrt)
     xs = [mx.array(a, dtype=mx.float64) for a in args]
     out0 = fn(*xs)
