@@ -248,3 +248,25 @@ def test_functional_module_exports():
     for name in F.__all__:
         assert callable(getattr(F, name))
     assert len(F.__all__) == 12
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_split_grads_equal_fused_grads(tier, rank, rng):
+    X = {1: (12,), 2: (6, 7), 3: (4, 5, 4)}[rank]
+    K, s, c = 3, 2, True
+    q, _ = rand(rng, (1,) + X + (2, 4))
+    k, _ = rand(rng, (1,) + X + (2, 4))
+    v, _ = rand(rng, (1,) + X + (2, 4))
+    W = rand(rng, FUSED[rank](q, k, v, K, s, 1, c).shape)[0]
+
+    def fused(q, k, v):
+        return (FUSED[rank](q, k, v, K, s, 1, c) * W).sum()
+
+    def split(q, k, v):
+        a = mx.softmax(QK[rank](q, k, K, 1, stride=s, is_causal=c), axis=-1)
+        return (AV[rank](a, v, K, 1, stride=s, is_causal=c) * W).sum()
+
+    gf = mx.grad(fused, argnums=(0, 1, 2))(q, k, v)
+    gs = mx.grad(split, argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(gf, gs):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-4, rtol=1e-4)
