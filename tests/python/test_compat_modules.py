@@ -258,3 +258,36 @@ def test_v020_module_errors():
         m(mx.zeros((1, 6, 6, 4)))
     with pytest.raises(ValueError, match="Expected input shape"):
         m(mx.zeros((1, 6, 8)))
+
+
+@pytest.mark.parametrize("cls_name", ["v014.NeighborhoodAttention2D", "v017.NeighborhoodAttention1D",
+                                      "v020.NeighborhoodAttention1D"])
+def test_compiled_training_step_decreases_loss(tier, rng, cls_name):
+    import mlx.optimizers as optim
+    from functools import partial
+
+    mod, name = cls_name.split(".")
+    cls = getattr({"v014": v014, "v017": v017, "v020": v020}[mod], name)
+    kwargs = {"rel_pos_bias": True} if mod == "v017" else ({"stride": 2} if mod == "v020" else {})
+    m = cls(8, 2, 3, **kwargs)
+    shape = (2, 6, 7, 8) if "2D" in name else (2, 12, 8)
+    x = mx.array(rng.standard_normal(shape).astype(np.float32))
+    y = mx.array(rng.standard_normal(shape).astype(np.float32))
+    opt = optim.Adam(learning_rate=3e-2)
+    state = [m.state, opt.state]
+
+    def loss_fn(x, y):
+        return mx.mean((m(x) - y) ** 2)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x, y):
+        loss, grads = nn.value_and_grad(m, loss_fn)(x, y)
+        opt.update(m, grads)
+        return loss
+
+    first = step(x, y).item()
+    for _ in range(15):
+        last = step(x, y).item()
+    assert last < first
+    if mod != "v020":
+        assert "rpb" in dict(tree_flatten(m.trainable_parameters()))
