@@ -158,3 +158,39 @@ def test_errors():
         allin1.na1d_qk_rpb(x4, x4, None, (3,))
     with pytest.raises(ValueError, match="neighbour slots"):
         allin1.na1d_av_fused(mx.zeros((1, 10, 2, 4)), x4, 3)
+
+
+def test_semi_public_backward_helpers_and_qkv_fused(tier, rng):
+    # natten-mlx's functional_metal surface: *_backward helpers and natten2d_qkv_fused
+    q, qn = _rand(rng, (1, 2, 7, 9, 4))
+    k, kn = _rand(rng, (1, 2, 7, 9, 4))
+    v, vn = _rand(rng, (1, 2, 7, 9, 4))
+    rpb, rn = _rand(rng, (2, 5, 5))
+    hl = lambda x: np.moveaxis(x, 1, 3)  # noqa: E731
+    want, _ = oracle.oracle_na(hl(qn), hl(kn), hl(vn), 3, dilation=2, scale=1.0, rpb=rn)
+    out = functional_metal.natten2d_qkv_fused(q, k, v, rpb, (3, 3), 2)
+    assert out.dtype == mx.float32
+    assert_close(out, np.moveaxis(want, 3, 1), what="natten2d_qkv_fused")
+    assert functional_metal.get_d3rm_fused_status()["available"] is False
+    # backward helpers == autodiff of the forward ops
+    g, _ = _rand(rng, (1, 2, 7, 9, 9))
+    dq, dk, dr = functional_metal.natten2dqkrpb_backward(g, q, k, rpb, 3, 2)
+    _, ref = mx.vjp(lambda a, b, c: functional.natten2dqkrpb(a, b, c, 3, 2), [q, k, rpb], [g])
+    for got, want_g in zip((dq, dk, dr), ref):
+        np.testing.assert_allclose(np.array(got), np.array(want_g), rtol=1e-6, atol=1e-6)
+    assert functional_metal.natten2dqkrpb_backward(g, q, k, None, 3, 2)[2] is None
+    a, _ = _rand(rng, (1, 2, 7, 9, 9))
+    da, dv = functional_metal.natten2dav_backward(q, a, v, 3, 2)
+    assert da.shape == a.shape and dv.shape == v.shape
+    q1, _ = _rand(rng, (1, 2, 20, 4))
+    g1, _ = _rand(rng, (1, 2, 20, 5))
+    dq1, dk1, dr1 = functional_metal.natten1dqkrpb_backward(g1, q1, q1, mx.zeros((2, 9)), 5, 3)
+    assert dq1.shape == q1.shape and dr1.shape == (2, 9)
+    # d rpb of a sum over all slots: each bias entry counts the (query, slot) pairs using it
+    ones = mx.ones((1, 2, 20, 5))
+    _, _, cnt = functional.natten1dqkrpb_backward(ones, q1, q1, mx.zeros((2, 9)), 5, 3)
+    assert float(cnt.sum()) == 2 * 20 * 5
+    da1, dv1 = functional_metal.natten1dav_backward(q1, g1, q1, 5, 3)
+    assert da1.shape == g1.shape and dv1.shape == q1.shape
+    with pytest.raises(ValueError, match="Only square kernels"):
+        functional.natten2dqkrpb(q, k, None, (3, 5), 1)
