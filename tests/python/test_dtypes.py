@@ -89,3 +89,14 @@ def test_low_precision_grads_finite(tier, dtype, rng):
     g = mx.grad(lambda q: nm.na1d(q, q, q, 3, is_causal=True).astype(mx.float32).sum())(q)
     assert g.dtype == dtype
     assert np.isfinite(to_np(g)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fmha_path_dtypes(dtype, rng):
+    q, qn = rand(rng, (1, 3, 4, 4, 8), dtype)
+    k, kn = rand(rng, (1, 3, 4, 2, 8), dtype)
+    out, lse = nm.na2d(q, k, k, (3, 4), return_lse=True)
+    assert out.dtype == dtype and lse.dtype == dtype
+    oo, ol = oracle_na(qn, kn, kn, (3, 4))
+    assert_close(out, oo, dtype, "fmha out")
+    assert_close(lse, ol, dtype, "fmha lse")
