@@ -142,6 +142,17 @@ class _Legacy014(C.LegacyNeighborhoodAttention):
         )
         self.window_size = tuple(k * d for k, d in zip(kernel, dil))
 
+    # upstream 0.14 stored plain ints (a square kernel); tuples only when non-square
+    @property
+    def kernel_size(self):
+        k = self._kernel
+        return k[0] if len(set(k)) == 1 else k
+
+    @property
+    def dilation(self):
+        d = self._dilation
+        return d[0] if len(set(d)) == 1 else d
+
 
 class NeighborhoodAttention1D(_Legacy014):
     """NATTEN 0.14 NeighborhoodAttention1D: input [B, L, dim]; RPB `rpb` [H, 2K-1] on by default."""

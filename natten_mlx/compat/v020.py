@@ -392,6 +392,14 @@ class _NAModule(nn.Module):
         return out
 
 
+    def _extra_repr(self):
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"num_kv_heads={self.num_kv_heads}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, dilation={self.dilation}, is_causal={self.is_causal}"
+        )
+
+
 class NeighborhoodAttention1D(_NAModule):
     """Input/output [B, L, embed_dim]; GNA stride (output keeps L)."""
 

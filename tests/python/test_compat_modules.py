@@ -291,3 +291,15 @@ def test_compiled_training_step_decreases_loss(tier, rng, cls_name):
     assert last < first
     if mod != "v020":
         assert "rpb" in dict(tree_flatten(m.trainable_parameters()))
+
+
+def test_module_attributes_like_upstream():
+    m = v014.NeighborhoodAttention2D(16, 2, 5, dilation=2)
+    assert (m.kernel_size, m.dilation, m.num_heads, m.head_dim) == (5, 2, 2, 8)
+    assert m.scale == 8**-0.5 and m.window_size == (10, 10)
+    assert v014.NeighborhoodAttention1D(16, 2, 3, qk_scale=0).scale == 8**-0.5  # `or` default
+    m17 = v017.NeighborhoodAttention2D(16, 2, (3, 5), dilation=(1, 2), is_causal=(True, False))
+    assert (m17.kernel_size, m17.dilation, m17.is_causal) == ((3, 5), (1, 2), (True, False))
+    m20 = v020.NeighborhoodAttention2D(16, 2, 3, stride=(1, 3))
+    assert (m20.kernel_size, m20.stride, m20.num_kv_heads) == ((3, 3), (1, 3), 2)
+    assert "stride=(1, 3)" in repr(m20)
