@@ -34,7 +34,7 @@ typedef struct natten_cpu_kernels {
     /*
      * Optional (NULL: not available).  Lane-major forward tile: TILE_LANES
      * queries whose neighbour pairs i < n sit at the same offsets:
-     *   q of lane l, channel c:         qt[c*ld + l]
+     *   q of lane l, channel c:         qt[c*16 + l]
      *   key of pair i, lane l, channel c: pk[i][c*ld + l]   (value: pv[i][c*ld + l])
      * s_i = scale*q.k + bias[i]; out_t[c*16 + l] = sum_i softmax_i * v (normalised),
      * lse[l] = log-sum-exp.  sbuf: n*16 floats.  group: pairs per key row

@@ -306,7 +306,7 @@ typedef struct qscratch {
     float *s, *dp, *row;
     /* lane-major tiles */
     const float **tpk, **tpv;
-    float *tbias, *tsbuf, *tout, *tlse;
+    float *tbias, *tsbuf, *tout, *tlse, *tq;
 } qscratch;
 
 static int64_t rpb_table_size(const geom *g) {
@@ -323,6 +323,7 @@ static size_t qscratch_bytes(const geom *g) {
            (size_t)dmax * sizeof(float) + (size_t)nl * 5 * sizeof(int64_t) +
            (size_t)(g->KK + 16) * (2 * sizeof(float *) + sizeof(float)) + (size_t)(g->KK + 16) * 16 * sizeof(float) +
            (size_t)(g->Dv + 16) * 16 * sizeof(float) + 64 * sizeof(float) +
+           (size_t)(g->D + 16) * 16 * sizeof(float) +
            (size_t)rpb_table_size(g) * sizeof(float) + (size_t)(g->NE + 1) * 2 * sizeof(float *) + 256;
 }
 
@@ -367,6 +368,8 @@ static qscratch qscratch_at(const common *c, int tid) {
     s += (g->Dv + 16) * 16 * sizeof(float);
     q.tlse = (float *)s;
     s += 64 * sizeof(float);
+    q.tq = (float *)s;
+    s += (g->D + 16) * 16 * sizeof(float);
     q.lp.ekp = (const float **)s;
     s += (g->NE + 1) * sizeof(float *);
     q.lp.evp = (const float **)s;
@@ -729,10 +732,11 @@ static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
     const geom *g = &c->g;
     const int r = g->rank;
     const int64_t hk = h / g->G, K = g->K[r - 1], d = g->dil[r - 1];
-    int64_t Rq = 0;
-    if (r == 2) Rq = sc->lp.pos[0];
-    if (r == 3) Rq = sc->lp.pos[0] * g->L[1] + sc->lp.pos[1];
-    const float *qt = tc->q.data + b * tc->q.BP + h * tc->q.HP + Rq * tc->q.RP + u0;
+    /* the tile's queries, transposed here (each is read by this tile only) */
+    sc->lp.pos[r - 1] = x0;
+    const float *q0 = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
+    c->kern->transpose(q0, d * c->q.st[r], sc->tq, 16, nl, g->D);
+    const float *qt = sc->tq;
     const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
     const float *vb = tc->v.data + b * tc->v.BP + hk * tc->v.HP + u0 + shift;
     int64_t n = 0;
@@ -743,7 +747,7 @@ static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
             if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
             ++n;
         }
-    c->kern->tile_fwd(qt, tc->q.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
+    c->kern->tile_fwd(qt, tc->k.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
                       g->scale, sc->tsbuf, sc->tout, sc->tlse);
     const natten_dtype dt = c->p->dtype;
     o[r - 1] = x0;
@@ -873,8 +877,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
                 tc.goff[rr + 1] = tc.goff[rr] + n_r;
             }
             tc.nseg = (L + TSEG - 1) / TSEG;
-            ok = lm_pack(&c, &c.q, g->H, g->D, tc.goff, &tc.q, nt) &&
-                 lm_pack(&c, &c.k, g->Hkv, g->D, tc.goff, &tc.k, nt) &&
+            ok = lm_pack(&c, &c.k, g->Hkv, g->D, tc.goff, &tc.k, nt) &&
                  lm_pack(&c, &c.v, g->Hkv, g->Dv, tc.goff, &tc.v, nt);
         }
         c.tile = &tc;

@@ -234,7 +234,7 @@ static void transpose_avx512(const float *src, int64_t src_ld, float *dst, int64
             p[t] = pk[i0 + t];                                                                     \
         }                                                                                          \
         for (int64_t c = 0; c < D; ++c) {                                                          \
-            const __m512 qv = _mm512_loadu_ps(qt + c * ld);                                        \
+            const __m512 qv = _mm512_loadu_ps(qt + c * 16);                                        \
             for (int t = 0; t < CNT; ++t)                                                          \
                 acc[t] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(p[t] + c * ld), acc[t]);              \
         }                                                                                          \
