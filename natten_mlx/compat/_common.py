@@ -20,6 +20,7 @@ problem shape (shapes are static, so this stays compile-friendly).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional, Sequence, Tuple
@@ -127,6 +128,7 @@ def check_rpb(rpb, heads: int, kernel, causal) -> None:
 # --------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=64)
 def _causal_roll(extent, kernel, dilation, causal, inverse: bool) -> Optional[np.ndarray]:
     """int32 [*extent, prod(K)]: gather index between the two causal layouts.
 
@@ -154,7 +156,9 @@ def _causal_roll(extent, kernel, dilation, causal, inverse: bool) -> Optional[np
         shape[rank + a] = kernel[a]
         idx = idx + per_axis[a].reshape(shape) * stride
         stride *= kernel[a]
-    return idx.reshape(tuple(extent) + (stride,)).astype(np.int32)
+    out = idx.reshape(tuple(extent) + (stride,)).astype(np.int32)
+    out.setflags(write=False)  # cached and shared
+    return out
 
 
 def _gather_slots(x: mx.array, idx: np.ndarray) -> mx.array:
