@@ -536,22 +536,6 @@ static int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl) {
     return 1;
 }
 
-/* Decode a query task: (b, h, line, seg) -> output index o (last axis from seg). */
-static void decode_task(const geom *g, int64_t task, int64_t *b, int64_t *h, int64_t o[3],
-                        int64_t *seg) {
-    *seg = task % g->nseg;
-    task /= g->nseg;
-    int64_t line = task % g->lines;
-    task /= g->lines;
-    *h = task % g->H;
-    *b = task / g->H;
-    o[0] = o[1] = o[2] = 0;
-    for (int a = g->rank - 2; a >= 0; --a) {
-        o[a] = line % g->O[a];
-        line /= g->O[a];
-    }
-}
-
 static inline int64_t olin_of(const geom *g, const int64_t o[3]) {
     return (o[0] * g->O[1] + o[1]) * g->O[2] + o[2];
 }
@@ -916,14 +900,23 @@ static void bwd_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     qscratch sc = qscratch_at(c, tid);
     const natten_dtype dt = c->p->dtype;
     int64_t rpb_h = -1;
-    for (int64_t task = begin; task < end; ++task) {
-        int64_t b, h, seg, o[3];
-        decode_task(g, task, &b, &h, o, &seg);
+    for (int64_t task = begin; task < end; ++task) { /* (b, line, seg); heads innermost */
+        int64_t o[3] = {0, 0, 0}, t = task;
+        const int64_t seg = t % g->nseg;
+        t /= g->nseg;
+        int64_t line = t % g->lines;
+        const int64_t b = t / g->lines;
+        for (int a = r - 2; a >= 0; --a) {
+            o[a] = line % g->O[a];
+            line /= g->O[a];
+        }
         const int64_t last0 = seg * SEG;
         const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
-        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        line_prep(c, b, 0, o, &sc.lp, &rpb_h);
         const int64_t *pos = sc.lp.pos;
-        for (int64_t ol = last0; ol < last1; ++ol) {
+        for (int64_t ol = last0; ol < last1; ++ol)
+          for (int64_t h = 0; h < g->H; ++h) {
+            line_set_head(c, b, h, &sc.lp);
             o[r - 1] = ol;
             const int64_t qlin = (b * g->H + h) * g->Oin + olin_of(g, o);
             float *Prow = c->Pbuf + qlin * g->KKE, *Srow = c->Sbuf + qlin * g->KKE;
@@ -1057,7 +1050,7 @@ static void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid) {
         t /= kseg;
         int64_t line = t % klines;
         t /= klines;
-        const int64_t hk = t % g->Hkv, b = t / g->Hkv;
+        const int64_t b = t;
         int64_t x[3] = {0, 0, 0};
         for (int a = r - 2; a >= 0; --a) {
             x[a] = line % g->L[a];
@@ -1072,7 +1065,8 @@ static void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid) {
             en[a] = inv_ent_of(c, tab, a);
         }
         const int64_t l0 = seg * SEG, l1 = l0 + SEG < g->L[r - 1] ? l0 + SEG : g->L[r - 1];
-        for (int64_t xl = l0; xl < l1; ++xl) {
+        for (int64_t xl = l0; xl < l1; ++xl)
+          for (int64_t hk = 0; hk < g->Hkv; ++hk) { /* heads innermost: they share cache lines */
             x[r - 1] = xl;
             int64_t n = 0;
             int inside = 1;
@@ -1262,10 +1256,10 @@ natten_status natten_fast_na_backward(
     c.inv_stride_start = Lmax + 1;
     c.inv_stride_ent = 2 * Kmax; /* (o, slot) pairs */
     const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
-    int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 1) &&
-             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 1) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 1) &&
+    int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 0) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 0) &&
              make_view(p, NATTEN_TENSOR_OUT, out, &c.out, nt, 0) &&
-             make_view(p, NATTEN_TENSOR_OUT, dout, &c.dout, nt, 1);
+             make_view(p, NATTEN_TENSOR_OUT, dout, &c.dout, nt, 0);
     if (ok && g->NE > 0)
         ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
              make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
@@ -1307,11 +1301,11 @@ natten_status natten_fast_na_backward(
     int partial = g->varlen != NULL;
     for (int a = 0; a < g->rank; ++a) partial |= g->os[a] > 1;
     if (partial) natten_parallel_for(nt, g->B * g->Lx[0] * g->Lx[1] * g->Lx[2] * g->H, 1024, zero_dq_task, &c);
-    natten_parallel_for(nt, g->B * g->H * g->lines * g->nseg, 1, bwd_query_task, &c);
+    natten_parallel_for(nt, g->B * g->lines * g->nseg, 1, bwd_query_task, &c);
     int64_t klines = 1;
     for (int a = 0; a < g->rank - 1; ++a) klines *= g->L[a];
     const int64_t kseg = (g->L[g->rank - 1] + SEG - 1) / SEG;
-    natten_parallel_for(nt, g->B * g->Hkv * klines * kseg, 1, bwd_key_task, &c);
+    natten_parallel_for(nt, g->B * klines * kseg, 1, bwd_key_task, &c);
     if (c.drpb_t) natten_parallel_for(nt, g->H, 1, bwd_rpb_task, &c);
     if (g->NE > 0) natten_parallel_for(nt, g->B * g->NE * g->Hkv, 1, bwd_extra_task, &c);
     free_views(&c);
