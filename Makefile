@@ -93,7 +93,7 @@ cuda-test: cuda-compile
 	$(BUILD)-cuda/test_kernels
 
 demo: ext
-	$(PY) -m natten_mlx.profiler
+	$(PY) -m natten_mlx.profiler --backprop
 	$(PY) examples/quickstart.py
 
 clean:
