@@ -641,6 +641,9 @@ static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
  */
 #define TSEG 64
 #define TILE_MIN 6 /* shorter runs go query by query */
+#ifndef NATTEN_TILE_MIN_KK
+#define NATTEN_TILE_MIN_KK 1 /* neighbours per query from which tiles are used */
+#endif
 
 typedef struct lmpack {
     float *data;
@@ -839,7 +842,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     const int nt = natten_parallel_threads();
     const int r = g->rank;
     /* tiles pay for repacking Q, K and V; worth it from ~16 neighbours up */
-    const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 && g->KK >= 16 &&
+    const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 && g->KK >= NATTEN_TILE_MIN_KK &&
                          getenv("NATTEN_CPU_NO_TILES") == NULL;
     tile_common tc;
     memset(&tc, 0, sizeof tc);
