@@ -345,22 +345,51 @@ def _tc_plan(p: NAParams, X, D, Dv, dtype, has_rpb, has_extra, has_varlen):
         return None
     if D != Dv or D not in (32, 64, 128):
         return None
-    if any(s != 1 for s in p.out_stride):
+    if any(s != 1 for s in p.out_stride) or not p.scale > 0:
         return None
-    return _default_tiles(p, X)
+    return True
 
 
-def _default_tiles(p: NAParams, X):
-    """Query tile (TQ, 64 queries) and key tile (TK, 64 keys) shapes per rank."""
+def _pow2_shapes(rank, total):
+    """Box shapes (3 entries, unused axes 1) of `total` cells, powers of 2."""
+    out = []
+    e = total.bit_length() - 1
+    for a in range(e + 1):
+        for b in range(e + 1 - a):
+            c = e - a - b
+            shp = (1 << a, 1 << b, 1 << c)
+            if all(shp[x] == 1 for x in range(rank, 3)):
+                out.append(shp)
+    return out
+
+
+@lru_cache(maxsize=256)
+def _choose_tiles(p: NAParams, X: tuple, tq_total: int):
+    """Query box (tq_total queries) and key box (64 keys) minimising the
+    tensor-core work: query tiles x key tiles of the windows' union box."""
     rank = p.rank
-    X3 = _pad3(X, 1)
-    if rank == 1:
-        tq, tk = (64, 1, 1), (64, 1, 1)
-    elif rank == 2:
-        tq, tk = (8, 8, 1), (8, 8, 1)
-    else:
-        tq, tk = (4, 4, 4), (4, 4, 4)
-    return tq, tk
+    X3, K3, d3 = _pad3(X, 1), _pad3(p.kernel, 1), _pad3(p.dilation, 1)
+    s3 = _pad3(p.gna_stride, 1)
+    best = None
+    for tq in _pow2_shapes(rank, tq_total):
+        n3 = [-(-x // d) for x, d in zip(X3, d3)]
+        if any(tq[a] > 2 * n3[a] for a in range(3)):
+            continue
+        union = [min(n3[a], tq[a] + K3[a] - 1 + s3[a] - 1) for a in range(3)]
+        qt = _prod(d3[a] * -(-n3[a] // tq[a]) for a in range(3))
+        for tk in _pow2_shapes(rank, 64):
+            if any(tk[a] > 2 * union[a] for a in range(3)):
+                continue
+            kt = _prod(-(-union[a] // tk[a]) for a in range(3))
+            cost = qt * kt
+            if best is None or cost < best[0]:
+                best = (cost, tq, tk)
+    return None if best is None else (best[1], best[2])
+
+
+def _default_tiles(p: NAParams, X, tq_total=128):
+    """Query tile (TQ queries) and key tile (64 keys) shapes."""
+    return _choose_tiles(p, tuple(int(x) for x in X), tq_total)
 
 
 def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
@@ -376,7 +405,11 @@ def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
     plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
     if plan is not None:
         prm = _params(p, B, X, H, Hkv, D, Dv)
-        res = _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape)
+        # 128-query tiles (2 m-tiles per warp) unless that leaves the GPU idle
+        # or the registers spill (head_dim 128)
+        ntok = _prod(X)
+        tqn = 128 if (B * H * ntok >= 128 * 264 and D <= 64) else 64
+        res = _fwd_tc(prm, q, k, v, p, X, B, H, D, _default_tiles(p, X, tqn), out_shape, lse_shape)
         if res is not None:
             return res
     rows = B * _prod(O) * H
@@ -388,11 +421,13 @@ def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
 
 
 def _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape):
+    if plan is None or _prod(X) * H * D >= 2**31:  # box offsets are 32-bit in the kernel
+        return None
     tq, tk = plan
     # per axis: every dilation group gets ceil(ceil(X/d)/TQ) tiles
     tiles = _tc_grid(X, p, tq)
-    warps = _prod(tq) // 16
-    smem = (_prod(tq) + 4 * _prod(tk)) * (D + 8) * 2
+    warps = 4
+    smem = (_prod(tq) + 4 * _prod(tk)) * (D + 8) * 2 + 8 * _prod(tk)
     if tiles >= 2**31 // (32 * warps) or B * H >= 65536:
         return None
     return _kernel("fwd_tc", smem)(
@@ -413,8 +448,10 @@ def _tc_grid(X, p, box):
 
 def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     """Tensor-core backward: (dq, dk, dv) or None when the launch does not fit."""
-    tq, tk = plan
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    if plan is None or _prod(X) * H * D >= 2**31:  # box offsets are 32-bit in the kernel
+        return None
+    tq, tk = plan
     Hkv = k.shape[-2]
     qt, kt = _tc_grid(X, p, tq), _tc_grid(X, p, tk)
     if max(qt, kt) * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
@@ -423,7 +460,7 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     T = q.dtype
     tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
             ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
-    smem = 6 * 64 * (D + 8) * 2
+    smem = 6 * 64 * (D + 8) * 2 + 8 * 64
     (dq,) = _kernel("bwd_dq_tc", smem)(
         inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(qt * 128, B * H, 1),
         threadgroup=(128, 1, 1), output_shapes=[q.shape], output_dtypes=[T])
@@ -440,7 +477,8 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
     plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
     if plan is not None:
         prm = _params(p, B, X, H, Hkv, D, Dv)
-        res = _bwd_tc(prm, q, k, v, out, lse, dout.astype(q.dtype), dlse.astype(mx.float32), p, plan)
+        res = _bwd_tc(prm, q, k, v, out, lse, dout.astype(q.dtype), dlse.astype(mx.float32), p,
+                      _default_tiles(p, X, 64))
         if res is not None:
             dq, dk, dv = res
             return dq, dk, dv, mx.zeros_like(rpb), mx.zeros_like(ek), mx.zeros_like(ev)

@@ -17,8 +17,8 @@
  *
  * mma.sync.m16n8k16 with f32 accumulation; operands through ldmatrix from
  * padded shared memory; tiles double-buffered with cp.async.
- * Dynamic shared memory: dq: (2*TQ + 4*TK) * (HD+8) * 2;
- *                        dkdv: (2*TK + 4*TQ) * (HD+8) * 2 + 4*TQ*4.
+ * Dynamic shared memory: dq: (2*TQ + 4*TK) * (HD+8) * 2 + 8*TK;
+ *                        dkdv: (2*TK + 4*TQ) * (HD+8) * 2 + 4*TQ*4 + 8*TQ.
  */
 #ifndef NATTEN_CUDA_BWD_TC_CUH
 #define NATTEN_CUDA_BWD_TC_CUH
@@ -107,6 +107,8 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
     T *sO = sQ + TQ * LD;
     T *sK = sO + TQ * LD; /* [2][TK][LD] */
     T *sV = sK + 2 * TK * LD;
+    int *tOff = reinterpret_cast<int *>(sV + 2 * TK * LD); /* [TK] key-box table */
+    int *tU = tOff + TK;
 
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -153,12 +155,19 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
             rdl[rr] = delta[orow];
         }
     }
+    na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
+    __syncthreads();
     auto load_kv = [&](int tt, int stage) {
-        int kt[3], base[3];
+        int kt[3], base[3], lim[3];
         na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
-        for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * TKa[x];
-        na_load_box<T, HD, TK0, TK1, TK2, NT>(sK + stage * TK * LD, LD, k, P.Hkv, kvh, b, P, r, base, kmax, tid);
-        na_load_box<T, HD, TK0, TK1, TK2, NT>(sV + stage * TK * LD, LD, v, P.Hkv, kvh, b, P, r, base, kmax, tid);
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            base[x] = kmin[x] + kt[x] * TKa[x];
+            lim[x] = kmax[x] - base[x];
+        }
+        const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
+        na_box_load<T, HD, TK, NT>(sK + stage * TK * LD, LD, k, org, tOff, tU, lim, tid);
+        na_box_load<T, HD, TK, NT>(sV + stage * TK * LD, LD, v, org, tOff, tU, lim, tid);
     };
 
     unsigned qf[HD / 16][4]; /* dO fragments are re-read from shared memory (register budget) */
@@ -237,7 +246,7 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
                         const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
                         ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
                     }
-                    const float pr = ok ? exp2f(s[j][e] * sl2 - rl2[rr]) : 0.f;
+                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -rl2[rr])) : 0.f;
                     s[j][e] = pr * (dp[j][e] - rdl[rr]); /* dS */
                 }
             /* dQ += dS K */
@@ -284,6 +293,8 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
     T *sO = sQ + 2 * TQ * LD; /* [2][TQ][LD] */
     float *sL = reinterpret_cast<float *>(sO + 2 * TQ * LD); /* [2][TQ] lse*log2e */
     float *sD = sL + 2 * TQ;                                   /* [2][TQ] delta   */
+    int *tOff = reinterpret_cast<int *>(sD + 2 * TQ);          /* [TQ] query-box table */
+    int *tU = tOff + TQ;
 
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -328,22 +339,24 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
     }
     const float sl2 = P.scale * 1.4426950408889634f;
 
+    na_box_table<TQ0, TQ1, TQ2>(tOff, tU, P, P.H, HD, tid, NT);
+    __syncthreads();
     auto load_q = [&](int tt, int stage) {
         const int h = kvh * G + tt / ntq;
-        int qt[3], base[3];
+        int qt[3], base[3], lim[3];
         na_tile_coords<TQ0, TQ1, TQ2>(tt % ntq, nqt, qt);
-        for (int x = 0; x < 3; ++x) base[x] = qmin[x] + qt[x] * TQa[x];
-        na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sQ + stage * TQ * LD, LD, q, P.H, h, b, P, r, base, qmax, tid);
-        na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sO + stage * TQ * LD, LD, dout, P.H, h, b, P, r, base, qmax, tid);
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            base[x] = qmin[x] + qt[x] * TQa[x];
+            lim[x] = qmax[x] - base[x];
+        }
+        const long long org = na_box_origin(P, b, base, r, P.H, h, HD);
+        na_box_load<T, HD, TQ, NT>(sQ + stage * TQ * LD, LD, q, org, tOff, tU, lim, tid);
+        na_box_load<T, HD, TQ, NT>(sO + stage * TQ * LD, LD, dout, org, tOff, tU, lim, tid);
         for (int row = tid; row < TQ; row += NT) {
-            const int u[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
-            int pos[3], ok = 1;
-            for (int x = 0; x < 3; ++x) {
-                const int l = base[x] + u[x];
-                ok &= l <= qmax[x];
-                pos[x] = ok ? l * P.dil[x] + r[x] : 0;
-            }
-            const long long orow = na_tok(b, pos, P.X) * P.H + h;
+            const int uu = tU[row];
+            const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
+            const long long orow = (org + tOff[row]) / HD; /* token*H + h */
             sL[stage * TQ + row] = ok ? lse[orow] * 1.4426950408889634f : 0.f;
             sD[stage * TQ + row] = ok ? delta[orow] : 0.f;
         }
@@ -426,7 +439,7 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
                         const int u0 = col / (TQ1 * TQ2), u1 = (col / TQ2) % TQ1, u2 = col % TQ2;
                         ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
                     }
-                    const float pr = ok ? exp2f(s[j][e] * sl2 - cL[col]) : 0.f;
+                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -cL[col])) : 0.f;
                     s[j][e] = pr;
                     dp[j][e] = pr * (dp[j][e] - cD[col]);
                 }

@@ -7,15 +7,16 @@
  * window ends are monotone, see window.cuh) in key tiles of TK0*TK1*TK2
  * (= 64) keys.  K and V tiles go through shared memory with cp.async, two
  * stages deep; S = Q K^T and O += P V use mma.sync.m16n8k16 (inline PTX, f32
- * accumulation); softmax is online in the exp2 domain.  Each warp owns 16
- * queries.  A key tile that lies inside every window of a warp's queries
+ * accumulation); softmax is online in the exp2 domain.  Four warps; each
+ * owns 16*MT queries (MT = TQ/64 m-tiles, so a K/V fragment read from shared
+ * memory feeds MT mma's: TQ = 128 halves shared-memory traffic per mma).  A key tile that lies inside every window of a warp's queries
  * skips the mask; one outside all of them is skipped.
  *
  * Scope (cuda.py checks it): f16/bf16, head_dim == head_dim_v == HD in
  * {32, 64, 128}, out_stride 1, no RPB, no extra KV, no varlen.  Dilation,
  * per-axis causal, GNA stride, GQA and ranks 1-3 are handled here.
  *
- * Dynamic shared memory: (TQ + 4*TK) * (HD + 8) * 2 bytes.
+ * Dynamic shared memory: (TQ + 4*TK) * (HD + 8) * 2 + 8*TK bytes; 128 threads.
  */
 #ifndef NATTEN_CUDA_FWD_TC_CUH
 #define NATTEN_CUDA_FWD_TC_CUH
@@ -72,18 +73,67 @@ NA_DEV unsigned long long na_range_bits(int lo, int hi) {
     return (~0ull >> (63 - hi)) & (~0ull << lo);
 }
 
+NA_DEV float na_ex2(float x) { /* 2^x, MUFU.EX2; ex2(-inf) = +0 */
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/*
+ * Boxes of rows are loaded many times per CTA (one key box per tile), so the
+ * per-row address arithmetic is done once: a shared table holds, for every
+ * row (u0,u1,u2) of the box shape, its element offset from the box origin
+ * and u packed in 10-bit fields.  A load then costs a table read, three
+ * compares and the cp.async.
+ */
+template <int S0, int S1, int S2>
+NA_DEV void na_box_table(int *toff, int *tu, const na_params &P, int heads, int hd, int tid, int nt) {
+    for (int row = tid; row < S0 * S1 * S2; row += nt) {
+        const int u0 = row / (S1 * S2), u1 = (row / S2) % S1, u2 = row % S2;
+        const long long tokd = ((long long)u0 * P.dil[0] * P.X[1] + (long long)u1 * P.dil[1]) * P.X[2] +
+                               (long long)u2 * P.dil[2];
+        toff[row] = (int)(tokd * heads * hd);
+        tu[row] = u0 | (u1 << 10) | (u2 << 20);
+    }
+}
+template <typename T, int HD, int ROWS, int NT>
+NA_DEV void na_box_load(T *dst, int ld, const T *src, long long origin, const int *toff, const int *tu,
+                        const int lim[3], int tid) {
+    constexpr int CPR = HD / 8;
+    static_assert(NT % CPR == 0 && (ROWS * CPR) % NT == 0, "box load shape");
+    const int part = tid % CPR;
+#pragma unroll
+    for (int i = 0; i < ROWS * CPR / NT; ++i) {
+        const int row = tid / CPR + i * (NT / CPR);
+        const int uu = tu[row];
+        const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
+        na_cp_async16(dst + row * ld + part * 8, src + (ok ? origin + toff[row] + part * 8 : 0), ok);
+    }
+}
+/* element offset of box origin (local coords base, group r) for one head */
+NA_DEV long long na_box_origin(const na_params &P, int b, const int base[3], const int r[3], int heads, int head,
+                               int hd) {
+    int pos[3];
+#pragma unroll
+    for (int x = 0; x < 3; ++x) pos[x] = base[x] * P.dil[x] + r[x];
+    return (na_tok(b, pos, P.X) * heads + head) * (long long)hd;
+}
+
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *v, T *out, float *lse) {
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
-    constexpr int NW = TQ / 16, NT = NW * 32;
-    constexpr int LD = HD + 8; /* padded smem row (halves): ldmatrix rows hit distinct banks */
-    constexpr int CPR = HD / 8; /* 16-byte chunks per row */
+    constexpr int NW = 4, NT = NW * 32;
+    constexpr int MT = TQ / (16 * NW); /* 16-row m-tiles per warp: 1 (TQ 64) or 2 (TQ 128) */
+    constexpr int LD = HD + 8;         /* padded smem row (halves): ldmatrix rows hit distinct banks */
+    constexpr int CPR = HD / 8;        /* 16-byte chunks per row */
     static_assert(TK == 64, "key tile must hold 64 keys");
-    static_assert(TQ % 16 == 0, "query tile must be a multiple of 16");
+    static_assert(MT * 16 * NW == TQ, "query tile must be 64 or 128 queries");
     extern __shared__ __align__(16) unsigned char na_smem_raw[];
     T *sQ = reinterpret_cast<T *>(na_smem_raw);
     T *sK = sQ + TQ * LD; /* [2][TK][LD] */
     T *sV = sK + 2 * TK * LD;
+    int *tOff = reinterpret_cast<int *>(sV + 2 * TK * LD); /* [TK] key-box table */
+    int *tU = tOff + TK;
 
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -132,59 +182,59 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
     }
     na_cp_commit();
 
+    na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
+    __syncthreads();
     auto load_kv = [&](int tt, int stage) {
-        int kt[3];
+        int kt[3], base[3], lim[3];
         kt[2] = tt % nkt[2];
         kt[1] = (tt / nkt[2]) % nkt[1];
         kt[0] = tt / (nkt[2] * nkt[1]);
-        T *dK = sK + stage * TK * LD, *dV = sV + stage * TK * LD;
-        for (int c = tid; c < TK * CPR; c += NT) {
-            const int key = c / CPR, part = c % CPR;
-            const int u[3] = {key / (TK1 * TK2), (key / TK2) % TK1, key % TK2};
-            int pos[3], ok = 1;
-            for (int x = 0; x < 3; ++x) {
-                const int kl = kmin[x] + kt[x] * TKa[x] + u[x];
-                ok &= kl <= kmax[x];
-                pos[x] = ok ? kl * P.dil[x] + r[x] : 0;
-            }
-            const long long g = ok ? (na_tok(b, pos, P.X) * P.Hkv + kvh) * HDl + part * 8 : 0;
-            na_cp_async16(dK + key * LD + part * 8, k + g, ok);
-            na_cp_async16(dV + key * LD + part * 8, v + g, ok);
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            base[x] = kmin[x] + kt[x] * TKa[x];
+            lim[x] = kmax[x] - base[x];
         }
+        const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
+        na_box_load<T, HD, TK, NT>(sK + stage * TK * LD, LD, k, org, tOff, tU, lim, tid);
+        na_box_load<T, HD, TK, NT>(sV + stage * TK * LD, LD, v, org, tOff, tU, lim, tid);
     };
 
-    /* ---- per-row window bounds (group-local key coordinates) for rows g, g+8 of this warp */
+    /* ---- per-row window bounds (group-local key coordinates); row index
+     * ri = mt*2 + rr is CTA row warp*16*MT + mt*16 + g + 8*rr */
     const int g4 = lane >> 2, t4 = lane & 3;
-    int rlo[2][3], rhi[2][3];
-    bool ract[2];
-    int rowpos[2][3];
-    for (int rr = 0; rr < 2; ++rr) {
-        const int row = warp * 16 + g4 + rr * 8;
+    int rlo[2 * MT][3], rhi[2 * MT][3];
+#pragma unroll
+    for (int ri = 0; ri < 2 * MT; ++ri) {
+        const int row = warp * 16 * MT + (ri >> 1) * 16 + g4 + (ri & 1) * 8;
         const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
         bool act = true;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) act = act && q0[x] + t[x] < n[x];
+#pragma unroll
         for (int x = 0; x < 3; ++x) {
             const int ql = q0[x] + t[x];
-            act = act && ql < n[x];
-            rowpos[rr][x] = ql * P.dil[x] + r[x];
-            if (ql < n[x]) {
-                rlo[rr][x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
-                rhi[rr][x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
+            if (act) {
+                rlo[ri][x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
+                rhi[ri][x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
             } else {
-                rlo[rr][x] = 1;
-                rhi[rr][x] = 0;
+                rlo[ri][x] = 1 << 30;
+                rhi[ri][x] = -(1 << 30);
             }
         }
-        ract[rr] = act;
-        if (!act)
-            for (int x = 0; x < 3; ++x) { rlo[rr][x] = 1 << 30; rhi[rr][x] = -(1 << 30); }
     }
 
     const float sl2 = P.scale * 1.4426950408889634f;
-    unsigned qf[HD / 16][4];
-    float o[HD / 8][4];
+    float o[MT][HD / 8][4];
 #pragma unroll
-    for (int j = 0; j < HD / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+    float m[2 * MT], l[2 * MT];
+#pragma unroll
+    for (int ri = 0; ri < 2 * MT; ++ri) {
+        m[ri] = -INFINITY;
+        l[ri] = 0.f;
+    }
 
     load_kv(0, 0);
     na_cp_commit();
@@ -197,29 +247,23 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
             na_cp_wait<0>();
         }
         __syncthreads();
-        if (tt == 0) {
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk)
-                na_ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-        }
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
-        /* masks of this tile for my two rows */
+        /* masks of this tile for my rows */
         int kt[3];
         kt[2] = tt % nkt[2];
         kt[1] = (tt / nkt[2]) % nkt[1];
         kt[0] = tt / (nkt[2] * nkt[1]);
-        unsigned long long mk[2][3];
+        int base[3];
+#pragma unroll
+        for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * TKa[x];
         bool full = true, empty = true;
 #pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
+        for (int ri = 0; ri < 2 * MT; ++ri) {
             bool rowfull = true, rowempty = false;
 #pragma unroll
             for (int x = 0; x < 3; ++x) {
-                const int base = kmin[x] + kt[x] * TKa[x];
-                mk[rr][x] = na_range_bits(rlo[rr][x] - base, rhi[rr][x] - base);
-                const unsigned long long all = TKa[x] == 64 ? ~0ull : ((1ull << TKa[x]) - 1);
-                rowfull = rowfull && ((mk[rr][x] & all) == all);
-                rowempty = rowempty || ((mk[rr][x] & all) == 0ull);
+                rowfull = rowfull && rlo[ri][x] <= base[x] && base[x] + TKa[x] - 1 <= rhi[ri][x];
+                rowempty = rowempty || rhi[ri][x] < base[x] || rlo[ri][x] > base[x] + TKa[x] - 1;
             }
             full = full && rowfull;
             empty = empty && rowempty;
@@ -227,74 +271,95 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
         full = __all_sync(0xffffffffu, full);
         empty = __all_sync(0xffffffffu, empty);
         if (!empty) {
-            float s[8][4];
+            float s[MT][8][4];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < HD / 16; ++kk) {
+                unsigned qa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    na_ldsm_x4(qa[mt], sQ + (warp * 16 * MT + mt * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
                 for (int jp = 0; jp < 4; ++jp) {
                     unsigned bk[4];
                     na_ldsm_x4(bk, cK + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-                    na_mma(s[2 * jp], qf[kk], bk[0], bk[1], T());
-                    na_mma(s[2 * jp + 1], qf[kk], bk[2], bk[3], T());
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        na_mma(s[mt][2 * jp], qa[mt], bk[0], bk[1], T());
+                        na_mma(s[mt][2 * jp + 1], qa[mt], bk[2], bk[3], T());
+                    }
                 }
             }
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[j][e] *= sl2;
             if (!full) {
 #pragma unroll
-                for (int j = 0; j < 8; ++j)
+                for (int ri = 0; ri < 2 * MT; ++ri) {
+                    unsigned long long mk[3];
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int col = j * 8 + t4 * 2 + (e & 1), rr = e >> 1;
-                        const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
-                        const bool ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
-                        if (!ok) s[j][e] = -INFINITY;
+                    for (int x = 0; x < 3; ++x) mk[x] = na_range_bits(rlo[ri][x] - base[x], rhi[ri][x] - base[x]);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            const int col = j * 8 + t4 * 2 + c;
+                            const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
+                            const bool ok = ((mk[0] >> u0) & (mk[1] >> u1) & (mk[2] >> u2) & 1ull) != 0ull;
+                            if (!ok) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
+                        }
+                }
+            }
+            /* online softmax, per m-tile rows g (e=0,1) and g+8 (e=2,3) */
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr) {
+                    const int ri = mt * 2 + rr;
+                    float mx = -INFINITY;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rr], s[mt][j][2 * rr + 1]));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                    /* m is kept in the scaled log2 domain: m = max(raw) * scale*log2(e) */
+                    const float mn = fmaxf(m[ri], mx * sl2);
+                    const float ref = mn == -INFINITY ? 0.f : mn;
+                    const float corr = na_ex2(m[ri] - ref);
+                    float ls = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        s[mt][j][2 * rr] = na_ex2(fmaf(s[mt][j][2 * rr], sl2, -ref));
+                        s[mt][j][2 * rr + 1] = na_ex2(fmaf(s[mt][j][2 * rr + 1], sl2, -ref));
+                        ls += s[mt][j][2 * rr] + s[mt][j][2 * rr + 1];
                     }
-            }
-            /* online softmax, rows g (e=0,1) and g+8 (e=2,3) */
+                    l[ri] = l[ri] * corr + ls;
+                    m[ri] = mn;
 #pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * rr], s[j][2 * rr + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float mn = fmaxf(m[rr], mx);
-                const float ref = mn == -INFINITY ? 0.f : mn;
-                const float corr = exp2f(m[rr] - ref);
-                float ls = 0.f;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    s[j][2 * rr] = exp2f(s[j][2 * rr] - ref);
-                    s[j][2 * rr + 1] = exp2f(s[j][2 * rr + 1] - ref);
-                    ls += s[j][2 * rr] + s[j][2 * rr + 1];
+                    for (int j = 0; j < HD / 8; ++j) {
+                        o[mt][j][2 * rr] *= corr;
+                        o[mt][j][2 * rr + 1] *= corr;
+                    }
                 }
-                l[rr] = l[rr] * corr + ls;
-                m[rr] = mn;
-#pragma unroll
-                for (int j = 0; j < HD / 8; ++j) {
-                    o[j][2 * rr] *= corr;
-                    o[j][2 * rr + 1] *= corr;
-                }
-            }
             /* O += P V */
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
-                unsigned pa[4];
-                pa[0] = na_pack2(s[2 * kk][0], s[2 * kk][1], T());
-                pa[1] = na_pack2(s[2 * kk][2], s[2 * kk][3], T());
-                pa[2] = na_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1], T());
-                pa[3] = na_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3], T());
+                unsigned pa[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    pa[mt][0] = na_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T());
+                    pa[mt][1] = na_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T());
+                    pa[mt][2] = na_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T());
+                    pa[mt][3] = na_pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3], T());
+                }
 #pragma unroll
                 for (int jp = 0; jp < HD / 16; ++jp) {
                     unsigned bv[4];
                     na_ldsm_x4_t(bv, cV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + jp * 16 + (lane >> 4) * 8);
-                    na_mma(o[2 * jp], pa, bv[0], bv[1], T());
-                    na_mma(o[2 * jp + 1], pa, bv[2], bv[3], T());
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        na_mma(o[mt][2 * jp], pa[mt], bv[0], bv[1], T());
+                        na_mma(o[mt][2 * jp + 1], pa[mt], bv[2], bv[3], T());
+                    }
                 }
             }
         }
@@ -303,21 +368,33 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
 
     /* ---- epilogue */
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        float lt = l[rr];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        if (!ract[rr]) continue;
-        const long long orow = na_tok(b, rowpos[rr], P.X) * P.H + h;
-        const float inv = 1.f / lt;
-        T *dst = out + orow * HDl;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int j = 0; j < HD / 8; ++j) {
-            const unsigned pk = na_pack2(o[j][2 * rr] * inv, o[j][2 * rr + 1] * inv, T());
-            *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) = pk;
+        for (int rr = 0; rr < 2; ++rr) {
+            const int ri = mt * 2 + rr;
+            float lt = l[ri];
+            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+            const int row = warp * 16 * MT + mt * 16 + g4 + rr * 8;
+            const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+            int pos[3];
+            bool act = true;
+#pragma unroll
+            for (int x = 0; x < 3; ++x) {
+                act = act && q0[x] + t[x] < n[x];
+                pos[x] = (q0[x] + t[x]) * P.dil[x] + r[x];
+            }
+            if (!act) continue;
+            const long long orow = na_tok(b, pos, P.X) * P.H + h;
+            const float inv = 1.f / lt;
+            T *dst = out + orow * HDl;
+#pragma unroll
+            for (int j = 0; j < HD / 8; ++j) {
+                const unsigned pk = na_pack2(o[mt][j][2 * rr] * inv, o[mt][j][2 * rr + 1] * inv, T());
+                *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) = pk;
+            }
+            if (t4 == 0) lse[orow] = (m[ri] + log2f(lt)) * 0.6931471805599453f;
         }
-        if (t4 == 0) lse[orow] = (m[rr] + log2f(lt)) * 0.6931471805599453f;
-    }
 }
 
 #endif /* NATTEN_CUDA_FWD_TC_CUH */

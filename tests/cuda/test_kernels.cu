@@ -127,6 +127,10 @@ INST_BWD_TC(__nv_bfloat16, 32, 4, 4, 4, 4, 4, 4)
 INST_SIMPLE(float)
 INST_SIMPLE(__half)
 INST_SIMPLE(__nv_bfloat16)
+template __global__ void k_fwd_tc<__nv_bfloat16, 128, 8, 16, 1, 8, 8, 1>(const int *, const __nv_bfloat16 *,
+                                                                        const __nv_bfloat16 *,
+                                                                        const __nv_bfloat16 *, __nv_bfloat16 *,
+                                                                        float *);
 template __global__ void k_fwd_tc<__half, 64, 8, 8, 1, 8, 8, 1>(const int *, const __half *, const __half *,
                                                                 const __half *, __half *, float *);
 template __global__ void k_fwd_tc<__nv_bfloat16, 32, 64, 1, 1, 64, 1, 1>(const int *, const __nv_bfloat16 *,
@@ -319,7 +323,7 @@ static int test_fwd(const Prob &P, bool tc) {
             const int tq = x == 0 ? 64 : 1;
             tiles *= P.dil[x] * (((P.X[x] + P.dil[x] - 1) / P.dil[x] + tq - 1) / tq);
         }
-        const int smem = (64 + 4 * 64) * (32 + 8) * 2;
+        const int smem = (64 + 4 * 64) * (32 + 8) * 2 + 8 * 64;
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         kern<<<dim3(tiles, P.B * P.H), 128, smem>>>(dp, dq, dk, dv, dout, dl);
         CK(cudaGetLastError());
