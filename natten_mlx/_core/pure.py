@@ -191,20 +191,22 @@ def _select_rows(q, p: NAParams):
     return q.reshape(B, -1, q.shape[-2], q.shape[-1])
 
 
-def _gather(x, flat, varlen_mode: bool):
-    """x [B,*X,Hkv,D]; flat [O,KK] (static) or [B,O,KK] -> [B,O,KK,Hkv,D]."""
+def _gather(x, flat, varlen_mode: bool, acc):
+    """x [B,*X,Hkv,D]; flat [O,KK] (static) or [B,O,KK] -> [B,Hkv,O,KK,D] in acc.
+
+    Heads-first, so the batched matmuls below read the gathered tensor as is
+    (the transpose for QK is a free stride swap of the last two axes).
+    """
     B = x.shape[0]
     Hkv, D = x.shape[-2], x.shape[-1]
+    xt = x.reshape(B, -1, Hkv, D).transpose(0, 2, 1, 3).astype(acc)    # [B,Hkv,N,D]
     if not varlen_mode:
-        xf = x.reshape(B, -1, Hkv, D)
-        return mx.take(xf, flat, axis=1)
-    N = 1
-    for e in x.shape[1:-2]:
-        N *= e
-    xf = x.reshape(B * N, Hkv, D)
-    offs = (mx.arange(B, dtype=mx.int32) * N).reshape(B, 1, 1)
-    g = mx.take(xf, (flat + offs).reshape(-1), axis=0)
-    return g.reshape(B, flat.shape[1], flat.shape[2], Hkv, D)
+        return mx.take(xt, flat, axis=2)
+    N = xt.shape[2]
+    base = (mx.arange(B * Hkv, dtype=mx.int32) * N).reshape(B, Hkv, 1, 1)
+    idx = flat.reshape(B, 1, flat.shape[1], flat.shape[2]) + base         # [B,Hkv,O,KK]
+    return mx.take(xt.reshape(B * Hkv * N, D), idx.reshape(-1), axis=0).reshape(
+        B, Hkv, flat.shape[1], flat.shape[2], D)
 
 
 def _tables(p: NAParams, extents, varlen):
@@ -217,31 +219,30 @@ def _tables(p: NAParams, extents, varlen):
 
 
 def _logits(q, k, p: NAParams, flat, valid, rel, rpb, varlen_mode, acc):
-    """Masked, scaled logits [B,O,Hkv,G,KK] in acc dtype, plus q rows [B,O,Hkv,G,D]."""
+    """Masked, scaled logits [B,Hkv,O,G,KK] in acc dtype, plus q rows [B,Hkv,O,G,D]."""
     B = q.shape[0]
     H, D = q.shape[-2], q.shape[-1]
     Hkv = k.shape[-2]
     G = H // Hkv
     qo = _select_rows(q, p).astype(acc)
     O = qo.shape[1]
-    qg = qo.reshape(B, O, Hkv, G, D)
-    kg = _gather(k, flat, varlen_mode).astype(acc)           # [B,O,KK,Hkv,D]
-    kg = kg.transpose(0, 1, 3, 4, 2)                         # [B,O,Hkv,D,KK]
-    logits = (qg @ kg) * p.scale                              # [B,O,Hkv,G,KK]
+    qg = qo.reshape(B, O, Hkv, G, D).transpose(0, 2, 1, 3, 4)          # [B,Hkv,O,G,D]
+    kg = _gather(k, flat, varlen_mode, acc)                             # [B,Hkv,O,KK,D]
+    logits = (qg @ kg.swapaxes(-1, -2)) * p.scale                       # [B,Hkv,O,G,KK]
     KK = logits.shape[-1]
     if rpb is not None:
         rf = rpb.astype(acc).reshape(H, -1)
         if not varlen_mode:
-            bias = mx.take(rf, rel, axis=1)                   # [H,O,KK]
-            bias = bias.transpose(1, 0, 2).reshape(1, O, Hkv, G, KK)
+            bias = mx.take(rf, rel, axis=1)                              # [H,O,KK]
+            bias = bias.reshape(Hkv, G, O, KK).transpose(0, 2, 1, 3)[None]
         else:
-            bias = mx.take(rf, rel.reshape(-1), axis=1).reshape(H, B, O, KK)
-            bias = bias.transpose(1, 2, 0, 3).reshape(B, O, Hkv, G, KK)
+            bias = mx.take(rf, rel.reshape(-1), axis=1).reshape(Hkv, G, B, O, KK)
+            bias = bias.transpose(2, 0, 3, 1, 4)
         logits = logits + bias
     if not varlen_mode:
-        vmask = valid.reshape(1, O, 1, 1, KK)
+        vmask = valid.reshape(1, 1, O, 1, KK)
     else:
-        vmask = valid.reshape(B, O, 1, 1, KK)
+        vmask = valid.reshape(B, 1, O, 1, KK)
     logits = mx.where(vmask, logits, mx.array(-mx.inf, dtype=acc))
     return logits, qg, vmask
 
@@ -262,24 +263,23 @@ def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=
     varlen_mode = varlen is not None
     flat, valid, rel, row_ok = _tables(p, extents, varlen)
     B = q.shape[0]
-    H, D = q.shape[-2], q.shape[-1]
-    Hkv = k.shape[-2]
+    H = q.shape[-2]
     Dv = v.shape[-1]
     logits, qg, _ = _logits(q, k, p, flat, valid, rel, rpb, varlen_mode, acc)
-    O, G, KK = logits.shape[1], logits.shape[3], logits.shape[4]
+    Hkv, O, G, KK = logits.shape[1], logits.shape[2], logits.shape[3], logits.shape[4]
     if extra_k is not None:
-        ek = extra_k.astype(acc).transpose(0, 2, 3, 1)[:, None]   # [B,1,Hkv,D,N]
-        le = (qg @ ek) * p.scale                                   # [B,O,Hkv,G,N]
+        ek = extra_k.astype(acc).transpose(0, 2, 3, 1)[:, :, None]      # [B,Hkv,1,D,N]
+        le = (qg @ ek) * p.scale                                        # [B,Hkv,O,G,N]
         logits = mx.concatenate([logits, le], axis=-1)
-    lse = mx.logsumexp(logits, axis=-1)                            # [B,O,Hkv,G]
+    lse = mx.logsumexp(logits, axis=-1)                                 # [B,Hkv,O,G]
     probs = mx.softmax(logits, axis=-1)
-    vg = _gather(v, flat, varlen_mode).astype(acc).transpose(0, 1, 3, 2, 4)  # [B,O,Hkv,KK,Dv]
-    out = probs[..., :KK] @ vg                                    # [B,O,Hkv,G,Dv]
+    vg = _gather(v, flat, varlen_mode, acc)                             # [B,Hkv,O,KK,Dv]
+    out = probs[..., :KK] @ vg                                          # [B,Hkv,O,G,Dv]
     if extra_v is not None:
-        ev = extra_v.astype(acc).transpose(0, 2, 1, 3)[:, None]    # [B,1,Hkv,N,Dv]
+        ev = extra_v.astype(acc).transpose(0, 2, 1, 3)[:, :, None]      # [B,Hkv,1,N,Dv]
         out = out + probs[..., KK:] @ ev
-    out = out.reshape(B, O, H, Dv)
-    lse = lse.reshape(B, O, H)
+    out = out.transpose(0, 2, 1, 3, 4).reshape(B, O, H, Dv)
+    lse = lse.transpose(0, 2, 1, 3).reshape(B, O, H)
     if varlen_mode:
         ok = row_ok.reshape(B, O, 1)
         out = mx.where(ok[..., None], out, mx.array(0, dtype=acc))
@@ -294,9 +294,10 @@ def na_qk(q, k, p: NAParams, rpb=None):
     acc = _acc_dtype(q.dtype)
     extents = _spatial(q, p.rank)
     flat, valid, rel, _ = _tables(p, extents, None)
-    H = q.shape[-2]
+    B, H = q.shape[0], q.shape[-2]
     logits, _, _ = _logits(q, k, p, flat, valid, rel, rpb, False, acc)
-    KK = logits.shape[-1]
+    O, KK = logits.shape[2], logits.shape[-1]
+    logits = logits.transpose(0, 2, 1, 3, 4).reshape(B, O, H, KK)
     return logits.reshape(_out_shape(q, p, (H, KK))).astype(q.dtype)
 
 
@@ -308,11 +309,11 @@ def na_av(attn, v, p: NAParams):
     H, KK = attn.shape[-2], attn.shape[-1]
     Hkv, Dv = v.shape[-2], v.shape[-1]
     G = H // Hkv
-    a = attn.reshape(B, -1, Hkv, G, KK)
-    O = a.shape[1]
-    a = mx.where(valid.reshape(1, O, 1, 1, KK), a.astype(acc), mx.array(0, dtype=acc))
-    vg = _gather(v, flat, False).astype(acc).transpose(0, 1, 3, 2, 4)   # [B,O,Hkv,KK,Dv]
-    out = (a @ vg).reshape(B, O, H, Dv)
+    a = attn.reshape(B, -1, Hkv, G, KK).astype(acc).transpose(0, 2, 1, 3, 4)   # [B,Hkv,O,G,KK]
+    O = a.shape[2]
+    a = mx.where(valid.reshape(1, 1, O, 1, KK), a, mx.array(0, dtype=acc))
+    vg = _gather(v, flat, False, acc)                                   # [B,Hkv,O,KK,Dv]
+    out = (a @ vg).transpose(0, 2, 1, 3, 4).reshape(B, O, H, Dv)
     return out.reshape(_out_shape(v, p, (H, Dv))).astype(v.dtype)
 
 
