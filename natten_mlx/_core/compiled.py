@@ -16,7 +16,8 @@ module pairs them into differentiable functions with ``mx.custom_function``:
 * ``na_qk`` / ``na_av``: split ops with their C backwards.
 
 Nothing here evaluates arrays, so everything works inside ``mx.compile``,
-``mx.grad`` and ``nn.value_and_grad``.  The primitives run on the CPU only;
+``mx.grad`` and ``nn.value_and_grad``.  ``mx.vmap`` works too (forward and
+backward): the primitives' vmap rule runs one primitive per mapped instance.  The primitives run on the CPU only;
 ``supports`` says no for other devices and the dispatcher falls through.
 """
 

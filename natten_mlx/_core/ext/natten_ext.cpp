@@ -340,6 +340,9 @@ natten_tensor view_of(const mx::array& a) {
   return t;
 }
 
+std::vector<mx::array> build(Op op, Config c, std::vector<mx::array> inputs,
+                             const mx::StreamOrDevice& s);
+
 class NattenPrimitive : public mx::Primitive {
  public:
   NattenPrimitive(mx::Stream stream, Op op, Config cfg)
@@ -398,6 +401,36 @@ class NattenPrimitive : public mx::Primitive {
   }
 
   const char* name() const override { return op_name(op_); }
+
+  // mx.vmap: one primitive per mapped instance (slices of the mapped inputs,
+  // unmapped inputs shared), outputs stacked on axis 0.  Folding the mapped
+  // axis into the batch would avoid the loop but not a reshape copy of views,
+  // and cannot keep per-instance RPB gradients apart.
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
+      const std::vector<mx::array>& inputs, const std::vector<int>& axes) override {
+    int n = -1;
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (axes[i] >= 0) {
+        n = inputs[i].shape(axes[i]);
+        break;
+      }
+    if (n < 0) {
+      auto outs = build(op_, cfg_, inputs, stream());
+      return {outs, std::vector<int>(outs.size(), -1)};
+    }
+    std::vector<std::vector<mx::array>> per_out;
+    for (int j = 0; j < n; ++j) {
+      std::vector<mx::array> in;
+      for (size_t i = 0; i < inputs.size(); ++i)
+        in.push_back(axes[i] >= 0 ? mx::take(inputs[i], j, axes[i], stream()) : inputs[i]);
+      auto outs = build(op_, cfg_, std::move(in), stream());
+      if (per_out.empty()) per_out.resize(outs.size());
+      for (size_t o = 0; o < outs.size(); ++o) per_out[o].push_back(outs[o]);
+    }
+    std::vector<mx::array> stacked;
+    for (auto& v : per_out) stacked.push_back(mx::stack(v, 0, stream()));
+    return {stacked, std::vector<int>(stacked.size(), 0)};
+  }
 
   bool is_equivalent(const mx::Primitive& other) const override {
     auto* o = dynamic_cast<const NattenPrimitive*>(&other);
