@@ -45,6 +45,17 @@ typedef struct natten_cpu_kernels {
                      const float *bias, int64_t n, int64_t group, int64_t D, int64_t Dv, float scale,
                      float *sbuf, float *out_t, float *lse);
     int tile_lanes; /* 16 for AVX-512, 0 when tile_fwd is NULL */
+    /*
+     * Optional.  Query side of the backward for such a tile: with dO of lane l
+     * at dot[c*16 + l] and lse / delta (= dO.O) per lane,
+     *   pbuf[i*16 + l] = P = exp(scale*q.k_i + bias[i] - lse),
+     *   sbuf[i*16 + l] = dS = P*(dO.v_i - delta),
+     *   dq_t[c*16 + l] = scale * sum_i dS_i k_i[c].
+     */
+    void (*tile_bwd)(const float *qt, const float *dot, int64_t ld, const float *const *pk,
+                     const float *const *pv, const float *bias, int64_t n, int64_t group, int64_t D,
+                     int64_t Dv, float scale, const float *lse, const float *delta, float *pbuf,
+                     float *sbuf, float *dq_t);
 } natten_cpu_kernels;
 
 extern const natten_cpu_kernels natten_cpu_kernels_scalar;

@@ -306,7 +306,7 @@ typedef struct qscratch {
     float *s, *dp, *row;
     /* lane-major tiles */
     const float **tpk, **tpv;
-    float *tbias, *tsbuf, *tout, *tlse, *tq;
+    float *tbias, *tsbuf, *tsbuf2, *tout, *tlse, *tq, *tdo;
 } qscratch;
 
 static int64_t rpb_table_size(const geom *g) {
@@ -324,6 +324,7 @@ static size_t qscratch_bytes(const geom *g) {
            (size_t)(g->KK + 16) * (2 * sizeof(float *) + sizeof(float)) + (size_t)(g->KK + 16) * 16 * sizeof(float) +
            (size_t)(g->Dv + 16) * 16 * sizeof(float) + 64 * sizeof(float) +
            (size_t)(g->D + 16) * 16 * sizeof(float) +
+           (size_t)(g->KK + 16) * 16 * sizeof(float) + (size_t)(g->Dv + g->D + 16) * 16 * sizeof(float) +
            (size_t)rpb_table_size(g) * sizeof(float) + (size_t)(g->NE + 1) * 2 * sizeof(float *) + 256;
 }
 
@@ -364,7 +365,11 @@ static qscratch qscratch_at(const common *c, int tid) {
     s = (char *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
     q.tsbuf = (float *)s;
     s += (g->KK + 16) * 16 * sizeof(float);
+    q.tsbuf2 = (float *)s;
+    s += (g->KK + 16) * 16 * sizeof(float);
     q.tout = (float *)s;
+    s += (g->Dv + g->D + 16) * 16 * sizeof(float);
+    q.tdo = (float *)s;
     s += (g->Dv + 16) * 16 * sizeof(float);
     q.tlse = (float *)s;
     s += 64 * sizeof(float);
@@ -821,6 +826,32 @@ static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
     }
 }
 
+/* Lane-major packs of K and V plus the group tables, or 0 on OOM. */
+static int tile_setup(const common *c, tile_common *tc, int nt) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t d = g->dil[r - 1], L = g->L[r - 1];
+    if (!(tc->goff = malloc((size_t)(d + 1) * sizeof(int64_t)))) return 0;
+    if (!(tc->xofu = malloc((size_t)L * sizeof(int64_t)))) return 0;
+    tc->goff[0] = 0;
+    for (int64_t rr = 0; rr < d; ++rr) {
+        const int64_t n_r = rr < L ? (L - rr + d - 1) / d : 0;
+        for (int64_t pp = 0; pp < n_r; ++pp) tc->xofu[tc->goff[rr] + pp] = rr + d * pp;
+        tc->goff[rr + 1] = tc->goff[rr] + n_r;
+    }
+    tc->nseg = (L + TSEG - 1) / TSEG;
+    return lm_pack(c, &c->k, g->Hkv, g->D, tc->goff, &tc->k, nt) &&
+           lm_pack(c, &c->v, g->Hkv, g->Dv, tc->goff, &tc->v, nt);
+}
+
+static void tile_free(tile_common *tc) {
+    free(tc->goff);
+    free(tc->xofu);
+    natten_cpu_ws_put(tc->q.data);
+    natten_cpu_ws_put(tc->k.data);
+    natten_cpu_ws_put(tc->v.data);
+}
+
 static tile_common g_tile_unused;
 static const tile_common *tile_of(const common *c) { return c->tile ? c->tile : &g_tile_unused; }
 
@@ -853,20 +884,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
         ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
              make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
     if (ok && use_tile) {
-        const int64_t d = g->dil[r - 1], L = g->L[r - 1];
-        ok = (tc.goff = malloc((size_t)(d + 1) * sizeof(int64_t))) != NULL &&
-             (tc.xofu = malloc((size_t)L * sizeof(int64_t))) != NULL;
-        if (ok) {
-            tc.goff[0] = 0;
-            for (int64_t rr = 0; rr < d; ++rr) {
-                const int64_t n_r = rr < L ? (L - rr + d - 1) / d : 0;
-                for (int64_t pp = 0; pp < n_r; ++pp) tc.xofu[tc.goff[rr] + pp] = rr + d * pp;
-                tc.goff[rr + 1] = tc.goff[rr] + n_r;
-            }
-            tc.nseg = (L + TSEG - 1) / TSEG;
-            ok = lm_pack(&c, &c.k, g->Hkv, g->D, tc.goff, &tc.k, nt) &&
-                 lm_pack(&c, &c.v, g->Hkv, g->Dv, tc.goff, &tc.v, nt);
-        }
+        ok = tile_setup(&c, &tc, nt);
         c.tile = &tc;
     }
     c.scratch_bytes = (qscratch_bytes(g) + 63) & ~(size_t)63;
@@ -882,11 +900,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     free(c.scratch);
     free(c.rpb_all);
     free(c.wlast);
-    free(tc.goff);
-    free(tc.xofu);
-    natten_cpu_ws_put(tc.q.data);
-    natten_cpu_ws_put(tc.k.data);
-    natten_cpu_ws_put(tc.v.data);
+    tile_free(&tc);
     /* staging failed (out of memory): decline, so the reference runs */
     return ok ? NATTEN_STATUS_SUCCESS : NATTEN_STATUS_UNSUPPORTED;
 }
@@ -895,15 +909,51 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
 /* Backward                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* Phase A: per query. */
+/* Phase A for one query (generic lists): o[0..rank-1) set, line prepared for h. */
+static void bwd_query(const common *c, qscratch *sc, int64_t b, int64_t h, int64_t o[3], int64_t ol) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t *pos = sc->lp.pos;
+    o[r - 1] = ol;
+    const int64_t qlin = (b * g->H + h) * g->Oin + olin_of(g, o);
+    float *Prow = c->Pbuf + qlin * g->KKE, *Srow = c->Sbuf + qlin * g->KKE;
+    for (int64_t j = 0; j < g->KKE; ++j) Prow[j] = Srow[j] = 0.f;
+    if (!query_list(c, &sc->lp, ol, &sc->nl)) return; /* dq pre-zeroed */
+    const int64_t n = sc->nl.n;
+    const float *qrow = c->q.data + row_off(c->q.st, r, b, pos, h);
+    const float *dorow = c->dout.data + row_off(c->dout.st, r, b, o, h);
+    const float *orow = c->out.data + row_off(c->out.st, r, b, o, h);
+    const float lse =
+        ((const float *)c->lse_in->data)[row_off(c->lse_in->stride, r, b, o, 0) + h * c->lse_in->stride[r + 1]];
+    c->kern->dots(qrow, sc->nl.kp, n, g->D, sc->s);
+    if (c->rpb)
+        for (int64_t j = 0; j < n; ++j) sc->s[j] = sc->s[j] * g->scale + sc->nl.bias[j];
+    else
+        for (int64_t j = 0; j < n; ++j) sc->s[j] *= g->scale;
+    c->kern->expsum(sc->s, n, lse); /* s = P */
+    float delta;
+    c->kern->dots(dorow, &orow, 1, g->Dv, &delta);
+    c->kern->dots(dorow, sc->nl.vp, n, g->Dv, sc->dp);
+    for (int64_t j = 0; j < n; ++j) {
+        const float ds = sc->s[j] * (sc->dp[j] - delta);
+        sc->dp[j] = ds;
+        Prow[sc->nl.slot[j]] = sc->s[j];
+        Srow[sc->nl.slot[j]] = ds;
+    }
+    c->kern->wsum(sc->dp, sc->nl.kp, n, g->D, sc->row);
+    for (int64_t i = 0; i < g->D; ++i) sc->row[i] *= g->scale;
+    store_row(c->dq_t->data, row_off(c->dq_t->stride, r, b, pos, h), c->dq_t->stride[r + 2], c->p->dtype,
+              sc->row, g->D);
+}
+
+/* Phase A, generic: tasks (b, line, seg); heads innermost. */
 static void bwd_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const common *c = vctx;
     const geom *g = &c->g;
     const int r = g->rank;
     qscratch sc = qscratch_at(c, tid);
-    const natten_dtype dt = c->p->dtype;
     int64_t rpb_h = -1;
-    for (int64_t task = begin; task < end; ++task) { /* (b, line, seg); heads innermost */
+    for (int64_t task = begin; task < end; ++task) {
         int64_t o[3] = {0, 0, 0}, t = task;
         const int64_t seg = t % g->nseg;
         t /= g->nseg;
@@ -916,40 +966,124 @@ static void bwd_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
         const int64_t last0 = seg * SEG;
         const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
         line_prep(c, b, 0, o, &sc.lp, &rpb_h);
-        const int64_t *pos = sc.lp.pos;
         for (int64_t ol = last0; ol < last1; ++ol)
-          for (int64_t h = 0; h < g->H; ++h) {
-            line_set_head(c, b, h, &sc.lp);
-            o[r - 1] = ol;
-            const int64_t qlin = (b * g->H + h) * g->Oin + olin_of(g, o);
-            float *Prow = c->Pbuf + qlin * g->KKE, *Srow = c->Sbuf + qlin * g->KKE;
-            for (int64_t j = 0; j < g->KKE; ++j) Prow[j] = Srow[j] = 0.f;
-            if (!query_list(c, &sc.lp, ol, &sc.nl)) continue; /* dq pre-zeroed */
-            const int64_t n = sc.nl.n;
-            const float *qrow = c->q.data + row_off(c->q.st, r, b, pos, h);
-            const float *dorow = c->dout.data + row_off(c->dout.st, r, b, o, h);
-            const float *orow = c->out.data + row_off(c->out.st, r, b, o, h);
-            const float lse = ((const float *)c->lse_in->data)[row_off(c->lse_in->stride, r, b, o, 0) +
-                                                               h * c->lse_in->stride[r + 1]];
-            c->kern->dots(qrow, sc.nl.kp, n, g->D, sc.s);
-            if (c->rpb)
-                for (int64_t j = 0; j < n; ++j) sc.s[j] = sc.s[j] * g->scale + sc.nl.bias[j];
-            else
-                for (int64_t j = 0; j < n; ++j) sc.s[j] *= g->scale;
-            c->kern->expsum(sc.s, n, lse); /* s = P */
-            float delta;
-            c->kern->dots(dorow, &orow, 1, g->Dv, &delta);
-            c->kern->dots(dorow, sc.nl.vp, n, g->Dv, sc.dp);
-            for (int64_t j = 0; j < n; ++j) {
-                const float ds = sc.s[j] * (sc.dp[j] - delta);
-                sc.dp[j] = ds;
-                Prow[sc.nl.slot[j]] = sc.s[j];
-                Srow[sc.nl.slot[j]] = ds;
+            for (int64_t h = 0; h < g->H; ++h) {
+                line_set_head(c, b, h, &sc.lp);
+                bwd_query(c, &sc, b, h, o, ol);
             }
-            c->kern->wsum(sc.dp, sc.nl.kp, n, g->D, sc.row);
-            for (int64_t i = 0; i < g->D; ++i) sc.row[i] *= g->scale;
-            store_row(c->dq_t->data, row_off(c->dq_t->stride, r, b, pos, h), c->dq_t->stride[r + 2],
-                      dt, sc.row, g->D);
+    }
+}
+
+/* Phase A for a tile of nl queries (see fwd_tile). */
+static void bwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64_t b, int64_t h, int64_t o[3],
+                     int64_t u0, int64_t nl, int64_t shift, const natten_window *w0, int64_t x0) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t hk = h / g->G, K = g->K[r - 1], d = g->dil[r - 1];
+    sc->lp.pos[r - 1] = x0;
+    o[r - 1] = x0;
+    const float *q0 = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
+    c->kern->transpose(q0, d * c->q.st[r], sc->tq, 16, nl, g->D);
+    const float *do0 = c->dout.data + row_off(c->dout.st, r, b, o, h);
+    c->kern->transpose(do0, d * c->dout.st[r], sc->tdo, 16, nl, g->Dv);
+    const float *o0 = c->out.data + row_off(c->out.st, r, b, o, h);
+    const int64_t lse0 = row_off(c->lse_in->stride, r, b, o, 0) + h * c->lse_in->stride[r + 1];
+    float lse16[16], delta16[16];
+    for (int64_t l = 0; l < 16; ++l) {
+        const int64_t ll = l < nl ? l : nl - 1; /* idle lanes repeat the last query */
+        lse16[l] = ((const float *)c->lse_in->data)[lse0 + ll * d * c->lse_in->stride[r]];
+        const float *orow = o0 + ll * d * c->out.st[r];
+        c->kern->dots(do0 + ll * d * c->dout.st[r], &orow, 1, g->Dv, &delta16[l]);
+    }
+    const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
+    const float *vb = tc->v.data + b * tc->v.BP + hk * tc->v.HP + u0 + shift;
+    int64_t n = 0;
+    for (int64_t l = 0; l < sc->lp.nlead; ++l)
+        for (int64_t k = 0; k < K; ++k) {
+            sc->tpk[n] = kb + sc->lp.lrow[l] * tc->k.RP + k;
+            sc->tpv[n] = vb + sc->lp.lrow[l] * tc->v.RP + k;
+            if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
+            ++n;
+        }
+    c->kern->tile_bwd(sc->tq, sc->tdo, tc->k.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
+                      g->scale, lse16, delta16, sc->tsbuf, sc->tsbuf2, sc->tout);
+    const int64_t qlin0 = (b * g->H + h) * g->Oin + olin_of(g, o);
+    for (int64_t l = 0; l < nl; ++l) { /* o == x on this axis: consecutive lanes are d apart */
+        float *Prow = c->Pbuf + (qlin0 + l * d) * g->KKE, *Srow = c->Sbuf + (qlin0 + l * d) * g->KKE;
+        for (int64_t j = 0; j < g->KKE; ++j) Prow[j] = Srow[j] = 0.f;
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t slot = sc->lp.lslot[i / K] + i % K;
+            Prow[slot] = sc->tsbuf[i * 16 + l];
+            Srow[slot] = sc->tsbuf2[i * 16 + l];
+        }
+    }
+    const int64_t qoff = row_off(c->dq_t->stride, r, b, sc->lp.pos, h);
+    if (c->p->dtype == NATTEN_DTYPE_F32 && c->dq_t->stride[r + 2] == 1) {
+        c->kern->transpose(sc->tout, 16, (float *)c->dq_t->data + qoff, d * c->dq_t->stride[r], g->D, nl);
+    } else {
+        for (int64_t l = 0; l < nl; ++l) {
+            for (int64_t ch = 0; ch < g->D; ++ch) sc->row[ch] = sc->tout[ch * 16 + l];
+            store_row(c->dq_t->data, qoff + l * d * c->dq_t->stride[r], c->dq_t->stride[r + 2], c->p->dtype,
+                      sc->row, g->D);
+        }
+    }
+}
+
+/* Phase A with tiles: tasks (b, h, line, TSEG segment of u), as the forward. */
+static void bwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const common *c = vctx;
+    const tile_common *tc = c->tile;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    qscratch sc = qscratch_at(c, tid);
+    const int64_t K = g->K[r - 1], d = g->dil[r - 1], L = g->L[r - 1];
+    int64_t rpb_h = -1;
+    for (int64_t task = begin; task < end; ++task) {
+        int64_t t = task;
+        const int64_t seg = t % tc->nseg;
+        t /= tc->nseg;
+        int64_t line = t % g->lines;
+        t /= g->lines;
+        const int64_t h = t % g->H, b = t / g->H;
+        int64_t o[3] = {0, 0, 0};
+        for (int a = r - 2; a >= 0; --a) {
+            o[a] = line % g->O[a];
+            line /= g->O[a];
+        }
+        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
+        int64_t u = seg * TSEG;
+        if (!sc.lp.inside) {
+            for (; u < u1; ++u) bwd_query(c, &sc, b, h, o, tc->xofu[u]);
+            continue;
+        }
+        const int64_t e = sc.lp.e[r - 1];
+        while (u < u1) {
+            const int64_t x = tc->xofu[u];
+            const int64_t gend = tc->goff[x % d + 1] < u1 ? tc->goff[x % d + 1] : u1;
+            natten_window w;
+            int64_t shift = 0, nl = 0;
+            if (x < e) {
+                w = last_window(c, e, x);
+                if (w.valid_begin == 0 && w.valid_end == K) {
+                    shift = (w.start - x) / d;
+                    nl = 1;
+                    while (nl < 16 && u + nl < gend) {
+                        const int64_t xl = tc->xofu[u + nl];
+                        if (xl >= e) break;
+                        const natten_window wl = last_window(c, e, xl);
+                        if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != shift) break;
+                        ++nl;
+                    }
+                }
+            }
+            if (nl < TILE_MIN) {
+                bwd_query(c, &sc, b, h, o, x);
+                ++u;
+                continue;
+            }
+            bwd_tile(c, tc, &sc, b, h, o, u, nl, shift, &w, x);
+            u += nl;
         }
     }
 }
@@ -1272,6 +1406,14 @@ natten_status natten_fast_na_backward(
     if (ok) ok = (c.inv_ent = malloc((size_t)(ntab * 3 * c.inv_stride_ent) * sizeof(int64_t))) != NULL;
     if (ok) ok = build_rpb_all(&c) && build_wlast(&c);
     if (ok) build_inverse(&c);
+    const int use_tile = c.kern->tile_bwd != NULL && g->os[g->rank - 1] == 1 && g->NE == 0 &&
+                         getenv("NATTEN_CPU_NO_TILES") == NULL;
+    tile_common tc;
+    memset(&tc, 0, sizeof tc);
+    if (ok && use_tile) {
+        ok = tile_setup(&c, &tc, nt);
+        c.tile = &tc;
+    }
     size_t sb = 0;
     if (ok) {
         sb = qscratch_bytes(g);
@@ -1299,12 +1441,16 @@ natten_status natten_fast_na_backward(
         free(c.inv_start);
         free(c.inv_ent);
         free(c.scratch);
+        tile_free(&tc);
         return NATTEN_STATUS_UNSUPPORTED;
     }
     int partial = g->varlen != NULL;
     for (int a = 0; a < g->rank; ++a) partial |= g->os[a] > 1;
     if (partial) natten_parallel_for(nt, g->B * g->Lx[0] * g->Lx[1] * g->Lx[2] * g->H, 1024, zero_dq_task, &c);
-    natten_parallel_for(nt, g->B * g->lines * g->nseg, 1, bwd_query_task, &c);
+    if (use_tile)
+        natten_parallel_for(nt, g->B * g->H * g->lines * tc.nseg, 1, bwd_tile_task, &c);
+    else
+        natten_parallel_for(nt, g->B * g->lines * g->nseg, 1, bwd_query_task, &c);
     int64_t klines = 1;
     for (int a = 0; a < g->rank - 1; ++a) klines *= g->L[a];
     const int64_t kseg = (g->L[g->rank - 1] + SEG - 1) / SEG;
@@ -1319,6 +1465,7 @@ natten_status natten_fast_na_backward(
     free(c.inv_start);
     free(c.inv_ent);
     free(c.scratch);
+    tile_free(&tc);
     return NATTEN_STATUS_SUCCESS;
 }
 

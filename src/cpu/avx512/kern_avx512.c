@@ -304,6 +304,89 @@ static void tile_fwd_avx512(const float *qt, int64_t ld, const float *const *pk,
     for (int l = 0; l < 16; ++l) lse[l] = m[l] + logf(s[l]);
 }
 
+/* out[i] (16 lanes) = sum_c a[c*16 + l] * rows[i][c*ld + l], CNT rows at a time. */
+#define TILE_DOT(CNT)                                                                              \
+    do {                                                                                           \
+        __m512 acc[CNT];                                                                           \
+        const float *p[CNT];                                                                       \
+        for (int t = 0; t < CNT; ++t) {                                                            \
+            acc[t] = _mm512_setzero_ps();                                                          \
+            p[t] = rows[i0 + t];                                                                   \
+        }                                                                                          \
+        for (int64_t c = 0; c < dim; ++c) {                                                        \
+            const __m512 av = _mm512_loadu_ps(a + c * 16);                                         \
+            for (int t = 0; t < CNT; ++t)                                                          \
+                acc[t] = _mm512_fmadd_ps(av, _mm512_loadu_ps(p[t] + c * ld), acc[t]);              \
+        }                                                                                          \
+        for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out + (i0 + t) * 16, acc[t]);               \
+    } while (0)
+
+static void tile_dots(const float *a, int64_t ld, const float *const *rows, int64_t n, int64_t group,
+                      int64_t dim, float *out) {
+    const int64_t chunk = group >= 1 && group <= 8 ? group * (8 / group) : 8;
+    for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+        switch (n - i0 < chunk ? n - i0 : chunk) {
+        case 8: TILE_DOT(8); break;
+        case 7: TILE_DOT(7); break;
+        case 6: TILE_DOT(6); break;
+        case 5: TILE_DOT(5); break;
+        case 4: TILE_DOT(4); break;
+        case 3: TILE_DOT(3); break;
+        case 2: TILE_DOT(2); break;
+        default: TILE_DOT(1); break;
+        }
+    }
+}
+
+/* out_t[c*16 + l] = mul * sum_i w[i*16 + l] * rows[i][c*ld + l]. */
+#define TILE_WSUM(CNT)                                                                             \
+    do {                                                                                           \
+        __m512 acc[CNT];                                                                           \
+        for (int t = 0; t < CNT; ++t) acc[t] = _mm512_setzero_ps();                                \
+        for (int64_t i = 0; i < n; ++i) {                                                          \
+            const __m512 wv = _mm512_loadu_ps(w + i * 16);                                         \
+            const float *v = rows[i] + c0 * ld;                                                    \
+            for (int t = 0; t < CNT; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v + t * ld), acc[t]); \
+        }                                                                                          \
+        for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], mul)); \
+    } while (0)
+
+static void tile_wsum(const float *w, const float *const *rows, int64_t ld, int64_t n, int64_t dim,
+                      __m512 mul, float *out_t) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= dim; c0 += 8) TILE_WSUM(8);
+    switch (dim - c0) {
+    case 7: TILE_WSUM(7); break;
+    case 6: TILE_WSUM(6); break;
+    case 5: TILE_WSUM(5); break;
+    case 4: TILE_WSUM(4); break;
+    case 3: TILE_WSUM(3); break;
+    case 2: TILE_WSUM(2); break;
+    case 1: TILE_WSUM(1); break;
+    default: break;
+    }
+}
+
+/* Backward query side of a lane-major tile (see cpu_internal.h). */
+static void tile_bwd_avx512(const float *qt, const float *dot, int64_t ld, const float *const *pk,
+                            const float *const *pv, const float *bias, int64_t n, int64_t group, int64_t D,
+                            int64_t Dv, float scale, const float *lse, const float *delta, float *pbuf,
+                            float *sbuf, float *dq_t) {
+    tile_dots(qt, ld, pk, n, group, D, pbuf);
+    const __m512 sc = _mm512_set1_ps(scale), lv = _mm512_loadu_ps(lse);
+    for (int64_t i = 0; i < n; ++i) {
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(pbuf + i * 16), sc);
+        if (bias) s = _mm512_add_ps(s, _mm512_set1_ps(bias[i]));
+        _mm512_storeu_ps(pbuf + i * 16, exp512(_mm512_sub_ps(s, lv)));
+    }
+    tile_dots(dot, ld, pv, n, group, Dv, sbuf);
+    const __m512 dl = _mm512_loadu_ps(delta);
+    for (int64_t i = 0; i < n; ++i)
+        _mm512_storeu_ps(sbuf + i * 16, _mm512_mul_ps(_mm512_loadu_ps(pbuf + i * 16),
+                                                      _mm512_sub_ps(_mm512_loadu_ps(sbuf + i * 16), dl)));
+    tile_wsum(sbuf, pk, ld, n, D, sc, dq_t);
+}
+
 const natten_cpu_kernels natten_cpu_kernels_avx512 = {
     NATTEN_CPU_ISA_AVX512, dots_avx512, wsum_avx512, expsum_avx512, f16_to_f32_avx512,
-    transpose_avx512, tile_fwd_avx512, 16};
+    transpose_avx512, tile_fwd_avx512, 16, tile_bwd_avx512};
