@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto", choices=["auto", "pure", "nanobind", "fast_metal"],
                     help="natten_mlx tier (default auto)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--dim", type=int, default=32)
