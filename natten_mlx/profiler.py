@@ -538,10 +538,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         previous = _current_backend(nm)
         try:
             nm.set_backend("auto")
-            print(f"\n`auto` resolves to {nm.get_backend()!r}; for this problem the fused op "
-                  f"runs on {running_tier(problem)!r}.")
             if fmha_path(problem):
-                print("The window covers the whole input, so na*d takes the SDPA fast path.")
+                print(f"\n`auto` resolves to {nm.get_backend()!r}, but the window covers the whole "
+                      "input, so na*d takes the SDPA fast path (mx.fast.scaled_dot_product_"
+                      "attention) on every tier; give -w smaller than -i to time NA kernels.")
+            else:
+                print(f"\n`auto` resolves to {nm.get_backend()!r}; for this problem the fused op "
+                      f"runs on {running_tier(problem)!r}.")
         finally:
             _restore_backend(nm, previous)
         return 0
@@ -572,6 +575,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 label = f"auto ({ran})"
             elif ran != name:
                 label = f"{name} (fell back to {ran})"
+            if fmha_path(problem):
+                label = f"{name} (SDPA fast path)"
             try:
                 t_f, t_b = time_tier(problem, name, args.warmup_steps, args.runs, inputs)
             except ValueError as e:
