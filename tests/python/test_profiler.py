@@ -129,3 +129,23 @@ def test_module_entry_point():
     res = subprocess.run([sys.executable, "-m", "natten_mlx.profiler", "-i", "4", "-w", "5"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_fallback_is_labelled(monkeypatch, capsys):
+    """A tier that declines the problem is shown as a fallback, never as its own timing."""
+    if not ops.tier_available("nanobind"):
+        pytest.skip("compiled extension not built")
+    mod = ops.tier_module("nanobind")
+    monkeypatch.setattr(mod, "supports", lambda *a, **k: False)
+    assert profiler.main(["-i", "8", "-w", "3", "--backend", "nanobind", "--dry-run"]) == 0
+    assert "fall back" in capsys.readouterr().out
+    # Asking to time a tier that cannot run the problem is refused cleanly.
+    assert profiler.main(["-i", "8", "-w", "3", "--backend", "nanobind", "--runs", "1"]) == 2
+    assert "cannot run this problem" in capsys.readouterr().err
+
+
+def test_auto_row_names_the_tier(capsys):
+    assert profiler.main(["-i", "8", "-w", "3", "--backend", "auto", "--runs", "1",
+                          "--warmup-steps", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"auto ({ops.get_backend()})" in out
