@@ -31,7 +31,7 @@ TIERS: Tuple[str, ...] = ("pure", "nanobind", "fast_metal")
 # Where each tier's kernels run on Linux (docs/architecture.md, "Backend names").
 TIER_WHAT = {
     "pure": "MLX ops",
-    "nanobind": "C core (CPU) / CUDA (GPU)",
+    "nanobind": "C core (MLX CPU device)",
     "fast_metal": "CUDA kernels (mx.fast.cuda_kernel)",
 }
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
@@ -296,6 +296,8 @@ def tier_support(p: Problem, device: str) -> Dict[str, Tuple[bool, str]]:
             why = "this configuration is outside the tier's kernels (dtype, device, window or feature)"
             if name == "fast_metal" and device == "cpu":
                 why = _unavailable_reason(name, device)
+            elif name == "nanobind" and device == "gpu":
+                why = "the C core runs on MLX's CPU device only (on a GPU, use fast_metal)"
             out[name] = (False, why + "; its calls fall back to the next tier")
             continue
         note = "supported"
