@@ -536,7 +536,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name in TIERS:
             ok, why = support[name]
             rows.append([name, TIER_WHAT.get(name, ""), "yes" if ok else "no", why])
-        print(render_table(["Tier", "Kernels", "Runs natively", "Why / note"], rows))
+        print(render_table(["Tier", "Kernels", "Runs it here", "Why / note"], rows))
         previous = _current_backend(nm)
         try:
             nm.set_backend("auto")
