@@ -96,6 +96,15 @@ class Problem:
     def flops_backward(self) -> int:
         return self.flops_forward() * 5 // 2
 
+    def input_bytes(self) -> int:
+        """Bytes of q, k, v, the output gradient and the extra tokens."""
+        item = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}[self.dtype]
+        n_in = math.prod(self.input_size)
+        elems = self.batch * self.dim * (n_in * (self.heads + 2 * self.heads_kv)
+                                         + math.prod(self.out_size) * self.heads
+                                         + 2 * self.add_kv * self.heads_kv)
+        return elems * item
+
     def describe(self) -> str:
         def tup(t):
             return "x".join(str(int(v)) for v in t)
@@ -406,6 +415,19 @@ def render_table(header: List[str], rows: List[List[str]], right: Sequence[int] 
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def memory_bytes(device: str) -> Optional[int]:
+    """Memory of the device the arrays live on (physical RAM for the CPU), if known."""
+    if device == "gpu":
+        try:
+            return int(_mx().device_info()["memory_size"])
+        except Exception:
+            return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def machine_line(device: str) -> str:
     mx = _mx()
     cpu = platform.processor() or platform.machine()
@@ -518,6 +540,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         validate_with_library(problem)
     except ValueError as e:
         return _fail(str(e))
+    # MLX aborts the process on a failed allocation, so refuse problems whose inputs alone
+    # would take more than half the device's memory (the tiers need several times that).
+    mem = memory_bytes(device)
+    if mem is not None and not args.dry_run and problem.input_bytes() > mem // 2:
+        return _fail(f"the problem's inputs alone need {problem.input_bytes() / 2**30:.1f} GiB; "
+                     f"this {device} has {mem / 2**30:.1f} GiB")
 
     support = tier_support(problem, device)
     fwd_flops = problem.flops_forward()
@@ -583,6 +611,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 t_f, t_b = time_tier(problem, name, args.warmup_steps, args.runs, inputs)
             except ValueError as e:
                 return _fail(str(e))
+            except (RuntimeError, MemoryError) as e:  # e.g. MLX cannot allocate the problem
+                print(f"natten_mlx.profiler: {name} failed: {e}", file=sys.stderr)
+                return 1
             results.append((name, label, t_f, t_b))
     finally:
         _restore_backend(nm, previous)

@@ -149,3 +149,10 @@ def test_auto_row_names_the_tier(capsys):
                           "--warmup-steps", "0"]) == 0
     out = capsys.readouterr().out
     assert f"auto ({ops.get_backend()})" in out
+
+
+def test_oversized_problem_is_refused(monkeypatch, capsys):
+    """MLX would abort on the allocation; the profiler says so first."""
+    monkeypatch.setattr(profiler, "memory_bytes", lambda device: 1 << 20)
+    assert profiler.main(["-i", "256", "256", "-w", "3", "-d", "64"]) == 2
+    assert "GiB" in capsys.readouterr().err
