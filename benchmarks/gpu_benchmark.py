@@ -106,7 +106,7 @@ def run_flex(tags, dtypes):
         "import runpy, json, sys\n"
         f"sys.argv=['flex']\n"
         f"src=open({FLEX_SCRIPT!r}).read()\n"
-        "head, tail = src.split('out = []', 1)\n"
+        "head, tail = src.split('\\nout = []\\nfor c in CASES', 1)\n"
         "g = {}\n"
         "exec(compile(head, 'flex_na_h100.py', 'exec'), g)\n"
         f"tags={tags!r}; dts={dtypes!r}\n"
@@ -180,6 +180,9 @@ def main():
         print(json.dumps(r), flush=True)
         rows.append(r)
         mx.clear_cache()
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu_benchmark_partial.json"), "w") as f:
+            json.dump({"device": dev, "rows": rows, "flex": [flex[k] for k in flex]}, f)
 
     def fmt(x):
         return "—" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")

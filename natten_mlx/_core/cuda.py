@@ -227,13 +227,18 @@ _SPECS = {
         ["dq"],
         "na_bwd_dq_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dq);",
     ),
+    "bwd_tc": (
+        ["params", "q", "k", "v", "dout", "lse", "delta"],
+        ["dq", "dk", "dv"],
+        "na_bwd_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dq, dk, dv);",
+    ),
     "bwd_dkdv_tc": (
         ["params", "q", "k", "v", "dout", "lse", "delta"],
         ["dk", "dv"],
         "na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv);",
     ),
 }
-_TC_NAMES = ("fwd_tc", "bwd_dq_tc", "bwd_dkdv_tc")
+_TC_NAMES = ("fwd_tc", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
 
 _kernels: Dict[tuple, object] = {}
 
@@ -454,13 +459,18 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     tq, tk = plan
     Hkv = k.shape[-2]
     qt, kt = _tc_grid(X, p, tq), _tc_grid(X, p, tk)
-    if max(qt, kt) * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
+    if (qt + kt) * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
         return None
     delta = (dout.astype(mx.float32) * out.astype(mx.float32)).sum(-1) - dlse
     T = q.dtype
     tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
             ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
+    if not os.environ.get("NATTEN_CUDA_SPLIT_BWD"):
+        # one launch for both passes (dq tiles first, then dk/dv tiles)
+        return _kernel("bwd_tc", smem + 4 * 64 * 4)(
+            inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=((qt + kt) * 128, B * H, 1),
+            threadgroup=(128, 1, 1), output_shapes=[q.shape, k.shape, v.shape], output_dtypes=[T, T, T])
     (dq,) = _kernel("bwd_dq_tc", smem)(
         inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(qt * 128, B * H, 1),
         threadgroup=(128, 1, 1), output_shapes=[q.shape], output_dtypes=[T])

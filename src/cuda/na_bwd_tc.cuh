@@ -98,7 +98,9 @@ NA_DEV void na_load_box(T *dst, int LD, const T *src, long long heads, int head,
 /* ------------------------------------------------------------------ dQ */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
-                               const float *lse, const float *delta, T *dq) {
+                               const float *lse, const float *delta, T *dq, int tile = -1, int bh = -1) {
+    if (tile < 0) tile = blockIdx.x;
+    if (bh < 0) bh = blockIdx.y;
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
     constexpr int NW = TQ / 16, NT = NW * 32, LD = HD + 8;
     static_assert(TK == 64, "key tile must hold 64 keys");
@@ -112,11 +114,11 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
 
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int bh = blockIdx.y, b = bh / P.H, h = bh % P.H;
+    const int b = bh / P.H, h = bh % P.H;
     const int kvh = h / (P.H / P.Hkv);
     const int TKa[3] = {TK0, TK1, TK2};
     int r[3], n[3], q0[3], qlast[3], kmin[3], kmax[3], nkt[3];
-    if (!na_box_of<TQ0, TQ1, TQ2>(P, blockIdx.x, r, n, q0, qlast)) return;
+    if (!na_box_of<TQ0, TQ1, TQ2>(P, tile, r, n, q0, qlast)) return;
     for (int x = 0; x < 3; ++x) {
         kmin[x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], q0[x]);
         kmax[x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], qlast[x]);
@@ -282,7 +284,9 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
 /* ------------------------------------------------------------------ dK, dV */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
-                                 const float *lse, const float *delta, T *dk, T *dv) {
+                                 const float *lse, const float *delta, T *dk, T *dv, int tile = -1, int bh = -1) {
+    if (tile < 0) tile = blockIdx.x;
+    if (bh < 0) bh = blockIdx.y;
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
     constexpr int NW = TK / 16, NT = NW * 32, LD = HD + 8;
     static_assert(TQ == 64, "query tile must hold 64 queries");
@@ -298,11 +302,11 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
 
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int bh = blockIdx.y, b = bh / P.Hkv, kvh = bh % P.Hkv;
+    const int b = bh / P.Hkv, kvh = bh % P.Hkv;
     const int G = P.H / P.Hkv;
     const int TQa[3] = {TQ0, TQ1, TQ2};
     int r[3], n[3], k0[3], klast[3], qmin[3], qmax[3], nqt[3];
-    if (!na_box_of<TK0, TK1, TK2>(P, blockIdx.x, r, n, k0, klast)) return;
+    if (!na_box_of<TK0, TK1, TK2>(P, tile, r, n, k0, klast)) return;
     for (int x = 0; x < 3; ++x) {
         na_query_range(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], k0[x], klast[x], &qmin[x], &qmax[x]);
         nqt[x] = qmax[x] >= qmin[x] ? (qmax[x] - qmin[x] + TQa[x]) / TQa[x] : 0;
@@ -481,6 +485,32 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
                 na_pack2(dka[j][2 * rr] * P.scale, dka[j][2 * rr + 1] * P.scale, T());
             *reinterpret_cast<unsigned *>(dV + j * 8 + t4 * 2) = na_pack2(dva[j][2 * rr], dva[j][2 * rr + 1], T());
         }
+    }
+}
+
+/* Number of box tiles over the (dilation-grouped) extent, as cuda.py computes it. */
+template <int T0, int T1, int T2>
+NA_DEV int na_num_tiles(const na_params &P) {
+    const int Ta[3] = {T0, T1, T2};
+    int t = 1;
+    for (int x = 0; x < 3; ++x) t *= P.dil[x] * (((P.X[x] + P.dil[x] - 1) / P.dil[x] + Ta[x] - 1) / Ta[x]);
+    return t;
+}
+
+/* Both backward passes in one launch (grid.x = dq tiles + dk/dv tiles,
+ * grid.y = B*H): problems with few tiles per pass (long 1-D sequences, one
+ * head) fill the GPU with the two passes side by side. */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV void na_bwd_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
+                            const float *lse, const float *delta, T *dq, T *dk, T *dv) {
+    const na_params P = na_load_params(params);
+    const int nq = na_num_tiles<TQ0, TQ1, TQ2>(P);
+    if ((int)blockIdx.x < nq) {
+        na_bwd_dq_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dq,
+                                                               blockIdx.x, blockIdx.y);
+    } else if ((int)blockIdx.y < P.B * P.Hkv) {
+        na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv,
+                                                                 blockIdx.x - nq, blockIdx.y);
     }
 }
 

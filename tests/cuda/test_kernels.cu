@@ -97,6 +97,17 @@ __global__ void k_bwd_dkdv_tc(const int *pa, const T *q, const T *k, const T *v,
                               const float *lse, const float *delta, T *dk, T *dv) {
     na_bwd_dkdv_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dk, dv);
 }
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_bwd_tc(const int *pa, const T *q, const T *k, const T *v, const T *dout, const float *lse,
+                         const float *delta, T *dq, T *dk, T *dv) {
+    na_bwd_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dq, dk, dv);
+}
+template __global__ void k_bwd_tc<__nv_bfloat16, 128, 8, 8, 1, 8, 8, 1>(const int *, const __nv_bfloat16 *,
+                                                                       const __nv_bfloat16 *,
+                                                                       const __nv_bfloat16 *,
+                                                                       const __nv_bfloat16 *, const float *,
+                                                                       const float *, __nv_bfloat16 *,
+                                                                       __nv_bfloat16 *, __nv_bfloat16 *);
 #define INST_BWD_TC(T, HD, A, B_, C, D, E, F)                                                              \
     template __global__ void k_bwd_dq_tc<T, HD, A, B_, C, D, E, F>(const int *, const T *, const T *,     \
                                                                  const T *, const T *, const float *,     \
