@@ -410,10 +410,13 @@ def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
     plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
     if plan is not None:
         prm = _params(p, B, X, H, Hkv, D, Dv)
-        # 128-query tiles (2 m-tiles per warp) unless that leaves the GPU idle
-        # or the registers spill (head_dim 128)
+        # NATTEN_CUDA_TQ=128: 128-query tiles (2 m-tiles per warp; head_dim <= 64,
+        # enough tiles to fill the GPU).  Off by default: the H100 benchmark of
+        # 2026-11-27 ran with it, but its correctness test has not run on a GPU yet.
         ntok = _prod(X)
-        tqn = 128 if (B * H * ntok >= 128 * 264 and D <= 64) else 64
+        tqn = 64
+        if os.environ.get("NATTEN_CUDA_TQ") == "128" and B * H * ntok >= 128 * 264 and D <= 64:
+            tqn = 128
         res = _fwd_tc(prm, q, k, v, p, X, B, H, D, _default_tiles(p, X, tqn), out_shape, lse_shape)
         if res is not None:
             return res

@@ -319,6 +319,15 @@ def test_tensor_core_forward_backward(case, dtype):
     _run_fused_case(case, _dt(dtype), seed=3)
 
 
+@gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tensor_core_forward_128_query_tiles(dtype, monkeypatch):
+    """The 2-m-tile forward (NATTEN_CUDA_TQ=128) on a problem big enough to use it."""
+    monkeypatch.setenv("NATTEN_CUDA_TQ", "128")
+    case = ((64, 80), (7, 9), (1, 2), 1, 1, (False, True), 8, 4, 32, 32)
+    _run_fused_case(case, _dt(dtype), seed=4, grads=False)
+
+
 SPLIT_CASES = [
     ((13,), 5, 2, 1, 1, False, 2, 2, 16),
     ((12,), 4, 1, 2, 1, True, 4, 2, 40),
