@@ -69,7 +69,7 @@ def flops_fwd(case):
 # --------------------------------------------------------------------------
 
 
-def _time(fn, reps, budget_s=20.0):
+def _time(fn, reps, budget_s=8.0):
     import mlx.core as mx
 
     mx.eval(fn())  # warm-up (compiles, allocates)
@@ -84,7 +84,17 @@ def _time(fn, reps, budget_s=20.0):
     return best * 1e3
 
 
-def _run_cases(na_fns, cases, dtypes, reps):
+def pure_bytes(case, dt_name):
+    """Rough peak memory of an MLX-ops implementation: gathered K and V windows
+    [B, N, H, KK, D] plus their gradients."""
+    _, B, spatial, H, D, K, _, _ = case
+    n = 1
+    for s_ in spatial:
+        n *= s_
+    return 4 * B * n * H * (K ** len(spatial)) * D * (4 if dt_name == "fp32" else 2)
+
+
+def _run_cases(na_fns, cases, dtypes, reps, mem_limit=None):
     """na_fns: {rank: na function (q, k, v, kernel_size, dilation=, is_causal=)}."""
     import mlx.core as mx
 
@@ -114,6 +124,10 @@ def _run_cases(na_fns, cases, dtypes, reps):
                 return grad(q, k, v)
 
             key = f"{name}|{dt_name}"
+            if mem_limit is not None and pure_bytes(case, dt_name) > mem_limit:
+                out[key] = {"error": f"skipped: needs about {pure_bytes(case, dt_name) / 2**30:.0f} GiB "
+                                     f"(over --pure-mem-gb)"}
+                continue
             try:
                 out[key] = {"fwd": _time(fwd, reps), "fb": _time(fwd_bwd, reps)}
             except Exception as e:  # a tier that cannot run a case reports why
@@ -126,7 +140,7 @@ def _run_cases(na_fns, cases, dtypes, reps):
 # --------------------------------------------------------------------------
 
 
-def upstream_worker(cases, dtypes, reps):
+def upstream_worker(cases, dtypes, reps, mem_limit):
     sys.path.insert(0, UPSTREAM_DIR)
     real = sys.platform
     sys.platform = "darwin"  # its __init__ refuses other platforms; nothing else is patched
@@ -136,7 +150,7 @@ def upstream_worker(cases, dtypes, reps):
         sys.platform = real
     up.set_backend("pure")
     fns = {1: up.na1d, 2: up.na2d, 3: up.na3d}
-    res = _run_cases(fns, cases, dtypes, reps)
+    res = _run_cases(fns, cases, dtypes, reps, mem_limit)
     res["_version"] = getattr(up, "__version__", "?")
     res["_backend"] = up.get_backend()
     print("UPSTREAM_JSON " + json.dumps(res))
@@ -151,12 +165,12 @@ def ensure_upstream():
     return subprocess.call(cmd) == 0
 
 
-def run_upstream(cases, dtypes, reps):
+def run_upstream(cases, dtypes, reps, mem_gb):
     if not ensure_upstream():
         return None
     names = ",".join(c[0] for c in cases)
     cmd = [sys.executable, os.path.abspath(__file__), "--upstream-worker", "--cases-exact", names,
-           "--dtype", ",".join(dtypes), "--reps", str(reps)]
+           "--dtype", ",".join(dtypes), "--reps", str(reps), "--pure-mem-gb", str(mem_gb)]
     env = dict(os.environ)
     env["PYTHONPATH"] = UPSTREAM_DIR  # our repo must not be importable there
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
@@ -200,6 +214,8 @@ def main():
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--no-pure", action="store_true")
     ap.add_argument("--json", default="")
+    ap.add_argument("--pure-mem-gb", type=float, default=6.0,
+                    help="skip a pure-tier case whose gathered windows would need more memory")
     ap.add_argument("--upstream-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     dtypes = [d for d in a.dtype.split(",") if d]
@@ -211,7 +227,7 @@ def main():
         cases = [c for c in CASES if not subs or any(s in c[0] for s in subs)]
 
     if a.upstream_worker:
-        upstream_worker(cases, dtypes, a.reps)
+        upstream_worker(cases, dtypes, a.reps, a.pure_mem_gb * 2**30)
         return
 
     sys.path.insert(0, ROOT)
@@ -228,14 +244,7 @@ def main():
     print(f"load average at start: {os.getloadavg()}")
 
     fns = {1: nm.na1d, 2: nm.na2d, 3: nm.na3d}
-    nm.set_backend("nanobind")
-    ours = _run_cases(fns, cases, dtypes, a.reps)
-    pure = {}
-    if not a.no_pure:
-        nm.set_backend("pure")
-        pure = _run_cases(fns, cases, dtypes, max(2, a.reps // 2))
-    nm.set_backend("auto")
-    up = None if a.no_upstream else run_upstream(cases, dtypes, max(2, a.reps // 2))
+    mem_limit = a.pure_mem_gb * 2**30
 
     def g(d, key, f):
         return (d or {}).get(key, {}).get(f)
@@ -252,9 +261,20 @@ def main():
            f"{'xpure':>7s} {'x0.3.3':>7s} {'GFLOP/s':>8s} {'%peak':>6s} | {'f+b C':>9s} {'f+b pure':>9s} "
            f"{'f+b 0.3.3':>9s} {'xpure':>7s} {'x0.3.3':>7s} {'GFLOP/s':>8s} {'%peak':>6s} | {'bwd/fwd':>7s}")
     print(hdr)
-    print("-" * len(hdr))
+    print("-" * len(hdr), flush=True)
     rows = []
+    up_meta = None
     for case in cases:
+        nm.set_backend("nanobind")
+        ours = _run_cases(fns, [case], dtypes, a.reps)
+        pure = {}
+        if not a.no_pure:
+            nm.set_backend("pure")
+            pure = _run_cases(fns, [case], dtypes, max(2, a.reps // 2), mem_limit)
+        nm.set_backend("auto")
+        up = None if a.no_upstream else run_upstream([case], dtypes, max(2, a.reps // 2), a.pure_mem_gb)
+        if up:
+            up_meta = up
         for dt in dtypes:
             key = f"{case[0]}|{dt}"
             f_c, fb_c = g(ours, key, "fwd"), g(ours, key, "fb")
@@ -272,9 +292,11 @@ def main():
             for tier, d in (("compiled", ours), ("pure", pure), ("0.3.3", up)):
                 if d and "error" in d.get(key, {}):
                     print(f"    {tier}: {d[key]['error']}")
+            sys.stdout.flush()
             rows.append(dict(case=case[0], dtype=dt, fwd_ms=f_c, fwd_pure_ms=f_p, fwd_upstream_ms=f_u,
                              fb_ms=fb_c, fb_pure_ms=fb_p, fb_upstream_ms=fb_u, fwd_gflops=gf,
                              fb_gflops=gfb, bwd_over_fwd=bwd_ratio))
+    up = up_meta
     print()
     print("bwd/fwd = (forward+backward - forward) / forward of the compiled tier.")
     if up:
