@@ -40,6 +40,16 @@ static const bcase cases[] = {
     {"bf16 vision 3d 32^3 K3 H4 D32", 3, 1, 4, 32, {32, 32, 32}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, BF16},
 };
 
+/* filter: comma-separated substrings; empty matches everything */
+static int match(const char *name, const char *filter) {
+    if (!*filter) return 1;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", filter);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
+        if (strstr(name, tok)) return 1;
+    return 0;
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -53,7 +63,11 @@ static void *alloc_kind(const natten_problem *p, natten_tensor_kind kind, natten
     int64_t n = 1;
     for (int i = 0; i < nd; ++i) n *= shape[i];
     const size_t es = kind == NATTEN_TENSOR_LSE ? 4 : natten_dtype_size(p->dtype);
-    unsigned char *m = malloc((size_t)n * es);
+    /* BENCH_MISALIGN=<bytes>: offset every tensor from a 4 KiB boundary (alignment sensitivity) */
+    static size_t mis = (size_t)-1;
+    if (mis == (size_t)-1) mis = getenv("BENCH_MISALIGN") ? (size_t)atoi(getenv("BENCH_MISALIGN")) : 0;
+    unsigned char *base = aligned_alloc(4096, ((size_t)n * es + mis + 4095) / 4096 * 4096);
+    unsigned char *m = base + mis;
     if (fill) {
         for (int64_t i = 0; i < n; ++i) {
             float f = (float)((int)((i * 2654435761u) % 2001u) - 1000) / 1000.0f;
@@ -69,7 +83,7 @@ static void *alloc_kind(const natten_problem *p, natten_tensor_kind kind, natten
         memset(m, 0, (size_t)n * es);
     }
     natten_tensor_contiguous(p, kind, m, t);
-    return m;
+    return base;
 }
 
 int main(int argc, char **argv) {
@@ -80,7 +94,7 @@ int main(int argc, char **argv) {
     printf("%-38s %10s %9s %10s %9s %8s\n", "case", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s", "bwd/fwd");
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
         const bcase *c = &cases[ci];
-        if (!strstr(c->name, filter)) continue;
+        if (!match(c->name, filter)) continue;
         natten_problem p;
         natten_problem_init(&p, c->rank);
         p.batch = c->B;

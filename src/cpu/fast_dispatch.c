@@ -727,6 +727,9 @@ static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
     /* the tile's queries, transposed here (each is read by this tile only) */
     sc->lp.pos[r - 1] = x0;
     const float *q0 = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
+    /* idle lanes (>= nl) must hold ordinary numbers: stale scratch could be
+     * denormal or NaN, and denormals cost microcode assists on every FMA */
+    if (nl < 16) memset(sc->tq, 0, (size_t)g->D * 16 * sizeof(float));
     c->kern->transpose(q0, d * c->q.st[r], sc->tq, 16, nl, g->D);
     const float *qt = sc->tq;
     const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
@@ -983,8 +986,12 @@ static void bwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
     sc->lp.pos[r - 1] = x0;
     o[r - 1] = x0;
     const float *q0 = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
+    /* idle lanes (>= nl) must hold ordinary numbers: stale scratch could be
+     * denormal or NaN, and denormals cost microcode assists on every FMA */
+    if (nl < 16) memset(sc->tq, 0, (size_t)g->D * 16 * sizeof(float));
     c->kern->transpose(q0, d * c->q.st[r], sc->tq, 16, nl, g->D);
     const float *do0 = c->dout.data + row_off(c->dout.st, r, b, o, h);
+    if (nl < 16) memset(sc->tdo, 0, (size_t)g->Dv * 16 * sizeof(float));
     c->kern->transpose(do0, d * c->dout.st[r], sc->tdo, 16, nl, g->Dv);
     const float *o0 = c->out.data + row_off(c->out.st, r, b, o, h);
     const int64_t lse0 = row_off(c->lse_in->stride, r, b, o, 0) + h * c->lse_in->stride[r + 1];

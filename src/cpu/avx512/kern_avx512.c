@@ -421,8 +421,45 @@ static void tile_fwd_avx512(const float *qt, int64_t ld, const float *const *pk,
         for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out + (i0 + t) * 16, acc[t]);               \
     } while (0)
 
+#define TILE_DOT_ROW(CNT)                                                                          \
+    do {                                                                                           \
+        __m512 acc[CNT];                                                                           \
+        const float *p0 = rows[i0];                                                                \
+        for (int t = 0; t < CNT; ++t) acc[t] = _mm512_setzero_ps();                                \
+        for (int64_t c = 0; c < dim; ++c) {                                                        \
+            const __m512 av = _mm512_loadu_ps(a + c * 16);                                         \
+            const __m512 lo = _mm512_loadu_ps(p0 + c * ld), hi = _mm512_loadu_ps(p0 + c * ld + 16); \
+            acc[0] = _mm512_fmadd_ps(av, lo, acc[0]);                                              \
+            for (int t = 1; t < CNT; ++t)                                                          \
+                acc[t] = _mm512_fmadd_ps(av, _mm512_permutex2var_ps(lo, shl[t], hi), acc[t]);      \
+        }                                                                                          \
+        for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out + (i0 + t) * 16, acc[t]);               \
+    } while (0)
+
+static inline void make_shl(__m512i shl[8]) {
+    for (int t = 0; t < 8; ++t)
+        shl[t] = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                  _mm512_set1_epi32(t));
+}
+
 static void tile_dots(const float *a, int64_t ld, const float *const *rows, int64_t n, int64_t group,
                       int64_t dim, float *out) {
+    if (rows_consecutive(rows, n, group)) {
+        __m512i shl[8];
+        make_shl(shl);
+        for (int64_t i0 = 0; i0 < n; i0 += group) {
+            switch (group) {
+            case 8: TILE_DOT_ROW(8); break;
+            case 7: TILE_DOT_ROW(7); break;
+            case 6: TILE_DOT_ROW(6); break;
+            case 5: TILE_DOT_ROW(5); break;
+            case 4: TILE_DOT_ROW(4); break;
+            case 3: TILE_DOT_ROW(3); break;
+            default: TILE_DOT_ROW(2); break;
+            }
+        }
+        return;
+    }
     const int64_t chunk = group >= 1 && group <= 8 ? group * (8 / group) : 8;
     for (int64_t i0 = 0; i0 < n; i0 += chunk) {
         switch (n - i0 < chunk ? n - i0 : chunk) {
@@ -451,9 +488,50 @@ static void tile_dots(const float *a, int64_t ld, const float *const *rows, int6
         for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], mul)); \
     } while (0)
 
-static void tile_wsum(const float *w, const float *const *rows, int64_t ld, int64_t n, int64_t dim,
-                      __m512 mul, float *out_t) {
+#define TILE_WSUM_ROW(CNT)                                                                         \
+    do {                                                                                           \
+        __m512 acc[CNT];                                                                           \
+        for (int t = 0; t < CNT; ++t) acc[t] = _mm512_setzero_ps();                                \
+        for (int64_t i0 = 0; i0 < n; i0 += group) {                                                \
+            const float *v0 = rows[i0] + c0 * ld;                                                  \
+            __m512 lo[CNT], hi[CNT];                                                               \
+            for (int t = 0; t < CNT; ++t) {                                                        \
+                lo[t] = _mm512_loadu_ps(v0 + t * ld);                                              \
+                hi[t] = _mm512_loadu_ps(v0 + t * ld + 16);                                         \
+            }                                                                                      \
+            {                                                                                      \
+                const __m512 wv = _mm512_loadu_ps(w + i0 * 16);                                    \
+                for (int t = 0; t < CNT; ++t) acc[t] = _mm512_fmadd_ps(wv, lo[t], acc[t]);         \
+            }                                                                                      \
+            for (int64_t k = 1; k < group; ++k) {                                                  \
+                const __m512 wv = _mm512_loadu_ps(w + (i0 + k) * 16);                              \
+                const __m512i ix = shl[k];                                                         \
+                for (int t = 0; t < CNT; ++t)                                                      \
+                    acc[t] = _mm512_fmadd_ps(wv, _mm512_permutex2var_ps(lo[t], ix, hi[t]), acc[t]); \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], mul)); \
+    } while (0)
+
+static void tile_wsum(const float *w, const float *const *rows, int64_t ld, int64_t n, int64_t group,
+                      int64_t dim, __m512 mul, float *out_t) {
     int64_t c0 = 0;
+    if (rows_consecutive(rows, n, group)) {
+        __m512i shl[8];
+        make_shl(shl);
+        for (; c0 + 8 <= dim; c0 += 8) TILE_WSUM_ROW(8);
+        switch (dim - c0) {
+        case 7: TILE_WSUM_ROW(7); break;
+        case 6: TILE_WSUM_ROW(6); break;
+        case 5: TILE_WSUM_ROW(5); break;
+        case 4: TILE_WSUM_ROW(4); break;
+        case 3: TILE_WSUM_ROW(3); break;
+        case 2: TILE_WSUM_ROW(2); break;
+        case 1: TILE_WSUM_ROW(1); break;
+        default: break;
+        }
+        return;
+    }
     for (; c0 + 8 <= dim; c0 += 8) TILE_WSUM(8);
     switch (dim - c0) {
     case 7: TILE_WSUM(7); break;
@@ -484,7 +562,7 @@ static void tile_bwd_avx512(const float *qt, const float *dot, int64_t ld, const
     for (int64_t i = 0; i < n; ++i)
         _mm512_storeu_ps(sbuf + i * 16, _mm512_mul_ps(_mm512_loadu_ps(pbuf + i * 16),
                                                       _mm512_sub_ps(_mm512_loadu_ps(sbuf + i * 16), dl)));
-    tile_wsum(sbuf, pk, ld, n, D, sc, dq_t);
+    tile_wsum(sbuf, pk, ld, n, group, D, sc, dq_t);
 }
 
 const natten_cpu_kernels natten_cpu_kernels_avx512 = {
