@@ -1017,11 +1017,15 @@ static void bwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
     const int64_t qlin0 = (b * g->H + h) * g->Oin + olin_of(g, o);
     for (int64_t l = 0; l < nl; ++l) { /* o == x on this axis: consecutive lanes are d apart */
         float *Prow = c->Pbuf + (qlin0 + l * d) * g->KKE, *Srow = c->Sbuf + (qlin0 + l * d) * g->KKE;
-        for (int64_t j = 0; j < g->KKE; ++j) Prow[j] = Srow[j] = 0.f;
-        for (int64_t i = 0; i < n; ++i) {
-            const int64_t slot = sc->lp.lslot[i / K] + i % K;
-            Prow[slot] = sc->tsbuf[i * 16 + l];
-            Srow[slot] = sc->tsbuf2[i * 16 + l];
+        if (n != g->KKE) /* masked slots stay 0 */
+            for (int64_t j = 0; j < g->KKE; ++j) Prow[j] = Srow[j] = 0.f;
+        const float *ps = sc->tsbuf + l, *ss = sc->tsbuf2 + l;
+        for (int64_t ld = 0; ld < sc->lp.nlead; ++ld) {
+            float *pr = Prow + sc->lp.lslot[ld], *sr = Srow + sc->lp.lslot[ld];
+            for (int64_t k = 0; k < K; ++k, ps += 16, ss += 16) {
+                pr[k] = *ps;
+                sr[k] = *ss;
+            }
         }
     }
     const int64_t qoff = row_off(c->dq_t->stride, r, b, sc->lp.pos, h);
@@ -1118,8 +1122,13 @@ static void build_inverse(common *c) {
             if (a >= g->rank) { /* one key, one query, slot 0 */
                 st[0] = 0;
                 st[1] = 1;
-                en[0] = en[1] = 0;
+                en[0] = en[1] = en[2] = 0;
                 continue;
+            }
+            int64_t ostride = 1, kstride = 1; /* of this axis in the flattened output / slot index */
+            for (int a2 = a + 1; a2 < 3; ++a2) {
+                ostride *= g->O[a2];
+                kstride *= g->K[a2];
             }
             /* count */
             for (int64_t o = 0; o < g->O[a]; ++o) {
@@ -1142,8 +1151,9 @@ static void build_inverse(common *c) {
                 natten_window w = natten_window_of(e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
                 for (int64_t kk = w.valid_begin; kk < w.valid_end; ++kk) {
                     const int64_t at = cur[w.start + kk * w.step]++;
-                    en[2 * at] = o;
-                    en[2 * at + 1] = kk;
+                    en[3 * at] = o * ostride * g->KKE + kk * kstride; /* scratch offset part */
+                    en[3 * at + 1] = o * g->os[a] * c->q.st[a + 1];    /* q row offset part */
+                    en[3 * at + 2] = o * c->dout.st[a + 1];            /* dout row offset part */
                 }
             }
             free(cur);
@@ -1219,26 +1229,21 @@ static void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 const int64_t x0 = x[0], x1 = r > 1 ? x[1] : 0, x2 = r > 2 ? x[2] : 0;
                 for (int64_t gg = 0; gg < g->G; ++gg) {
                     const int64_t h = hk * g->G + gg;
-                    const int64_t qbase = (b * g->H + h) * g->Oin;
+                    const int64_t abase = (b * g->H + h) * g->Oin * g->KKE;
                     const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
                     const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
-                    const int64_t qs0 = c->q.st[1] * g->os[0], qs1 = r > 1 ? c->q.st[2] * g->os[1] : 0,
-                                  qs2 = r > 2 ? c->q.st[3] * g->os[2] : 0;
-                    const int64_t ds0 = c->dout.st[1], ds1 = r > 1 ? c->dout.st[2] : 0,
-                                  ds2 = r > 2 ? c->dout.st[3] : 0;
                     for (int64_t i0 = st[0][x0]; i0 < st[0][x0 + 1]; ++i0) {
-                        const int64_t o0 = en[0][2 * i0], s0 = en[0][2 * i0 + 1];
+                        const int64_t *e0 = en[0] + 3 * i0;
                         for (int64_t i1 = st[1][x1]; i1 < st[1][x1 + 1]; ++i1) {
-                            const int64_t o1 = en[1][2 * i1], s1 = en[1][2 * i1 + 1];
-                            const int64_t qb01 = qbase + (o0 * g->O[1] + o1) * g->O[2];
-                            const int64_t sb01 = (s0 * g->K[1] + s1) * g->K[2];
-                            const float *q01 = qh + o0 * qs0 + o1 * qs1;
-                            const float *d01 = dh + o0 * ds0 + o1 * ds1;
-                            for (int64_t i2 = st[2][x2]; i2 < st[2][x2 + 1]; ++i2) {
-                                const int64_t o2 = en[2][2 * i2], s2 = en[2][2 * i2 + 1];
-                                const int64_t at = (qb01 + o2) * g->KKE + sb01 + s2;
-                                sc.qp[n] = q01 + o2 * qs2;
-                                sc.dop[n] = d01 + o2 * ds2;
+                            const int64_t *e1 = en[1] + 3 * i1;
+                            const int64_t a01 = abase + e0[0] + e1[0];
+                            const float *q01 = qh + e0[1] + e1[1];
+                            const float *d01 = dh + e0[2] + e1[2];
+                            const int64_t *e2 = en[2] + 3 * st[2][x2];
+                            for (int64_t i2 = st[2][x2]; i2 < st[2][x2 + 1]; ++i2, e2 += 3) {
+                                const int64_t at = a01 + e2[0];
+                                sc.qp[n] = q01 + e2[1];
+                                sc.dop[n] = d01 + e2[2];
                                 sc.wk[n] = c->Sbuf[at];
                                 sc.wv[n] = c->Pbuf[at];
                                 ++n;
@@ -1398,7 +1403,7 @@ natten_status natten_fast_na_backward(
     int64_t Kmax = 1;
     for (int a = 0; a < 3; ++a) Kmax = g->K[a] * g->O[a] > Kmax ? g->K[a] * g->O[a] : Kmax;
     c.inv_stride_start = Lmax + 1;
-    c.inv_stride_ent = 2 * Kmax; /* (o, slot) pairs */
+    c.inv_stride_ent = 3 * Kmax; /* per (query, slot): scratch, q and dout offset parts */
     const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
              make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 0) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 0) &&
