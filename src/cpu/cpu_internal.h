@@ -56,6 +56,9 @@ typedef struct natten_cpu_kernels {
                      const float *const *pv, const float *bias, int64_t n, int64_t group, int64_t D,
                      int64_t Dv, float scale, const float *lse, const float *delta, float *pbuf,
                      float *sbuf, float *dq_t);
+    /* Optional.  out_t[c*16 + l] = mul * sum_i w[i*16 + l] * rows[i][c*ld + l]. */
+    void (*tile_wsum)(const float *w, const float *const *rows, int64_t ld, int64_t n, int64_t dim,
+                      float mul, float *out_t);
 } natten_cpu_kernels;
 
 extern const natten_cpu_kernels natten_cpu_kernels_scalar;

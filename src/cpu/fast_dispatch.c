@@ -709,7 +709,8 @@ static int lm_pack(const common *c, const fview *src, int64_t Hn, int64_t C, con
 }
 
 typedef struct tile_common {
-    lmpack q, k, v;
+    lmpack q, k, v, d; /* q and d (dO): backward key tiles only */
+    int64_t *keyshift; /* backward key tiles: shift of each regular key, INT64_MIN otherwise */
     int64_t *goff;  /* dilation groups of the last axis, d+1 entries */
     int64_t *xofu;  /* u -> x */
     int64_t nseg;   /* TSEG segments of u */
@@ -848,6 +849,8 @@ static int tile_setup(const common *c, tile_common *tc, int nt) {
 }
 
 static void tile_free(tile_common *tc) {
+    free(tc->keyshift);
+    natten_cpu_ws_put(tc->d.data);
     free(tc->goff);
     free(tc->xofu);
     natten_cpu_ws_put(tc->q.data);
@@ -1188,77 +1191,212 @@ static kscratch kscratch_at(const common *c, int tid, int64_t n) {
 }
 
 /* Phase B: per key line segment: tasks over (b, hkv, key line, seg). */
+/* dk, dv of key x (all axes set) and kv head hk, generic lists. */
+static void bwd_key(const common *c, kscratch *sc, int64_t b, int64_t hk, const int64_t x[3], const int64_t e[3],
+                    const int64_t *const st[3], const int64_t *const en[3]) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const natten_dtype dt = c->p->dtype;
+    int64_t n = 0;
+    int inside = 1;
+    for (int a = 0; a < r; ++a) inside &= x[a] < e[a];
+    if (inside) {
+        const int64_t x0 = x[0], x1 = r > 1 ? x[1] : 0, x2 = r > 2 ? x[2] : 0;
+        for (int64_t gg = 0; gg < g->G; ++gg) {
+            const int64_t h = hk * g->G + gg;
+            const int64_t abase = (b * g->H + h) * g->Oin * g->KKE;
+            const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
+            const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
+            for (int64_t i0 = st[0][x0]; i0 < st[0][x0 + 1]; ++i0) {
+                const int64_t *e0 = en[0] + 3 * i0;
+                for (int64_t i1 = st[1][x1]; i1 < st[1][x1 + 1]; ++i1) {
+                    const int64_t *e1 = en[1] + 3 * i1;
+                    const int64_t a01 = abase + e0[0] + e1[0];
+                    const float *q01 = qh + e0[1] + e1[1];
+                    const float *d01 = dh + e0[2] + e1[2];
+                    const int64_t *e2 = en[2] + 3 * st[2][x2];
+                    for (int64_t i2 = st[2][x2]; i2 < st[2][x2 + 1]; ++i2, e2 += 3) {
+                        const int64_t at = a01 + e2[0];
+                        sc->qp[n] = q01 + e2[1];
+                        sc->dop[n] = d01 + e2[2];
+                        sc->wk[n] = c->Sbuf[at];
+                        sc->wv[n] = c->Pbuf[at];
+                        ++n;
+                    }
+                }
+            }
+        }
+    }
+    const int64_t koff = row_off(c->dk_t->stride, r, b, x, hk);
+    const int64_t voff = row_off(c->dv_t->stride, r, b, x, hk);
+    c->kern->wsum(sc->wk, sc->qp, n, g->D, sc->row);
+    for (int64_t i = 0; i < g->D; ++i) sc->row[i] *= g->scale;
+    store_row(c->dk_t->data, koff, c->dk_t->stride[r + 2], dt, sc->row, g->D);
+    c->kern->wsum(sc->wv, sc->dop, n, g->Dv, sc->row);
+    store_row(c->dv_t->data, voff, c->dv_t->stride[r + 2], dt, sc->row, g->Dv);
+}
+
+/* Decode a key task (b, key line, seg) and the tables of its sample. */
+static void key_task_setup(const common *c, int64_t task, int64_t kseg, int64_t *b, int64_t *seg, int64_t x[3],
+                           int64_t e[3], const int64_t *st[3], const int64_t *en[3]) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    int64_t klines = 1;
+    for (int a = 0; a < r - 1; ++a) klines *= g->L[a];
+    int64_t t = task;
+    *seg = t % kseg;
+    t /= kseg;
+    int64_t line = t % klines;
+    *b = t / klines;
+    x[0] = x[1] = x[2] = 0;
+    for (int a = r - 2; a >= 0; --a) {
+        x[a] = line % g->L[a];
+        line /= g->L[a];
+    }
+    const int64_t tab = c->varlen_tables ? *b : 0;
+    sample_extent(g, *b, e);
+    for (int a = 0; a < 3; ++a) {
+        st[a] = inv_start_of(c, tab, a);
+        en[a] = inv_ent_of(c, tab, a);
+    }
+}
+
+/* Phase B, generic: tasks (b, key line, seg); kv heads innermost. */
 static void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const common *c = vctx;
     const geom *g = &c->g;
     const int r = g->rank;
     const int64_t cap = g->G * c->inv_maxlen[0] * c->inv_maxlen[1] * c->inv_maxlen[2] + 16;
     kscratch sc = kscratch_at(c, tid, cap);
-    const natten_dtype dt = c->p->dtype;
-    int64_t klines = 1;
-    for (int a = 0; a < r - 1; ++a) klines *= g->L[a];
     const int64_t kseg = (g->L[r - 1] + SEG - 1) / SEG;
     for (int64_t task = begin; task < end; ++task) {
-        int64_t t = task;
-        const int64_t seg = t % kseg;
-        t /= kseg;
-        int64_t line = t % klines;
-        t /= klines;
-        const int64_t b = t;
-        int64_t x[3] = {0, 0, 0};
-        for (int a = r - 2; a >= 0; --a) {
-            x[a] = line % g->L[a];
-            line /= g->L[a];
-        }
-        const int64_t tab = c->varlen_tables ? b : 0;
-        int64_t e[3];
-        sample_extent(g, b, e);
+        int64_t b, seg, x[3], e[3];
         const int64_t *st[3], *en[3];
-        for (int a = 0; a < 3; ++a) {
-            st[a] = inv_start_of(c, tab, a);
-            en[a] = inv_ent_of(c, tab, a);
-        }
+        key_task_setup(c, task, kseg, &b, &seg, x, e, st, en);
         const int64_t l0 = seg * SEG, l1 = l0 + SEG < g->L[r - 1] ? l0 + SEG : g->L[r - 1];
         for (int64_t xl = l0; xl < l1; ++xl)
-          for (int64_t hk = 0; hk < g->Hkv; ++hk) { /* heads innermost: they share cache lines */
-            x[r - 1] = xl;
-            int64_t n = 0;
-            int inside = 1;
-            for (int a = 0; a < r; ++a) inside &= x[a] < e[a];
-            if (inside) {
-                const int64_t x0 = x[0], x1 = r > 1 ? x[1] : 0, x2 = r > 2 ? x[2] : 0;
-                for (int64_t gg = 0; gg < g->G; ++gg) {
-                    const int64_t h = hk * g->G + gg;
-                    const int64_t abase = (b * g->H + h) * g->Oin * g->KKE;
-                    const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
-                    const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
-                    for (int64_t i0 = st[0][x0]; i0 < st[0][x0 + 1]; ++i0) {
-                        const int64_t *e0 = en[0] + 3 * i0;
-                        for (int64_t i1 = st[1][x1]; i1 < st[1][x1 + 1]; ++i1) {
-                            const int64_t *e1 = en[1] + 3 * i1;
-                            const int64_t a01 = abase + e0[0] + e1[0];
-                            const float *q01 = qh + e0[1] + e1[1];
-                            const float *d01 = dh + e0[2] + e1[2];
-                            const int64_t *e2 = en[2] + 3 * st[2][x2];
-                            for (int64_t i2 = st[2][x2]; i2 < st[2][x2 + 1]; ++i2, e2 += 3) {
-                                const int64_t at = a01 + e2[0];
-                                sc.qp[n] = q01 + e2[1];
-                                sc.dop[n] = d01 + e2[2];
-                                sc.wk[n] = c->Sbuf[at];
-                                sc.wv[n] = c->Pbuf[at];
-                                ++n;
-                            }
-                        }
+            for (int64_t hk = 0; hk < g->Hkv; ++hk) {
+                x[r - 1] = xl;
+                bwd_key(c, &sc, b, hk, x, e, st, en);
+            }
+    }
+}
+
+/*
+ * Phase B with tiles (last axis: dilation 1, every out_stride 1, no varlen).
+ * Key x is regular with shift f when exactly K queries see it, q = x - f - k
+ * at slot k, each of them a regular query of forward shift f (keyshift, from
+ * the inverse tables and the last-axis windows).  16 consecutive such keys
+ * with one f read their queries' q and dO rows at consecutive lanes of the
+ * lane-major packs, shifted by -(f + k): dk and dv are lane-major weighted
+ * sums, the weights (dS, P) gathered from the scratch per lane.
+ */
+static void bwd_key_tile(const common *c, const tile_common *tc, kscratch *sc, float *tw, float *tw2,
+                         const float **rq, const float **rd, float *tout, int64_t b, int64_t hk, int64_t x[3],
+                         const int64_t *const st[3], const int64_t *const en[3], int64_t nl, int64_t f) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t K = g->K[r - 1], x0 = x[r - 1];
+    const int64_t Ol = g->O[r - 1];
+    int64_t n = 0;
+    const int64_t xa = r > 1 ? x[0] : 0, xb = r > 2 ? x[1] : 0;
+    for (int64_t gg = 0; gg < g->G; ++gg) {
+        const int64_t h = hk * g->G + gg;
+        /* leading inverse combinations: (query line, lead slot base) */
+        const int64_t n0 = r > 1 ? st[0][xa + 1] - st[0][xa] : 1;
+        const int64_t n1 = r > 2 ? st[1][xb + 1] - st[1][xb] : 1;
+        for (int64_t i0 = 0; i0 < n0; ++i0)
+            for (int64_t i1 = 0; i1 < n1; ++i1) {
+                /* entries of the leading axes carry the scratch offset part
+                 * o*ostride*KKE + slot*kstride; split it back */
+                int64_t aoff = 0;
+                if (r > 1) aoff += en[0][3 * (st[0][xa] + i0)];
+                if (r > 2) aoff += en[1][3 * (st[1][xb] + i1)];
+                const int64_t lineq = aoff / (Ol * g->KKE); /* query line (leading output index) */
+                const int64_t sl = (aoff % (Ol * g->KKE)); /* lead slot base (< KKE) */
+                const int64_t qbase = ((b * g->H + h) * g->Oin + lineq * Ol) * g->KKE + sl;
+                const float *qrow = tc->q.data + b * tc->q.BP + h * tc->q.HP + lineq * tc->q.RP;
+                const float *drow = tc->d.data + b * tc->d.BP + h * tc->d.HP + lineq * tc->d.RP;
+                for (int64_t k = 0; k < K; ++k, ++n) {
+                    const int64_t q0 = x0 - f - k; /* query of lane 0 */
+                    for (int64_t l = 0; l < 16; ++l) {
+                        const int64_t at = qbase + (q0 + l) * g->KKE + k;
+                        tw[n * 16 + l] = l < nl ? c->Sbuf[at] : 0.f;
+                        tw2[n * 16 + l] = l < nl ? c->Pbuf[at] : 0.f;
                     }
+                    rq[n] = qrow + q0;
+                    rd[n] = drow + q0;
                 }
             }
-            const int64_t koff = row_off(c->dk_t->stride, r, b, x, hk);
-            const int64_t voff = row_off(c->dv_t->stride, r, b, x, hk);
-            c->kern->wsum(sc.wk, sc.qp, n, g->D, sc.row);
-            for (int64_t i = 0; i < g->D; ++i) sc.row[i] *= g->scale;
-            store_row(c->dk_t->data, koff, c->dk_t->stride[r + 2], dt, sc.row, g->D);
-            c->kern->wsum(sc.wv, sc.dop, n, g->Dv, sc.row);
-            store_row(c->dv_t->data, voff, c->dv_t->stride[r + 2], dt, sc.row, g->Dv);
+    }
+    const int64_t ko = row_off(c->dk_t->stride, r, b, x, hk), vo = row_off(c->dv_t->stride, r, b, x, hk);
+    c->kern->tile_wsum(tw, rq, tc->q.XP, n, g->D, g->scale, tout);
+    if (c->p->dtype == NATTEN_DTYPE_F32 && c->dk_t->stride[r + 2] == 1) {
+        c->kern->transpose(tout, 16, (float *)c->dk_t->data + ko, c->dk_t->stride[r], g->D, nl);
+    } else {
+        for (int64_t l = 0; l < nl; ++l) {
+            for (int64_t ch = 0; ch < g->D; ++ch) sc->row[ch] = tout[ch * 16 + l];
+            store_row(c->dk_t->data, ko + l * c->dk_t->stride[r], c->dk_t->stride[r + 2], c->p->dtype, sc->row, g->D);
+        }
+    }
+    c->kern->tile_wsum(tw2, rd, tc->d.XP, n, g->Dv, 1.0f, tout);
+    if (c->p->dtype == NATTEN_DTYPE_F32 && c->dv_t->stride[r + 2] == 1) {
+        c->kern->transpose(tout, 16, (float *)c->dv_t->data + vo, c->dv_t->stride[r], g->Dv, nl);
+    } else {
+        for (int64_t l = 0; l < nl; ++l) {
+            for (int64_t ch = 0; ch < g->Dv; ++ch) sc->row[ch] = tout[ch * 16 + l];
+            store_row(c->dv_t->data, vo + l * c->dv_t->stride[r], c->dv_t->stride[r + 2], c->p->dtype, sc->row, g->Dv);
+        }
+    }
+}
+
+/* Upper bound on the pairs of one key tile: G * (leading inverse lists) * K. */
+static int64_t key_tile_pairs(const common *c) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    int64_t n = g->G * g->K[r - 1] + 16;
+    for (int a = 0; a < r - 1; ++a) n *= c->inv_maxlen[a];
+    return n;
+}
+
+static void bwd_key_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const common *c = vctx;
+    const tile_common *tc = c->tile;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t cap = g->G * c->inv_maxlen[0] * c->inv_maxlen[1] * c->inv_maxlen[2] + 16;
+    kscratch sc = kscratch_at(c, tid, cap);
+    /* tile scratch after the key scratch */
+    char *ts = (char *)sc.row + ((g->D > g->Dv ? g->D : g->Dv) + 16) * sizeof(float);
+    ts = (char *)(((uintptr_t)ts + 63) & ~(uintptr_t)63);
+    const int64_t np = key_tile_pairs(c);
+    float *tw = (float *)ts;
+    float *tw2 = tw + np * 16;
+    float *tout = tw2 + np * 16;
+    const float **rq = (const float **)(tout + (g->D + g->Dv + 16) * 16);
+    const float **rd = rq + np;
+    const int64_t kseg = (g->L[r - 1] + TSEG - 1) / TSEG;
+    for (int64_t task = begin; task < end; ++task) {
+        int64_t b, seg, x[3], e[3];
+        const int64_t *st[3], *en[3];
+        key_task_setup(c, task, kseg, &b, &seg, x, e, st, en);
+        const int64_t l1 = (seg + 1) * TSEG < g->L[r - 1] ? (seg + 1) * TSEG : g->L[r - 1];
+        int64_t xl = seg * TSEG;
+        while (xl < l1) {
+            const int64_t f = tc->keyshift[xl];
+            int64_t nl = 0;
+            if (f != INT64_MIN)
+                while (nl < 16 && xl + nl < l1 && tc->keyshift[xl + nl] == f) ++nl;
+            if (nl < TILE_MIN) {
+                x[r - 1] = xl;
+                for (int64_t hk = 0; hk < g->Hkv; ++hk) bwd_key(c, &sc, b, hk, x, e, st, en);
+                ++xl;
+                continue;
+            }
+            x[r - 1] = xl;
+            for (int64_t hk = 0; hk < g->Hkv; ++hk)
+                bwd_key_tile(c, tc, &sc, tw, tw2, rq, rd, tout, b, hk, x, st, en, nl, f);
+            xl += nl;
         }
     }
 }
@@ -1426,6 +1564,30 @@ natten_status natten_fast_na_backward(
         ok = tile_setup(&c, &tc, nt);
         c.tile = &tc;
     }
+    int key_tiles = use_tile && c.kern->tile_wsum != NULL && g->dil[g->rank - 1] == 1 && !g->varlen;
+    for (int a = 0; a < g->rank; ++a) key_tiles &= g->os[a] == 1;
+    if (ok && key_tiles) {
+        const int a = g->rank - 1;
+        const int64_t L = g->L[a], K = g->K[a];
+        ok = (tc.keyshift = malloc((size_t)L * sizeof(int64_t))) != NULL &&
+             lm_pack(&c, &c.q, g->H, g->D, tc.goff, &tc.q, nt) &&
+             lm_pack(&c, &c.dout, g->H, g->Dv, tc.goff, &tc.d, nt);
+        if (ok) {
+            const int64_t *stl = inv_start_of(&c, 0, a), *enl = inv_ent_of(&c, 0, a);
+            for (int64_t x = 0; x < L; ++x) {
+                int64_t f = INT64_MIN;
+                int regular = stl[x + 1] - stl[x] == K;
+                for (int64_t i = stl[x]; regular && i < stl[x + 1]; ++i) {
+                    const int64_t o = enl[3 * i] / g->KKE, k = enl[3 * i] % g->KKE; /* o*KKE + slot here */
+                    const natten_window w = c.wlast[o];
+                    const int64_t fq = w.start - o;
+                    regular = w.valid_begin == 0 && w.valid_end == K && x == o + fq + k && (f == INT64_MIN || f == fq);
+                    f = fq;
+                }
+                tc.keyshift[x] = regular ? f : INT64_MIN;
+            }
+        }
+    }
     size_t sb = 0;
     if (ok) {
         sb = qscratch_bytes(g);
@@ -1440,6 +1602,12 @@ natten_status natten_fast_na_backward(
             int64_t nb = 1;
             for (int a = 0; a < g->rank; ++a) nb *= 2 * g->K[a] - 1;
             if ((size_t)nb * sizeof(double) > sb) sb = (size_t)nb * sizeof(double);
+        }
+        if (key_tiles) {
+            const int64_t np = key_tile_pairs(&c);
+            const size_t kt = kscratch_bytes(g, c.inv_maxlen) + 128 + (size_t)np * 16 * 2 * sizeof(float) +
+                              (size_t)(g->D + g->Dv + 16) * 16 * sizeof(float) + (size_t)np * 2 * sizeof(float *);
+            if (kt > sb) sb = kt;
         }
         c.scratch_bytes = (sb + 63) & ~(size_t)63;
         ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
@@ -1465,8 +1633,13 @@ natten_status natten_fast_na_backward(
         natten_parallel_for(nt, g->B * g->lines * g->nseg, 1, bwd_query_task, &c);
     int64_t klines = 1;
     for (int a = 0; a < g->rank - 1; ++a) klines *= g->L[a];
-    const int64_t kseg = (g->L[g->rank - 1] + SEG - 1) / SEG;
-    natten_parallel_for(nt, g->B * klines * kseg, 1, bwd_key_task, &c);
+    if (key_tiles) {
+        const int64_t ksegt = (g->L[g->rank - 1] + TSEG - 1) / TSEG;
+        natten_parallel_for(nt, g->B * klines * ksegt, 1, bwd_key_tile_task, &c);
+    } else {
+        const int64_t kseg = (g->L[g->rank - 1] + SEG - 1) / SEG;
+        natten_parallel_for(nt, g->B * klines * kseg, 1, bwd_key_task, &c);
+    }
     if (c.drpb_t) natten_parallel_for(nt, g->H, 1, bwd_rpb_task, &c);
     if (g->NE > 0) natten_parallel_for(nt, g->B * g->NE * g->Hkv, 1, bwd_extra_task, &c);
     free_views(&c);

@@ -58,4 +58,4 @@ void natten_cpu_transpose_scalar(const float *src, int64_t src_ld, float *dst, i
 
 const natten_cpu_kernels natten_cpu_kernels_scalar = {
     NATTEN_CPU_ISA_SCALAR, dots_scalar, wsum_scalar, expsum_scalar, f16_to_f32_scalar,
-    natten_cpu_transpose_scalar, NULL, 0, NULL};
+    natten_cpu_transpose_scalar, NULL, 0, NULL, NULL};

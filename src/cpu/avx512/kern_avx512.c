@@ -565,6 +565,11 @@ static void tile_bwd_avx512(const float *qt, const float *dot, int64_t ld, const
     tile_wsum(sbuf, pk, ld, n, group, D, sc, dq_t);
 }
 
+static void tile_wsum_avx512(const float *w, const float *const *rows, int64_t ld, int64_t n, int64_t dim,
+                             float mul, float *out_t) {
+    tile_wsum(w, rows, ld, n, 0, dim, _mm512_set1_ps(mul), out_t);
+}
+
 const natten_cpu_kernels natten_cpu_kernels_avx512 = {
     NATTEN_CPU_ISA_AVX512, dots_avx512, wsum_avx512, expsum_avx512, f16_to_f32_avx512,
-    transpose_avx512, tile_fwd_avx512, 16, tile_bwd_avx512};
+    transpose_avx512, tile_fwd_avx512, 16, tile_bwd_avx512, tile_wsum_avx512};
