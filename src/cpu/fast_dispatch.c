@@ -830,6 +830,20 @@ static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
     }
 }
 
+/*
+ * Tiles are opt-in (NATTEN_CPU_TILES=1).  Measured on the 2-core AVX-512
+ * machine (benchmarks/c/cpu_bench, A/B in one session): the generic path,
+ * which reads the caller's layout with all heads of a position together, is
+ * faster on every benchmark case -- the tiles' repacking passes (K, V; q, dO
+ * in the backward) and transposes cost more than the GEMM-like inner loop
+ * saves at these neighbourhood sizes.  The code stays tested (both settings
+ * in tests/c/test_fast_cpu.c) for machines and shapes where that flips.
+ */
+static int tiles_enabled(void) {
+    const char *e = getenv("NATTEN_CPU_TILES");
+    return e != NULL && e[0] == '1';
+}
+
 /* Lane-major packs of K and V plus the group tables, or 0 on OOM. */
 static int tile_setup(const common *c, tile_common *tc, int nt) {
     const geom *g = &c->g;
@@ -880,7 +894,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     const int r = g->rank;
     /* tiles pay for repacking Q, K and V; worth it from ~16 neighbours up */
     const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 && g->KK >= NATTEN_TILE_MIN_KK &&
-                         getenv("NATTEN_CPU_NO_TILES") == NULL;
+                         tiles_enabled();
     tile_common tc;
     memset(&tc, 0, sizeof tc);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
@@ -1557,7 +1571,7 @@ natten_status natten_fast_na_backward(
     if (ok) ok = build_rpb_all(&c) && build_wlast(&c);
     if (ok) build_inverse(&c);
     const int use_tile = c.kern->tile_bwd != NULL && g->os[g->rank - 1] == 1 && g->NE == 0 &&
-                         getenv("NATTEN_CPU_NO_TILES") == NULL;
+                         tiles_enabled();
     tile_common tc;
     memset(&tc, 0, sizeof tc);
     if (ok && use_tile) {

@@ -22,6 +22,7 @@
  *   finite differences: 1e-3 relative to the largest of |analytic|, |numeric|
  *     and 1e-3 (the directional derivative sums every element's error).
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -375,7 +376,13 @@ static const cfg configs[] = {
 int main(void) {
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
     printf("test_fast_cpu: best ISA %s\n", natten_cpu_isa_name(isa0));
-    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 1000 + i);
+    /* both forward/backward strategies: generic lists (default) and lane-major tiles */
+    for (int tiles = 0; tiles < 2; ++tiles) {
+        setenv("NATTEN_CPU_TILES", tiles ? "1" : "0", 1);
+        printf("test_fast_cpu: NATTEN_CPU_TILES=%d\n", tiles);
+        for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 1000 + i);
+    }
+    unsetenv("NATTEN_CPU_TILES");
 
     /* API of the runtime */
     t_check(natten_num_threads_set(0) == NATTEN_STATUS_INVALID_ARGUMENT, "num_threads_set(0) must fail");
@@ -412,7 +419,7 @@ int main(void) {
         tbuf_free(&v);
         tbuf_free(&o);
     }
-    printf("test_fast_cpu: %d of %d configurations also compared with the reference kernels\n",
-           n_ref_compared, (int)(sizeof configs / sizeof configs[0]));
+    printf("test_fast_cpu: %d of %d configuration runs also compared with the reference kernels\n",
+           n_ref_compared, 2 * (int)(sizeof configs / sizeof configs[0]));
     return t_summary("test_fast_cpu");
 }
