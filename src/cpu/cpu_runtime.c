@@ -131,6 +131,10 @@ const natten_cpu_kernels *natten_cpu_active_kernels(void) {
 
 #define POOL_MAX 256
 
+static pthread_mutex_t ws_lock = PTHREAD_MUTEX_INITIALIZER; /* workspace cache (below) */
+
+static void pool_atfork_child(void);
+
 static pthread_once_t threads_once = PTHREAD_ONCE_INIT;
 static _Atomic int threads_wanted = 1;
 
@@ -146,6 +150,7 @@ static void threads_init(void) {
     }
     if (n > POOL_MAX) n = POOL_MAX;
     atomic_store(&threads_wanted, (int)n);
+    pthread_atfork(NULL, NULL, pool_atfork_child);
 }
 
 int natten_num_threads_get(void) {
@@ -202,6 +207,20 @@ typedef struct worker_arg {
     uint64_t gen0; /* generation when created: jobs after it are new */
 } worker_arg;
 static worker_arg worker_args[POOL_MAX];
+
+/* After fork() the child has none of the parent's workers: start afresh, or
+ * the first parallel call would wait for workers that do not exist. */
+static void pool_atfork_child(void) {
+    pthread_mutex_init(&P.run_lock, NULL);
+    pthread_mutex_init(&P.m, NULL);
+    pthread_cond_init(&P.start_cv, NULL);
+    pthread_cond_init(&P.done_cv, NULL);
+    P.nworkers = 0;
+    P.stop = 0;
+    P.done = 0;
+    in_region = 0;
+    pthread_mutex_init(&ws_lock, NULL);
+}
 
 static void *worker_main(void *arg) {
     const int tid = ((worker_arg *)arg)->tid;
@@ -287,7 +306,6 @@ void natten_parallel_for(int nthreads, int64_t n, int64_t grain, natten_parallel
 #define WS_CAP ((size_t)1 << 31)
 #define WS_HDR 64
 
-static pthread_mutex_t ws_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *ws_slot[WS_SLOTS];
 static size_t ws_size[WS_SLOTS];
 static size_t ws_total;

@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "support.h"
 
@@ -396,6 +398,25 @@ int main(void) {
             "isa_set(42) must fail with a message");
     t_check(strcmp(natten_cpu_isa_name(NATTEN_CPU_ISA_AVX512), "avx512") == 0, "isa name");
     natten_cpu_isa_set(isa0);
+
+    /* the pool survives fork(): a child (Python multiprocessing, say) runs
+     * parallel calls instead of waiting for the parent's workers */
+    {
+        natten_num_threads_set(2);
+        check_config(&configs[0], 7);
+        fflush(stdout);
+        fflush(stderr);
+        const pid_t pid = fork();
+        if (pid == 0) {
+            alarm(60); /* a hang becomes a failure */
+            t_passed = t_failed = 0;
+            check_config(&configs[13], 8);
+            _exit(t_failed == 0 && t_passed > 0 ? 0 : 1);
+        }
+        int status = -1;
+        t_check(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                "fast kernels in a forked child (status %d)", status);
+    }
 
     /* f64 is declined by the fast path (no writes), so impl FAST reports UNSUPPORTED */
     {
