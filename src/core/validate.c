@@ -116,8 +116,9 @@ natten_status natten_check_problem(const char *fn, const natten_problem *p) {
 typedef struct targ {
     const char *name;
     natten_tensor_kind kind;
-    const natten_tensor *t; /* NULL = absent (optional) */
+    const natten_tensor *t; /* NULL = absent (allowed only when !required) */
     int output;
+    int required;
     /* filled by the span check */
     int empty;
     uintptr_t lo, hi; /* byte span [lo, hi) */
@@ -209,8 +210,12 @@ static natten_status check_tensors(const char *fn, const natten_problem *p, targ
     return NATTEN_STATUS_SUCCESS;
 }
 
-static natten_status require(const char *fn, const char *name, const natten_tensor *t) {
-    if (!t) return natten_set_error(NATTEN_STATUS_NULL_POINTER, "%s: %s is NULL", fn, name);
+/* NULL checks run in table order, before any other tensor rule. */
+static natten_status check_required(const char *fn, const targ *args, int n) {
+    for (int i = 0; i < n; ++i)
+        if (args[i].required && !args[i].t)
+            return natten_set_error(NATTEN_STATUS_NULL_POINTER, "%s: %s is NULL", fn,
+                                    args[i].name);
     return NATTEN_STATUS_SUCCESS;
 }
 
@@ -223,16 +228,17 @@ static natten_status check_rpb_allowed(const char *fn, const natten_problem *p, 
     return NATTEN_STATUS_SUCCESS;
 }
 
-/* Extra-KV tensors: all required when num_extra_kv > 0, all absent when 0. */
-static natten_status check_extra(const char *fn, const natten_problem *p, const char *const *names,
-                                 const natten_tensor *const *ts, int n) {
+/* Extra-KV rows of the table: all required when num_extra_kv > 0, all absent when 0. */
+static natten_status check_extra(const char *fn, const natten_problem *p, const targ *args, int n) {
     for (int i = 0; i < n; ++i) {
-        if (p->num_extra_kv > 0 && !ts[i])
+        const natten_tensor_kind kind = args[i].kind;
+        if (kind != NATTEN_TENSOR_EXTRA_K && kind != NATTEN_TENSOR_EXTRA_V) continue;
+        if (p->num_extra_kv > 0 && !args[i].t)
             return natten_set_error(NATTEN_STATUS_NULL_POINTER,
-                                    "%s: %s is NULL but num_extra_kv=%lld", fn, names[i],
+                                    "%s: %s is NULL but num_extra_kv=%lld", fn, args[i].name,
                                     LL(p->num_extra_kv));
-        if (p->num_extra_kv == 0 && ts[i])
-            return natten_set_error(INVALID, "%s: %s given but num_extra_kv=0", fn, names[i]);
+        if (p->num_extra_kv == 0 && args[i].t)
+            return natten_set_error(INVALID, "%s: %s given but num_extra_kv=0", fn, args[i].name);
     }
     return NATTEN_STATUS_SUCCESS;
 }
@@ -251,31 +257,34 @@ static natten_status check_no_extra(const char *fn, const natten_problem *p) {
         if (st_ != NATTEN_STATUS_SUCCESS) return st_;                                              \
     } while (0)
 
+/* Table rows for check_required / check_tensors; the message name is the
+ * parameter's own name, so a row cannot name the wrong tensor. */
+#define INPUT(t, kind) {#t, kind, t, 0, 1, 0, 0, 0}
+#define OUTPUT(t, kind) {#t, kind, t, 1, 1, 0, 0, 0}
+#define OPTIONAL_INPUT(t, kind) {#t, kind, t, 0, 0, 0, 0, 0}
+#define OPTIONAL_OUTPUT(t, kind) {#t, kind, t, 1, 0, 0, 0, 0}
+#define COUNT(args) ((int)(sizeof(args) / sizeof((args)[0])))
+
 natten_status natten_check_na_forward(const char *fn, const natten_problem *p,
                                       const natten_tensor *q, const natten_tensor *k,
                                       const natten_tensor *v, const natten_tensor *rpb,
                                       const natten_tensor *extra_k, const natten_tensor *extra_v,
                                       const natten_tensor *out, const natten_tensor *lse) {
     TRY(natten_check_problem(fn, p));
-    TRY(require(fn, "q", q));
-    TRY(require(fn, "k", k));
-    TRY(require(fn, "v", v));
-    TRY(require(fn, "out", out));
-    if (rpb) TRY(check_rpb_allowed(fn, p, "rpb"));
-    const char *const en[] = {"extra_k", "extra_v"};
-    const natten_tensor *const et[] = {extra_k, extra_v};
-    TRY(check_extra(fn, p, en, et, 2));
     targ args[] = {
-        {"q", NATTEN_TENSOR_Q, q, 0, 0, 0, 0},
-        {"k", NATTEN_TENSOR_K, k, 0, 0, 0, 0},
-        {"v", NATTEN_TENSOR_V, v, 0, 0, 0, 0},
-        {"rpb", NATTEN_TENSOR_RPB, rpb, 0, 0, 0, 0},
-        {"extra_k", NATTEN_TENSOR_EXTRA_K, extra_k, 0, 0, 0, 0},
-        {"extra_v", NATTEN_TENSOR_EXTRA_V, extra_v, 0, 0, 0, 0},
-        {"out", NATTEN_TENSOR_OUT, out, 1, 0, 0, 0},
-        {"lse", NATTEN_TENSOR_LSE, lse, 1, 0, 0, 0},
+        INPUT(q, NATTEN_TENSOR_Q),
+        INPUT(k, NATTEN_TENSOR_K),
+        INPUT(v, NATTEN_TENSOR_V),
+        OPTIONAL_INPUT(rpb, NATTEN_TENSOR_RPB),
+        OPTIONAL_INPUT(extra_k, NATTEN_TENSOR_EXTRA_K),
+        OPTIONAL_INPUT(extra_v, NATTEN_TENSOR_EXTRA_V),
+        OUTPUT(out, NATTEN_TENSOR_OUT),
+        OPTIONAL_OUTPUT(lse, NATTEN_TENSOR_LSE),
     };
-    return check_tensors(fn, p, args, (int)(sizeof args / sizeof args[0]));
+    TRY(check_required(fn, args, COUNT(args)));
+    if (rpb) TRY(check_rpb_allowed(fn, p, "rpb"));
+    TRY(check_extra(fn, p, args, COUNT(args)));
+    return check_tensors(fn, p, args, COUNT(args));
 }
 
 natten_status natten_check_na_backward(
@@ -286,38 +295,28 @@ natten_status natten_check_na_backward(
     const natten_tensor *dv, const natten_tensor *drpb, const natten_tensor *dextra_k,
     const natten_tensor *dextra_v) {
     TRY(natten_check_problem(fn, p));
-    TRY(require(fn, "q", q));
-    TRY(require(fn, "k", k));
-    TRY(require(fn, "v", v));
-    TRY(require(fn, "out", out));
-    TRY(require(fn, "lse", lse));
-    TRY(require(fn, "dout", dout));
-    TRY(require(fn, "dq", dq));
-    TRY(require(fn, "dk", dk));
-    TRY(require(fn, "dv", dv));
+    targ args[] = {
+        INPUT(q, NATTEN_TENSOR_Q),
+        INPUT(k, NATTEN_TENSOR_K),
+        INPUT(v, NATTEN_TENSOR_V),
+        OPTIONAL_INPUT(rpb, NATTEN_TENSOR_RPB),
+        OPTIONAL_INPUT(extra_k, NATTEN_TENSOR_EXTRA_K),
+        OPTIONAL_INPUT(extra_v, NATTEN_TENSOR_EXTRA_V),
+        INPUT(out, NATTEN_TENSOR_OUT),
+        INPUT(lse, NATTEN_TENSOR_LSE),
+        INPUT(dout, NATTEN_TENSOR_OUT),
+        OUTPUT(dq, NATTEN_TENSOR_Q),
+        OUTPUT(dk, NATTEN_TENSOR_K),
+        OUTPUT(dv, NATTEN_TENSOR_V),
+        OPTIONAL_OUTPUT(drpb, NATTEN_TENSOR_RPB),
+        OPTIONAL_OUTPUT(dextra_k, NATTEN_TENSOR_EXTRA_K),
+        OPTIONAL_OUTPUT(dextra_v, NATTEN_TENSOR_EXTRA_V),
+    };
+    TRY(check_required(fn, args, COUNT(args)));
     if (rpb) TRY(check_rpb_allowed(fn, p, "rpb"));
     if (drpb && !rpb) return natten_set_error(INVALID, "%s: drpb given but rpb is NULL", fn);
-    const char *const en[] = {"extra_k", "extra_v", "dextra_k", "dextra_v"};
-    const natten_tensor *const et[] = {extra_k, extra_v, dextra_k, dextra_v};
-    TRY(check_extra(fn, p, en, et, 4));
-    targ args[] = {
-        {"q", NATTEN_TENSOR_Q, q, 0, 0, 0, 0},
-        {"k", NATTEN_TENSOR_K, k, 0, 0, 0, 0},
-        {"v", NATTEN_TENSOR_V, v, 0, 0, 0, 0},
-        {"rpb", NATTEN_TENSOR_RPB, rpb, 0, 0, 0, 0},
-        {"extra_k", NATTEN_TENSOR_EXTRA_K, extra_k, 0, 0, 0, 0},
-        {"extra_v", NATTEN_TENSOR_EXTRA_V, extra_v, 0, 0, 0, 0},
-        {"out", NATTEN_TENSOR_OUT, out, 0, 0, 0, 0},
-        {"lse", NATTEN_TENSOR_LSE, lse, 0, 0, 0, 0},
-        {"dout", NATTEN_TENSOR_OUT, dout, 0, 0, 0, 0},
-        {"dq", NATTEN_TENSOR_Q, dq, 1, 0, 0, 0},
-        {"dk", NATTEN_TENSOR_K, dk, 1, 0, 0, 0},
-        {"dv", NATTEN_TENSOR_V, dv, 1, 0, 0, 0},
-        {"drpb", NATTEN_TENSOR_RPB, drpb, 1, 0, 0, 0},
-        {"dextra_k", NATTEN_TENSOR_EXTRA_K, dextra_k, 1, 0, 0, 0},
-        {"dextra_v", NATTEN_TENSOR_EXTRA_V, dextra_v, 1, 0, 0, 0},
-    };
-    return check_tensors(fn, p, args, (int)(sizeof args / sizeof args[0]));
+    TRY(check_extra(fn, p, args, COUNT(args)));
+    return check_tensors(fn, p, args, COUNT(args));
 }
 
 natten_status natten_check_qk_forward(const char *fn, const natten_problem *p,
@@ -325,17 +324,15 @@ natten_status natten_check_qk_forward(const char *fn, const natten_problem *p,
                                       const natten_tensor *rpb, const natten_tensor *logits) {
     TRY(natten_check_problem(fn, p));
     TRY(check_no_extra(fn, p));
-    TRY(require(fn, "q", q));
-    TRY(require(fn, "k", k));
-    TRY(require(fn, "logits", logits));
-    if (rpb) TRY(check_rpb_allowed(fn, p, "rpb"));
     targ args[] = {
-        {"q", NATTEN_TENSOR_Q, q, 0, 0, 0, 0},
-        {"k", NATTEN_TENSOR_K, k, 0, 0, 0, 0},
-        {"rpb", NATTEN_TENSOR_RPB, rpb, 0, 0, 0, 0},
-        {"logits", NATTEN_TENSOR_LOGITS, logits, 1, 0, 0, 0},
+        INPUT(q, NATTEN_TENSOR_Q),
+        INPUT(k, NATTEN_TENSOR_K),
+        OPTIONAL_INPUT(rpb, NATTEN_TENSOR_RPB),
+        OUTPUT(logits, NATTEN_TENSOR_LOGITS),
     };
-    return check_tensors(fn, p, args, (int)(sizeof args / sizeof args[0]));
+    TRY(check_required(fn, args, COUNT(args)));
+    if (rpb) TRY(check_rpb_allowed(fn, p, "rpb"));
+    return check_tensors(fn, p, args, COUNT(args));
 }
 
 natten_status natten_check_qk_backward(const char *fn, const natten_problem *p,
@@ -344,21 +341,17 @@ natten_status natten_check_qk_backward(const char *fn, const natten_problem *p,
                                        const natten_tensor *dk, const natten_tensor *drpb) {
     TRY(natten_check_problem(fn, p));
     TRY(check_no_extra(fn, p));
-    TRY(require(fn, "q", q));
-    TRY(require(fn, "k", k));
-    TRY(require(fn, "dlogits", dlogits));
-    TRY(require(fn, "dq", dq));
-    TRY(require(fn, "dk", dk));
-    if (drpb) TRY(check_rpb_allowed(fn, p, "drpb"));
     targ args[] = {
-        {"q", NATTEN_TENSOR_Q, q, 0, 0, 0, 0},
-        {"k", NATTEN_TENSOR_K, k, 0, 0, 0, 0},
-        {"dlogits", NATTEN_TENSOR_LOGITS, dlogits, 0, 0, 0, 0},
-        {"dq", NATTEN_TENSOR_Q, dq, 1, 0, 0, 0},
-        {"dk", NATTEN_TENSOR_K, dk, 1, 0, 0, 0},
-        {"drpb", NATTEN_TENSOR_RPB, drpb, 1, 0, 0, 0},
+        INPUT(q, NATTEN_TENSOR_Q),
+        INPUT(k, NATTEN_TENSOR_K),
+        INPUT(dlogits, NATTEN_TENSOR_LOGITS),
+        OUTPUT(dq, NATTEN_TENSOR_Q),
+        OUTPUT(dk, NATTEN_TENSOR_K),
+        OPTIONAL_OUTPUT(drpb, NATTEN_TENSOR_RPB),
     };
-    return check_tensors(fn, p, args, (int)(sizeof args / sizeof args[0]));
+    TRY(check_required(fn, args, COUNT(args)));
+    if (drpb) TRY(check_rpb_allowed(fn, p, "drpb"));
+    return check_tensors(fn, p, args, COUNT(args));
 }
 
 natten_status natten_check_av_forward(const char *fn, const natten_problem *p,
@@ -366,15 +359,13 @@ natten_status natten_check_av_forward(const char *fn, const natten_problem *p,
                                       const natten_tensor *out) {
     TRY(natten_check_problem(fn, p));
     TRY(check_no_extra(fn, p));
-    TRY(require(fn, "attn", attn));
-    TRY(require(fn, "v", v));
-    TRY(require(fn, "out", out));
     targ args[] = {
-        {"attn", NATTEN_TENSOR_LOGITS, attn, 0, 0, 0, 0},
-        {"v", NATTEN_TENSOR_V, v, 0, 0, 0, 0},
-        {"out", NATTEN_TENSOR_OUT, out, 1, 0, 0, 0},
+        INPUT(attn, NATTEN_TENSOR_LOGITS),
+        INPUT(v, NATTEN_TENSOR_V),
+        OUTPUT(out, NATTEN_TENSOR_OUT),
     };
-    return check_tensors(fn, p, args, (int)(sizeof args / sizeof args[0]));
+    TRY(check_required(fn, args, COUNT(args)));
+    return check_tensors(fn, p, args, COUNT(args));
 }
 
 natten_status natten_check_av_backward(const char *fn, const natten_problem *p,
@@ -383,17 +374,13 @@ natten_status natten_check_av_backward(const char *fn, const natten_problem *p,
                                        const natten_tensor *dv) {
     TRY(natten_check_problem(fn, p));
     TRY(check_no_extra(fn, p));
-    TRY(require(fn, "attn", attn));
-    TRY(require(fn, "v", v));
-    TRY(require(fn, "dout", dout));
-    TRY(require(fn, "dattn", dattn));
-    TRY(require(fn, "dv", dv));
     targ args[] = {
-        {"attn", NATTEN_TENSOR_LOGITS, attn, 0, 0, 0, 0},
-        {"v", NATTEN_TENSOR_V, v, 0, 0, 0, 0},
-        {"dout", NATTEN_TENSOR_OUT, dout, 0, 0, 0, 0},
-        {"dattn", NATTEN_TENSOR_LOGITS, dattn, 1, 0, 0, 0},
-        {"dv", NATTEN_TENSOR_V, dv, 1, 0, 0, 0},
+        INPUT(attn, NATTEN_TENSOR_LOGITS),
+        INPUT(v, NATTEN_TENSOR_V),
+        INPUT(dout, NATTEN_TENSOR_OUT),
+        OUTPUT(dattn, NATTEN_TENSOR_LOGITS),
+        OUTPUT(dv, NATTEN_TENSOR_V),
     };
-    return check_tensors(fn, p, args, (int)(sizeof args / sizeof args[0]));
+    TRY(check_required(fn, args, COUNT(args)));
+    return check_tensors(fn, p, args, COUNT(args));
 }
