@@ -1180,17 +1180,23 @@ static void build_inverse(common *c) {
 
 typedef struct kscratch {
     const float **qp, **dop;
-    float *wk, *wv, *row;
+    float *wk, *wv;
+    int64_t *ra, *rq, *rd; /* one key position's pairs, relative to the head's bases */
+    float *row;
 } kscratch;
 
+static int64_t kround(int64_t n) { return (n + 15) & ~(int64_t)15; }
+
 static size_t kscratch_bytes(const geom *g, const int64_t maxlen[3]) {
-    const int64_t n = g->G * maxlen[0] * maxlen[1] * maxlen[2] + 16;
+    const int64_t n = kround(g->G * maxlen[0] * maxlen[1] * maxlen[2] + 16);
     const int64_t dmax = (g->D > g->Dv ? g->D : g->Dv) + 16;
-    return (size_t)n * (2 * sizeof(float *) + 2 * sizeof(float)) + (size_t)dmax * sizeof(float) + 64;
+    return (size_t)n * (2 * sizeof(float *) + 2 * sizeof(float) + 3 * sizeof(int64_t)) +
+           (size_t)dmax * sizeof(float) + 64;
 }
 
 static kscratch kscratch_at(const common *c, int tid, int64_t n) {
     char *s = c->scratch + (size_t)tid * c->scratch_bytes;
+    n = kround(n);
     kscratch k;
     k.qp = (const float **)s;
     s += n * sizeof(float *);
@@ -1200,45 +1206,60 @@ static kscratch kscratch_at(const common *c, int tid, int64_t n) {
     s += n * sizeof(float);
     k.wv = (float *)s;
     s += n * sizeof(float);
+    k.ra = (int64_t *)s;
+    s += n * sizeof(int64_t);
+    k.rq = (int64_t *)s;
+    s += n * sizeof(int64_t);
+    k.rd = (int64_t *)s;
+    s += n * sizeof(int64_t);
     k.row = (float *)s;
     return k;
 }
 
 /* Phase B: per key line segment: tasks over (b, hkv, key line, seg). */
-/* dk, dv of key x (all axes set) and kv head hk, generic lists. */
-static void bwd_key(const common *c, kscratch *sc, int64_t b, int64_t hk, const int64_t x[3], const int64_t e[3],
-                    const int64_t *const st[3], const int64_t *const en[3]) {
+/* The (query, slot) pairs of key x as offsets relative to a query head's
+ * bases (the same for every head).  Returns their count (0 outside varlen). */
+static int64_t key_pairs(const common *c, kscratch *sc, const int64_t x[3], const int64_t e[3],
+                         const int64_t *const st[3], const int64_t *const en[3]) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    for (int a = 0; a < r; ++a)
+        if (x[a] >= e[a]) return 0;
+    const int64_t x0 = x[0], x1 = r > 1 ? x[1] : 0, x2 = r > 2 ? x[2] : 0;
+    int64_t n = 0;
+    for (int64_t i0 = st[0][x0]; i0 < st[0][x0 + 1]; ++i0) {
+        const int64_t *e0 = en[0] + 3 * i0;
+        for (int64_t i1 = st[1][x1]; i1 < st[1][x1 + 1]; ++i1) {
+            const int64_t *e1 = en[1] + 3 * i1;
+            const int64_t a01 = e0[0] + e1[0], q01 = e0[1] + e1[1], d01 = e0[2] + e1[2];
+            const int64_t *e2 = en[2] + 3 * st[2][x2];
+            for (int64_t i2 = st[2][x2]; i2 < st[2][x2 + 1]; ++i2, e2 += 3, ++n) {
+                sc->ra[n] = a01 + e2[0];
+                sc->rq[n] = q01 + e2[1];
+                sc->rd[n] = d01 + e2[2];
+            }
+        }
+    }
+    return n;
+}
+
+/* dk, dv of key x (all axes set) and kv head hk from its pairs (key_pairs). */
+static void bwd_key_heads(const common *c, kscratch *sc, int64_t b, int64_t hk, const int64_t x[3], int64_t np) {
     const geom *g = &c->g;
     const int r = g->rank;
     const natten_dtype dt = c->p->dtype;
     int64_t n = 0;
-    int inside = 1;
-    for (int a = 0; a < r; ++a) inside &= x[a] < e[a];
-    if (inside) {
-        const int64_t x0 = x[0], x1 = r > 1 ? x[1] : 0, x2 = r > 2 ? x[2] : 0;
-        for (int64_t gg = 0; gg < g->G; ++gg) {
-            const int64_t h = hk * g->G + gg;
-            const int64_t abase = (b * g->H + h) * g->Oin * g->KKE;
-            const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
-            const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
-            for (int64_t i0 = st[0][x0]; i0 < st[0][x0 + 1]; ++i0) {
-                const int64_t *e0 = en[0] + 3 * i0;
-                for (int64_t i1 = st[1][x1]; i1 < st[1][x1 + 1]; ++i1) {
-                    const int64_t *e1 = en[1] + 3 * i1;
-                    const int64_t a01 = abase + e0[0] + e1[0];
-                    const float *q01 = qh + e0[1] + e1[1];
-                    const float *d01 = dh + e0[2] + e1[2];
-                    const int64_t *e2 = en[2] + 3 * st[2][x2];
-                    for (int64_t i2 = st[2][x2]; i2 < st[2][x2 + 1]; ++i2, e2 += 3) {
-                        const int64_t at = a01 + e2[0];
-                        sc->qp[n] = q01 + e2[1];
-                        sc->dop[n] = d01 + e2[2];
-                        sc->wk[n] = c->Sbuf[at];
-                        sc->wv[n] = c->Pbuf[at];
-                        ++n;
-                    }
-                }
-            }
+    for (int64_t gg = 0; gg < g->G; ++gg) {
+        const int64_t h = hk * g->G + gg;
+        const float *S = c->Sbuf + (b * g->H + h) * g->Oin * g->KKE;
+        const float *P = c->Pbuf + (b * g->H + h) * g->Oin * g->KKE;
+        const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
+        const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
+        for (int64_t j = 0; j < np; ++j, ++n) {
+            sc->wk[n] = S[sc->ra[j]];
+            sc->wv[n] = P[sc->ra[j]];
+            sc->qp[n] = qh + sc->rq[j];
+            sc->dop[n] = dh + sc->rd[j];
         }
     }
     const int64_t koff = row_off(c->dk_t->stride, r, b, x, hk);
@@ -1248,6 +1269,13 @@ static void bwd_key(const common *c, kscratch *sc, int64_t b, int64_t hk, const 
     store_row(c->dk_t->data, koff, c->dk_t->stride[r + 2], dt, sc->row, g->D);
     c->kern->wsum(sc->wv, sc->dop, n, g->Dv, sc->row);
     store_row(c->dv_t->data, voff, c->dv_t->stride[r + 2], dt, sc->row, g->Dv);
+}
+
+/* dk, dv of key x for every kv head, generic lists. */
+static void bwd_key(const common *c, kscratch *sc, int64_t b, const int64_t x[3], const int64_t e[3],
+                    const int64_t *const st[3], const int64_t *const en[3]) {
+    const int64_t np = key_pairs(c, sc, x, e, st, en);
+    for (int64_t hk = 0; hk < c->g.Hkv; ++hk) bwd_key_heads(c, sc, b, hk, x, np);
 }
 
 /* Decode a key task (b, key line, seg) and the tables of its sample. */
@@ -1288,11 +1316,10 @@ static void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid) {
         const int64_t *st[3], *en[3];
         key_task_setup(c, task, kseg, &b, &seg, x, e, st, en);
         const int64_t l0 = seg * SEG, l1 = l0 + SEG < g->L[r - 1] ? l0 + SEG : g->L[r - 1];
-        for (int64_t xl = l0; xl < l1; ++xl)
-            for (int64_t hk = 0; hk < g->Hkv; ++hk) {
-                x[r - 1] = xl;
-                bwd_key(c, &sc, b, hk, x, e, st, en);
-            }
+        for (int64_t xl = l0; xl < l1; ++xl) {
+            x[r - 1] = xl;
+            bwd_key(c, &sc, b, x, e, st, en);
+        }
     }
 }
 
@@ -1403,7 +1430,7 @@ static void bwd_key_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 while (nl < 16 && xl + nl < l1 && tc->keyshift[xl + nl] == f) ++nl;
             if (nl < TILE_MIN) {
                 x[r - 1] = xl;
-                for (int64_t hk = 0; hk < g->Hkv; ++hk) bwd_key(c, &sc, b, hk, x, e, st, en);
+                bwd_key(c, &sc, b, x, e, st, en);
                 ++xl;
                 continue;
             }
