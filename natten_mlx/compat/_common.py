@@ -183,6 +183,17 @@ def _to_heads_first(x: mx.array) -> mx.array:
     return mx.moveaxis(x, -2, 1)
 
 
+def _check_heads_first_extra(fn: str, name: str, extra, like) -> None:
+    """extra [B, H, N_extra, D] with B, H, D taken from `like` [B, H, *X, D]."""
+    if not isinstance(extra, mx.array) or extra.ndim != 4:
+        raise ValueError(f"{fn}: {name} must be [B, H, N_extra, D]")
+    B, H, D = like.shape[0], like.shape[1], like.shape[-1]
+    if (extra.shape[0], extra.shape[1], extra.shape[3]) != (B, H, D):
+        raise ValueError(
+            f"{fn}: {name} must be [B={B}, H={H}, N_extra, D={D}], got {list(extra.shape)}"
+        )
+
+
 def heads_first_qk(
     fn: str,
     rank: int,
@@ -227,18 +238,8 @@ def heads_first_qk(
     logits = _to_heads_first(logits)
 
     if additional_keys is not None:
+        _check_heads_first_extra(fn, "additional_keys", additional_keys, query)
         B, H, D = query.shape[0], query.shape[1], query.shape[-1]
-        if not isinstance(additional_keys, mx.array) or additional_keys.ndim != 4:
-            raise ValueError(f"{fn}: additional_keys must be [B, H, N_extra, D]")
-        if (additional_keys.shape[0], additional_keys.shape[1], additional_keys.shape[3]) != (
-            B,
-            H,
-            D,
-        ):
-            raise ValueError(
-                f"{fn}: additional_keys must be [B={B}, H={H}, N_extra, D={D}], got "
-                f"{list(additional_keys.shape)}"
-            )
         n_q = math.prod(extent)
         extra = mx.matmul(query.reshape(B, H, n_q, D), mx.swapaxes(additional_keys, -1, -2))
         extra = extra.reshape((B, H) + extent + (additional_keys.shape[2],))
@@ -278,18 +279,7 @@ def heads_first_av(
     kk = math.prod(kernel)
     n_extra = 0
     if additional_values is not None:
-        if not isinstance(additional_values, mx.array) or additional_values.ndim != 4:
-            raise ValueError(f"{fn}: additional_values must be [B, H, N_extra, D]")
-        B, H, D = value.shape[0], value.shape[1], value.shape[-1]
-        if (
-            additional_values.shape[0],
-            additional_values.shape[1],
-            additional_values.shape[3],
-        ) != (B, H, D):
-            raise ValueError(
-                f"{fn}: additional_values must be [B={B}, H={H}, N_extra, D={D}], got "
-                f"{list(additional_values.shape)}"
-            )
+        _check_heads_first_extra(fn, "additional_values", additional_values, value)
         n_extra = additional_values.shape[2]
     if attn.shape[-1] != kk + n_extra:
         raise ValueError(
