@@ -43,6 +43,7 @@ from .v015 import (  # noqa: F401
     enable_tiled_na,
     has_bfloat,
     has_cuda,
+    has_fna,
     has_fp32_gemm,
     has_fp64_gemm,
     has_gemm,
@@ -265,10 +266,6 @@ _STATE = {
     "tf32": True,
     "memory": "default",
 }
-
-
-def has_fna() -> bool:
-    return False
 
 
 def has_fused_na() -> bool:

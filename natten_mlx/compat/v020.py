@@ -32,6 +32,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import _common as C
+from .v015 import has_cuda, has_fna, has_mlx, has_mps  # noqa: F401  (same answers as 0.15)
 
 __all__ = [
     "na1d", "na2d", "na3d",
@@ -416,22 +417,3 @@ class NeighborhoodAttention3D(_NAModule):
     """Input/output [B, Z, X, Y, embed_dim]; GNA stride."""
 
     _rank = 3
-
-
-# ---------------------------------------------------------------- feature flags
-
-
-def has_cuda() -> bool:
-    return False
-
-
-def has_mps() -> bool:
-    return False
-
-
-def has_mlx() -> bool:
-    return True
-
-
-def has_fna() -> bool:
-    return False
