@@ -82,17 +82,15 @@ class _NeighborhoodAttention(nn.Module):
                 f"Input channel dim ({x.shape[-1]}) must match embed_dim ({self.embed_dim})")
         fused, qk, av, varlen = self._fns()
         q, k, v = self._project(x)
+        # the varlen and split paths take equal heads: repeat the key/value heads
+        needs_equal_heads = sizes is not None or self.attn_drop is not None
+        if needs_equal_heads and self.num_kv_heads != self.num_heads:
+            g = self.num_heads // self.num_kv_heads
+            k = mx.repeat(k, g, axis=-2)
+            v = mx.repeat(v, g, axis=-2)
         if sizes is not None:
-            if self.num_kv_heads != self.num_heads:
-                g = self.num_heads // self.num_kv_heads
-                k = mx.repeat(k, g, axis=-2)
-                v = mx.repeat(v, g, axis=-2)
             out = varlen(q, k, v, sizes, self.kernel_size, self.dilation, self.scale)
         elif self.attn_drop is not None:
-            if self.num_kv_heads != self.num_heads:
-                g = self.num_heads // self.num_kv_heads
-                k = mx.repeat(k, g, axis=-2)
-                v = mx.repeat(v, g, axis=-2)
             logits = qk(q, k, self.kernel_size, self.dilation, stride=self.stride,
                         is_causal=self.is_causal, scale=self.scale)
             attn = mx.softmax(logits.astype(mx.float32), axis=-1).astype(v.dtype)
