@@ -131,40 +131,40 @@ def _vjp(fn, primals, cotangent):
     return grads
 
 
-def natten1dqkrpb_backward(d_attn, query, key, rpb, kernel_size, dilation=1):
-    """-> (d_query, d_key, d_rpb or None) for natten1dqkrpb."""
+def _qkrpb_backward(forward, d_attn, query, key, rpb, kernel_size, dilation):
     d_attn, query, key, rpb = (_to_mx(x) for x in (d_attn, query, key, rpb))
     if rpb is None:
-        dq, dk = _vjp(lambda q, k: natten1dqkrpb(q, k, None, kernel_size, dilation),
+        dq, dk = _vjp(lambda q, k: forward(q, k, None, kernel_size, dilation),
                       [query, key], d_attn)
         return dq, dk, None
-    return tuple(_vjp(lambda q, k, r: natten1dqkrpb(q, k, r, kernel_size, dilation),
+    return tuple(_vjp(lambda q, k, r: forward(q, k, r, kernel_size, dilation),
                       [query, key, rpb], d_attn))
+
+
+def _av_backward(forward, d_out, attention_probs, value, kernel_size, dilation):
+    d_out, attention_probs, value = (_to_mx(x) for x in (d_out, attention_probs, value))
+    return tuple(_vjp(lambda a, v: forward(a, v, kernel_size, dilation),
+                      [attention_probs, value], d_out))
+
+
+def natten1dqkrpb_backward(d_attn, query, key, rpb, kernel_size, dilation=1):
+    """-> (d_query, d_key, d_rpb or None) for natten1dqkrpb."""
+    return _qkrpb_backward(natten1dqkrpb, d_attn, query, key, rpb, kernel_size, dilation)
 
 
 def natten1dav_backward(d_out, attention_probs, value, kernel_size, dilation=1):
     """-> (d_attn, d_value) for natten1dav."""
-    d_out, attention_probs, value = (_to_mx(x) for x in (d_out, attention_probs, value))
-    return tuple(_vjp(lambda a, v: natten1dav(a, v, kernel_size, dilation),
-                      [attention_probs, value], d_out))
+    return _av_backward(natten1dav, d_out, attention_probs, value, kernel_size, dilation)
 
 
 def natten2dqkrpb_backward(d_attn, query, key, rpb, kernel_size, dilation=1):
     """-> (d_query, d_key, d_rpb or None) for natten2dqkrpb."""
-    d_attn, query, key, rpb = (_to_mx(x) for x in (d_attn, query, key, rpb))
-    if rpb is None:
-        dq, dk = _vjp(lambda q, k: natten2dqkrpb(q, k, None, kernel_size, dilation),
-                      [query, key], d_attn)
-        return dq, dk, None
-    return tuple(_vjp(lambda q, k, r: natten2dqkrpb(q, k, r, kernel_size, dilation),
-                      [query, key, rpb], d_attn))
+    return _qkrpb_backward(natten2dqkrpb, d_attn, query, key, rpb, kernel_size, dilation)
 
 
 def natten2dav_backward(d_out, attention_probs, value, kernel_size, dilation=1):
     """-> (d_attn, d_value) for natten2dav."""
-    d_out, attention_probs, value = (_to_mx(x) for x in (d_out, attention_probs, value))
-    return tuple(_vjp(lambda a, v: natten2dav(a, v, kernel_size, dilation),
-                      [attention_probs, value], d_out))
+    return _av_backward(natten2dav, d_out, attention_probs, value, kernel_size, dilation)
 
 
 def natten2d_qkv_fused(query, key, value, rpb, kernel_size, dilation=1):
