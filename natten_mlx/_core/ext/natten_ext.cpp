@@ -563,6 +563,20 @@ void push_opt(std::vector<mx::array>& v, const OptArr& a) {
   if (a) v.push_back(*a);
 }
 
+// The fused ops' optional inputs, appended after the required ones in slots_of's order.
+void push_fused_optionals(Config& c, std::vector<mx::array>& in, const OptArr& rpb,
+                          const OptArr& extra_k, const OptArr& extra_v, const OptArr& varlen) {
+  if (extra_k.has_value() != extra_v.has_value())
+    throw std::invalid_argument("natten: extra_k and extra_v must be given together");
+  c.has_rpb = rpb.has_value();
+  c.has_extra = extra_k.has_value();
+  c.has_varlen = varlen.has_value();
+  push_opt(in, rpb);
+  push_opt(in, extra_k);
+  push_opt(in, extra_v);
+  push_opt(in, varlen);
+}
+
 }  // namespace
 
 NB_MODULE(_natten_ext, m) {
@@ -583,16 +597,8 @@ NB_MODULE(_natten_ext, m) {
          std::vector<bool> causal, std::optional<double> scale, int impl,
          mx::StreamOrDevice s) {
         Config c = make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl);
-        if (extra_k.has_value() != extra_v.has_value())
-          throw std::invalid_argument("natten: extra_k and extra_v must be given together");
-        c.has_rpb = rpb.has_value();
-        c.has_extra = extra_k.has_value();
-        c.has_varlen = varlen.has_value();
         std::vector<mx::array> in{q, k, v};
-        push_opt(in, rpb);
-        push_opt(in, extra_k);
-        push_opt(in, extra_v);
-        push_opt(in, varlen);
+        push_fused_optionals(c, in, rpb, extra_k, extra_v, varlen);
         auto o = build(Op::NaForward, c, std::move(in), s);
         return std::make_tuple(o[0], o[1]);
       },
@@ -610,16 +616,8 @@ NB_MODULE(_natten_ext, m) {
          std::vector<int64_t> gna_stride, std::vector<bool> causal, std::optional<double> scale,
          int impl, mx::StreamOrDevice s) {
         Config c = make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl);
-        if (extra_k.has_value() != extra_v.has_value())
-          throw std::invalid_argument("natten: extra_k and extra_v must be given together");
-        c.has_rpb = rpb.has_value();
-        c.has_extra = extra_k.has_value();
-        c.has_varlen = varlen.has_value();
         std::vector<mx::array> in{q, k, v, out, lse, dout};
-        push_opt(in, rpb);
-        push_opt(in, extra_k);
-        push_opt(in, extra_v);
-        push_opt(in, varlen);
+        push_fused_optionals(c, in, rpb, extra_k, extra_v, varlen);
         return build(Op::NaBackward, c, std::move(in), s);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("lse"), nb::arg("dout"),
