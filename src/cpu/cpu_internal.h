@@ -1,6 +1,6 @@
 /*
  * cpu_internal.h -- the fast CPU framework shared by the fused kernels
- * (fast_dispatch.c) and the per-ISA microkernels (kern_scalar.c,
+ * (src/cpu/fast_*.c) and the per-ISA microkernels (kern_scalar.c,
  * avx2/kern_avx2.c, avx512/kern_avx512.c, neon/kern_neon.c).
  *
  * Microkernels work on f32 vectors whose channels are contiguous, addressed

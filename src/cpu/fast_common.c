@@ -1,0 +1,412 @@
+/*
+ * fast_common.c -- shared machinery of the fast CPU kernels: problem geometry,
+ * f32 views of the caller's tensors (read in place when f32 with contiguous
+ * channels, else staged), row stores with the reference's rounding, and the
+ * per-query neighbour lists (line_prep + query_list) built from
+ * natten_window_of only.  Nothing here depends on the thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/fast_internal.h"
+
+void geom_init(geom *g, const natten_problem *p) {
+    g->rank = p->rank;
+    g->B = p->batch;
+    g->H = p->heads;
+    g->Hkv = p->kv_heads;
+    g->G = p->heads / p->kv_heads;
+    g->D = p->head_dim;
+    g->Dv = p->head_dim_v;
+    g->KK = 1;
+    g->Oin = 1;
+    for (int a = 0; a < 3; ++a) {
+        if (a < p->rank) {
+            g->L[a] = g->Lx[a] = p->extent[a];
+            g->K[a] = p->kernel[a];
+            g->dil[a] = p->dilation[a];
+            g->gs[a] = p->gna_stride[a];
+            g->os[a] = p->out_stride[a];
+            g->causal[a] = p->causal[a] != 0;
+            g->O[a] = natten_out_extent(p, a);
+        } else {
+            g->L[a] = g->Lx[a] = g->K[a] = g->dil[a] = g->gs[a] = g->os[a] = g->O[a] = 1;
+            g->causal[a] = 0;
+        }
+        g->KK *= g->K[a];
+        g->Oin *= g->O[a];
+    }
+    g->NE = p->num_extra_kv;
+    g->KKE = g->KK + g->NE;
+    g->lines = 1;
+    for (int a = 0; a < p->rank - 1; ++a) g->lines *= g->O[a];
+    g->nseg = (g->O[p->rank - 1] + SEG - 1) / SEG;
+    g->scale = (float)natten_problem_scale(p);
+    g->varlen = p->varlen_extent;
+}
+
+typedef struct pack_ctx {
+    const natten_tensor *t;
+    natten_dtype dt;
+    int ndim;
+    int64_t shape[NATTEN_MAX_DIMS];
+    int64_t dst_st[NATTEN_MAX_DIMS];
+    int64_t rowlen;
+    float *dst;
+    const natten_cpu_kernels *kern;
+} pack_ctx;
+
+static void pack_rows(void *vctx, int64_t begin, int64_t end, int tid) {
+    const pack_ctx *c = vctx;
+    const int64_t last = c->t->stride[c->ndim - 1];
+    const int nlead = c->ndim - 1;
+    int64_t ix[NATTEN_MAX_DIMS] = {0}, off = 0, doff = 0;
+    int64_t rem = begin;
+    for (int i = nlead - 1; i >= 0; --i) { /* odometer start; then increments only */
+        ix[i] = rem % c->shape[i];
+        rem /= c->shape[i];
+        off += ix[i] * c->t->stride[i];
+        doff += ix[i] * c->dst_st[i];
+    }
+    for (int64_t r = begin; r < end; ++r) {
+        float *d = c->dst + doff;
+        if (c->dt == NATTEN_DTYPE_F32 && last == 1) {
+            memcpy(d, (const float *)c->t->data + off, (size_t)c->rowlen * sizeof(float));
+        } else if (c->dt == NATTEN_DTYPE_F16 && last == 1) {
+            c->kern->f16_to_f32((const uint16_t *)c->t->data + off, d, c->rowlen);
+        } else if (c->dt == NATTEN_DTYPE_BF16) {
+            const uint16_t *s = (const uint16_t *)c->t->data + off;
+            for (int64_t i = 0; i < c->rowlen; ++i) d[i] = natten_bf16_to_f32(s[i * last]);
+        } else {
+            for (int64_t i = 0; i < c->rowlen; ++i) d[i] = (float)natten_load(c->t->data, off + i * last, c->dt);
+        }
+        for (int i = nlead - 1; i >= 0; --i) {
+            off += c->t->stride[i];
+            doff += c->dst_st[i];
+            if (++ix[i] < c->shape[i]) break;
+            off -= ix[i] * c->t->stride[i];
+            doff -= ix[i] * c->dst_st[i];
+            ix[i] = 0;
+        }
+    }
+}
+
+/*
+ * A view of tensor t (kind) as f32 rows with contiguous channels.  0 on OOM.
+ * head_major: always copy, into [B, H, X.., C] order (for [B, X.., H, C]
+ * kinds), so one head's rows are contiguous: neighbouring keys then sit next
+ * to each other in cache instead of H*C floats apart (a power-of-two stride
+ * that maps every key of a head onto a few L1 sets).
+ */
+int make_view(const natten_problem *p, natten_tensor_kind kind, const natten_tensor *t,
+                     fview *v, int nthreads, int head_major) {
+    int64_t shape[NATTEN_MAX_DIMS];
+    const int nd = natten_shape_of(p, kind, shape);
+    v->owned = NULL;
+    if (!head_major && p->dtype == NATTEN_DTYPE_F32 && (t->stride[nd - 1] == 1 || shape[nd - 1] == 1)) {
+        v->data = t->data;
+        for (int i = 0; i < NATTEN_MAX_DIMS; ++i) v->st[i] = t->stride[i];
+        return 1;
+    }
+    int64_t total = 1;
+    for (int i = 0; i < nd; ++i) total *= shape[i];
+    for (int i = 0; i < NATTEN_MAX_DIMS; ++i) v->st[i] = 0;
+    int64_t s = 1;
+    if (head_major) { /* order: 0 (batch), nd-2 (heads), 1..nd-3 (spatial), nd-1 */
+        v->st[nd - 1] = s;
+        s *= shape[nd - 1];
+        for (int i = nd - 3; i >= 1; --i) {
+            v->st[i] = s;
+            s *= shape[i];
+            /* keep spatial pitches off multiples of 1 KiB (L1 set aliasing) */
+            if (i > 1 && s % 256 == 0) s += 16;
+        }
+        v->st[nd - 2] = s;
+        s *= shape[nd - 2];
+        v->st[0] = s;
+        s *= shape[0];
+    } else {
+        for (int i = nd - 1; i >= 0; --i) {
+            v->st[i] = s;
+            s *= shape[i];
+        }
+    }
+    float *buf = natten_cpu_ws_get((size_t)(s > 0 ? s : 1) * sizeof(float));
+    if (!buf) return 0;
+    pack_ctx c = {t, p->dtype, nd, {0}, {0}, shape[nd - 1], buf, natten_cpu_active_kernels()};
+    for (int i = 0; i < nd; ++i) {
+        c.shape[i] = shape[i];
+        c.dst_st[i] = v->st[i];
+    }
+    natten_parallel_for(nthreads, total / shape[nd - 1], 256, pack_rows, &c);
+    v->data = buf;
+    v->owned = buf;
+    return 1;
+}
+
+void store_row(void *base, int64_t off, int64_t stride, natten_dtype dt, const float *src,
+                      int64_t n) {
+    switch (dt) {
+    case NATTEN_DTYPE_F32: {
+        float *d = (float *)base + off;
+        for (int64_t i = 0; i < n; ++i) d[i * stride] = src[i];
+        return;
+    }
+    case NATTEN_DTYPE_BF16: {
+        uint16_t *d = (uint16_t *)base + off;
+        for (int64_t i = 0; i < n; ++i) d[i * stride] = natten_f32_to_bf16(src[i]);
+        return;
+    }
+    case NATTEN_DTYPE_F16: {
+        uint16_t *d = (uint16_t *)base + off;
+        for (int64_t i = 0; i < n; ++i) d[i * stride] = natten_f32_to_f16(src[i]);
+        return;
+    }
+    case NATTEN_DTYPE_F64: {
+        double *d = (double *)base + off;
+        for (int64_t i = 0; i < n; ++i) d[i * stride] = src[i];
+        return;
+    }
+    }
+}
+
+void store_zero_row(void *base, int64_t off, int64_t stride, natten_dtype dt, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) natten_store(base, off + i * stride, dt, 0.0);
+}
+
+size_t qscratch_bytes(const geom *g) {
+    const int64_t n = (g->KKE + 31) & ~(int64_t)15; /* keeps every array 64-bit aligned */
+    const int64_t dmax = (g->D > g->Dv ? g->D : g->Dv) + 16;
+    const int64_t nl = g->KK / g->K[g->rank - 1] + 1;
+    return (size_t)n * (2 * sizeof(float *) + sizeof(int64_t) + 3 * sizeof(float)) +
+           (size_t)dmax * sizeof(float) + (size_t)nl * 5 * sizeof(int64_t) +
+           (size_t)(g->KK + 16) * (2 * sizeof(float *) + sizeof(float)) + (size_t)(g->KK + 16) * 16 * sizeof(float) +
+           (size_t)(g->Dv + 16) * 16 * sizeof(float) + 64 * sizeof(float) +
+           (size_t)(g->D + 16) * 16 * sizeof(float) +
+           (size_t)(g->KK + 16) * 16 * sizeof(float) + (size_t)(g->Dv + g->D + 16) * 16 * sizeof(float) +
+           (size_t)rpb_table_size(g) * sizeof(float) + (size_t)(g->NE + 1) * 2 * sizeof(float *) + 256;
+}
+
+qscratch qscratch_at(const common *c, int tid) {
+    const geom *g = &c->g;
+    const int64_t n = (g->KKE + 31) & ~(int64_t)15; /* keeps every array 64-bit aligned */
+    const int64_t nl = g->KK / g->K[g->rank - 1] + 1;
+    char *s = c->scratch + (size_t)tid * c->scratch_bytes;
+    qscratch q;
+    q.nl.kp = (const float **)s;
+    s += n * sizeof(float *);
+    q.nl.vp = (const float **)s;
+    s += n * sizeof(float *);
+    q.nl.slot = (int64_t *)s;
+    s += n * sizeof(int64_t);
+    q.nl.bias = (float *)s;
+    s += n * sizeof(float);
+    q.s = (float *)s;
+    s += n * sizeof(float);
+    q.dp = (float *)s;
+    s += n * sizeof(float);
+    q.lp.lk = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.lv = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.lslot = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.lrpb = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.lp.lrow = (int64_t *)s;
+    s += nl * sizeof(int64_t);
+    q.tpk = (const float **)s;
+    s += (g->KK + 16) * sizeof(float *);
+    q.tpv = (const float **)s;
+    s += (g->KK + 16) * sizeof(float *);
+    q.tbias = (float *)s;
+    s += (g->KK + 16) * sizeof(float);
+    s = (char *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
+    q.tsbuf = (float *)s;
+    s += (g->KK + 16) * 16 * sizeof(float);
+    q.tsbuf2 = (float *)s;
+    s += (g->KK + 16) * 16 * sizeof(float);
+    q.tout = (float *)s;
+    s += (g->Dv + g->D + 16) * 16 * sizeof(float);
+    q.tdo = (float *)s;
+    s += (g->Dv + 16) * 16 * sizeof(float);
+    q.tlse = (float *)s;
+    s += 64 * sizeof(float);
+    q.tq = (float *)s;
+    s += (g->D + 16) * 16 * sizeof(float);
+    q.lp.ekp = (const float **)s;
+    s += (g->NE + 1) * sizeof(float *);
+    q.lp.evp = (const float **)s;
+    s += (g->NE + 1) * sizeof(float *);
+    s += rpb_table_size(g) * sizeof(float);
+    s = (char *)(((uintptr_t)s + 63) & ~(uintptr_t)63);
+    q.row = (float *)s;
+    return q;
+}
+
+/* Prepare the line (b, h, o[0..rank-1)); *rpb_h: the head whose rpb table
+ * lp->rpbf holds (-1: none), updated. */
+void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, lineprep *lp,
+                      int64_t *rpb_h) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    sample_extent(g, b, lp->e);
+    natten_window w[2];
+    lp->inside = 1;
+    for (int a = 0; a < r - 1; ++a) {
+        lp->pos[a] = o[a] * g->os[a];
+        if (lp->pos[a] >= lp->e[a]) {
+            lp->inside = 0;
+            return;
+        }
+        w[a] = natten_window_of(lp->e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], lp->pos[a]);
+    }
+    const int64_t hk = h / g->G;
+    lp->kb = c->k.data + b * c->k.st[0] + hk * c->k.st[r + 1];
+    lp->vb = c->v.data + b * c->v.st[0] + hk * c->v.st[r + 1];
+    int64_t dims[3] = {1, 1, 1};
+    for (int a = 0; a < r; ++a) dims[a] = 2 * g->K[a] - 1;
+    lp->rpbf = c->rpb_all ? c->rpb_all + h * rpb_table_size(g) : NULL;
+    /* valid combinations of the leading axes (at most 2), in slot order */
+    int64_t n = 0;
+    if (r == 1) {
+        lp->lk[0] = lp->lv[0] = lp->lslot[0] = lp->lrpb[0] = lp->lrow[0] = 0;
+        n = 1;
+    } else if (r == 2) {
+        for (int64_t k0 = w[0].valid_begin; k0 < w[0].valid_end; ++k0) {
+            const int64_t x0 = w[0].start + k0 * w[0].step;
+            lp->lk[n] = x0 * c->k.st[1];
+            lp->lv[n] = x0 * c->v.st[1];
+            lp->lslot[n] = k0 * g->K[1];
+            lp->lrpb[n] = c->rpb ? natten_rpb_index(&w[0], g->K[0], lp->pos[0], k0) * dims[1] : 0;
+            lp->lrow[n] = x0;
+            ++n;
+        }
+    } else {
+        for (int64_t k0 = w[0].valid_begin; k0 < w[0].valid_end; ++k0) {
+            const int64_t x0 = w[0].start + k0 * w[0].step;
+            const int64_t r0 = c->rpb ? natten_rpb_index(&w[0], g->K[0], lp->pos[0], k0) : 0;
+            for (int64_t k1 = w[1].valid_begin; k1 < w[1].valid_end; ++k1) {
+                const int64_t x1 = w[1].start + k1 * w[1].step;
+                lp->lk[n] = x0 * c->k.st[1] + x1 * c->k.st[2];
+                lp->lv[n] = x0 * c->v.st[1] + x1 * c->v.st[2];
+                lp->lslot[n] = (k0 * g->K[1] + k1) * g->K[2];
+                lp->lrpb[n] =
+                    c->rpb ? (r0 * dims[1] + natten_rpb_index(&w[1], g->K[1], lp->pos[1], k1)) * dims[2] : 0;
+                lp->lrow[n] = x0 * g->L[1] + x1;
+                ++n;
+            }
+        }
+    }
+    lp->nlead = n;
+    for (int64_t t = 0; t < g->NE; ++t) {
+        lp->ekp[t] = c->ek.data + b * c->ek.st[0] + t * c->ek.st[1] + hk * c->ek.st[2];
+        lp->evp[t] = c->ev.data + b * c->ev.st[0] + t * c->ev.st[1] + hk * c->ev.st[2];
+    }
+}
+
+/* rpb as an f32 table per head (both passes read it per query). 0 on OOM. */
+int build_rpb_all(common *c) {
+    if (!c->rpb) return 1;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t nb = rpb_table_size(g);
+    int64_t dims[3] = {1, 1, 1};
+    for (int a = 0; a < r; ++a) dims[a] = 2 * g->K[a] - 1;
+    c->rpb_all = malloc((size_t)(g->H * nb) * sizeof(float));
+    if (!c->rpb_all) return 0;
+    for (int64_t h = 0; h < g->H; ++h)
+        for (int64_t i = 0; i < nb; ++i) {
+            int64_t rem = i, off = h * c->rpb->stride[0];
+            for (int a = r - 1; a >= 0; --a) {
+                off += (rem % dims[a]) * c->rpb->stride[a + 1];
+                rem /= dims[a];
+            }
+            c->rpb_all[h * nb + i] = (float)natten_load(c->rpb->data, off, c->p->dtype);
+        }
+    return 1;
+}
+
+/* Windows of the last axis, once per call (queries of every line share them). */
+int build_wlast(common *c) {
+    const geom *g = &c->g;
+    const int a = g->rank - 1;
+    if (g->varlen) return 1; /* extents differ per sample: computed per query */
+    c->wlast = malloc((size_t)g->L[a] * sizeof(natten_window));
+    if (!c->wlast) return 0;
+    for (int64_t i = 0; i < g->L[a]; ++i)
+        c->wlast[i] = natten_window_of(g->L[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+    return 1;
+}
+
+
+/* Switch a prepared line to another head (the leading windows do not
+ * depend on the head). */
+void line_set_head(const common *c, int64_t b, int64_t h, lineprep *lp) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t hk = h / g->G;
+    lp->kb = c->k.data + b * c->k.st[0] + hk * c->k.st[r + 1];
+    lp->vb = c->v.data + b * c->v.st[0] + hk * c->v.st[r + 1];
+    lp->rpbf = c->rpb_all ? c->rpb_all + h * rpb_table_size(g) : NULL;
+    for (int64_t t = 0; t < g->NE; ++t) {
+        lp->ekp[t] = c->ek.data + b * c->ek.st[0] + t * c->ek.st[1] + hk * c->ek.st[2];
+        lp->evp[t] = c->ev.data + b * c->ev.st[0] + t * c->ev.st[1] + hk * c->ev.st[2];
+    }
+}
+
+/* The list of the query at last-axis output index ol of a prepared line.
+ * Returns 0 if the query is outside the sample (varlen). */
+int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl) {
+    const geom *g = &c->g;
+    const int a = g->rank - 1;
+    const int64_t i = ol * g->os[a];
+    if (!lp->inside || i >= lp->e[a]) return 0;
+    lp->pos[a] = i;
+    const natten_window w = last_window(c, lp->e[a], i);
+    const int64_t ks = c->k.st[a + 1], vs = c->v.st[a + 1];
+    const int64_t kb = w.valid_begin, ke = w.valid_end;
+    int64_t n = 0;
+    for (int64_t l = 0; l < lp->nlead; ++l) {
+        const float *kr = lp->kb + lp->lk[l], *vr = lp->vb + lp->lv[l];
+        for (int64_t k = kb; k < ke; ++k) {
+            const int64_t x = w.start + k * w.step;
+            nl->kp[n] = kr + x * ks;
+            nl->vp[n] = vr + x * vs;
+            nl->slot[n] = lp->lslot[l] + k;
+            ++n;
+        }
+    }
+    if (c->rpb) {
+        n = 0;
+        for (int64_t l = 0; l < lp->nlead; ++l)
+            for (int64_t k = kb; k < ke; ++k)
+                nl->bias[n++] = lp->rpbf[lp->lrpb[l] + natten_rpb_index(&w, g->K[a], i, k)];
+    }
+    for (int64_t t = 0; t < g->NE; ++t) {
+        nl->kp[n] = lp->ekp[t];
+        nl->vp[n] = lp->evp[t];
+        nl->slot[n] = g->KK + t;
+        if (c->rpb) nl->bias[n] = 0.f;
+        ++n;
+    }
+    nl->n = n;
+    return 1;
+}
+
+void free_views(common *c) {
+    natten_cpu_ws_put(c->q.owned);
+    natten_cpu_ws_put(c->k.owned);
+    natten_cpu_ws_put(c->v.owned);
+    natten_cpu_ws_put(c->ek.owned);
+    natten_cpu_ws_put(c->ev.owned);
+    natten_cpu_ws_put(c->out.owned);
+    natten_cpu_ws_put(c->dout.owned);
+}
+
+/* Which problems the fast kernels take. */
+int fast_supported(const natten_problem *p) {
+    if (p->dtype == NATTEN_DTYPE_F64) return 0;
+    return 1;
+}

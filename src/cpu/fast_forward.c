@@ -1,0 +1,246 @@
+/*
+ * fast_forward.c -- fused forward (natten_fast_na_forward): tasks over lines
+ * of queries, every head of a query position together on the generic list
+ * path, or 16-query lane-major tiles (opt-in).  Each output row and lse entry
+ * is written by exactly one task, so results do not depend on the thread count.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/fast_internal.h"
+
+/* One query by the generic list path: o[0..rank-1) set; writes out and lse. */
+static void fwd_query(const common *c, qscratch *sc, int64_t b, int64_t h, int64_t o[3], int64_t ol,
+                      int out_direct) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const natten_dtype dt = c->p->dtype;
+    o[r - 1] = ol;
+    const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
+    int64_t loff = 0;
+    if (c->lse_t) loff = row_off(c->lse_t->stride, r, b, o, 0) + h * c->lse_t->stride[r + 1];
+    if (!query_list(c, &sc->lp, ol, &sc->nl)) {
+        store_zero_row(c->out_t->data, ooff, c->out_t->stride[r + 2], dt, g->Dv);
+        if (c->lse_t) ((float *)c->lse_t->data)[loff] = -INFINITY;
+        return;
+    }
+    const float *qrow = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
+    const int64_t n = sc->nl.n;
+    c->kern->dots(qrow, sc->nl.kp, n, g->D, sc->s);
+    float m = -INFINITY;
+    if (c->rpb)
+        for (int64_t j = 0; j < n; ++j) sc->s[j] = sc->s[j] * g->scale + sc->nl.bias[j];
+    else
+        for (int64_t j = 0; j < n; ++j) sc->s[j] *= g->scale;
+    for (int64_t j = 0; j < n; ++j) m = sc->s[j] > m ? sc->s[j] : m;
+    const float sum = c->kern->expsum(sc->s, n, m);
+    const float inv = 1.0f / sum;
+    float *orow = out_direct ? (float *)c->out_t->data + ooff : sc->row;
+    c->kern->wsum(sc->s, sc->nl.vp, n, g->Dv, orow);
+    for (int64_t i = 0; i < g->Dv; ++i) orow[i] *= inv;
+    if (!out_direct) store_row(c->out_t->data, ooff, c->out_t->stride[r + 2], dt, orow, g->Dv);
+    if (c->lse_t) ((float *)c->lse_t->data)[loff] = m + logf(sum);
+}
+
+/* Generic forward: tasks (b, line, segment of SEG outputs), every head of a
+ * query position in turn: the heads of one position share cache lines in the
+ * [.., H, D] layout, so nothing is repacked. */
+static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const common *c = vctx;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    qscratch sc = qscratch_at(c, tid);
+    const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
+    int64_t rpb_h = -1;
+    for (int64_t task = begin; task < end; ++task) {
+        int64_t h, o[3] = {0, 0, 0}, t = task;
+        const int64_t seg = t % g->nseg;
+        t /= g->nseg;
+        int64_t line = t % g->lines;
+        const int64_t b = t / g->lines;
+        for (int a = r - 2; a >= 0; --a) {
+            o[a] = line % g->O[a];
+            line /= g->O[a];
+        }
+        const int64_t last0 = seg * SEG;
+        const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
+        line_prep(c, b, 0, o, &sc.lp, &rpb_h);
+        for (int64_t ol = last0; ol < last1; ++ol)
+            for (h = 0; h < g->H; ++h) {
+                line_set_head(c, b, h, &sc.lp);
+                fwd_query(c, &sc, b, h, o, ol, out_direct);
+            }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lane-major tiles (forward, when the ISA has tile_fwd)                     */
+/* ------------------------------------------------------------------------ */
+
+static const tile_common *tile_of(const common *c);
+
+/* Run one tile: lanes u0..u0+nl-1 (one group) with common shift `shift`. */
+static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64_t b, int64_t h,
+                     int64_t o[3], int64_t u0, int64_t nl, int64_t shift, const natten_window *w0,
+                     int64_t x0, int out_direct) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t hk = h / g->G, K = g->K[r - 1], d = g->dil[r - 1];
+    /* the tile's queries, transposed here (each is read by this tile only) */
+    sc->lp.pos[r - 1] = x0;
+    const float *q0 = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
+    /* idle lanes (>= nl) must hold ordinary numbers: stale scratch could be
+     * denormal or NaN, and denormals cost microcode assists on every FMA */
+    if (nl < 16) memset(sc->tq, 0, (size_t)g->D * 16 * sizeof(float));
+    c->kern->transpose(q0, d * c->q.st[r], sc->tq, 16, nl, g->D);
+    const float *qt = sc->tq;
+    const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
+    const float *vb = tc->v.data + b * tc->v.BP + hk * tc->v.HP + u0 + shift;
+    int64_t n = 0;
+    for (int64_t l = 0; l < sc->lp.nlead; ++l)
+        for (int64_t k = 0; k < K; ++k) {
+            sc->tpk[n] = kb + sc->lp.lrow[l] * tc->k.RP + k;
+            sc->tpv[n] = vb + sc->lp.lrow[l] * tc->v.RP + k;
+            if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
+            ++n;
+        }
+    c->kern->tile_fwd(qt, tc->k.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
+                      g->scale, sc->tsbuf, sc->tout, sc->tlse);
+    const natten_dtype dt = c->p->dtype;
+    o[r - 1] = x0;
+    const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
+    const int64_t ost = c->out_t->stride[r]; /* out_stride is 1 on this axis: o == x */
+    if (out_direct) {
+        c->kern->transpose(sc->tout, 16, (float *)c->out_t->data + ooff, d * ost, g->Dv, nl);
+    } else {
+        for (int64_t l = 0; l < nl; ++l) {
+            for (int64_t ch = 0; ch < g->Dv; ++ch) sc->row[ch] = sc->tout[ch * 16 + l];
+            store_row(c->out_t->data, ooff + l * d * ost, c->out_t->stride[r + 2], dt, sc->row, g->Dv);
+        }
+    }
+    if (c->lse_t) {
+        const int64_t loff = row_off(c->lse_t->stride, r, b, o, 0) + h * c->lse_t->stride[r + 1];
+        for (int64_t l = 0; l < nl; ++l) ((float *)c->lse_t->data)[loff + l * d * c->lse_t->stride[r]] = sc->tlse[l];
+    }
+}
+
+/* Tile forward: tasks (b, h, line, TSEG segment of u). */
+static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const common *c = vctx;
+    const tile_common *tc = tile_of(c);
+    const geom *g = &c->g;
+    const int r = g->rank;
+    qscratch sc = qscratch_at(c, tid);
+    const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
+    const int64_t K = g->K[r - 1], d = g->dil[r - 1], L = g->L[r - 1];
+    int64_t rpb_h = -1;
+    for (int64_t task = begin; task < end; ++task) {
+        int64_t t = task;
+        const int64_t seg = t % tc->nseg;
+        t /= tc->nseg;
+        int64_t line = t % g->lines;
+        t /= g->lines;
+        const int64_t h = t % g->H, b = t / g->H;
+        int64_t o[3] = {0, 0, 0};
+        for (int a = r - 2; a >= 0; --a) {
+            o[a] = line % g->O[a];
+            line /= g->O[a];
+        }
+        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
+        int64_t u = seg * TSEG;
+        if (!sc.lp.inside) {
+            for (; u < u1; ++u) fwd_query(c, &sc, b, h, o, tc->xofu[u], out_direct);
+            continue;
+        }
+        const int64_t e = sc.lp.e[r - 1];
+        while (u < u1) {
+            /* a run of regular queries within one group, up to 16 lanes */
+            const int64_t x = tc->xofu[u];
+            const int64_t grp = x % d;
+            const int64_t gend = tc->goff[grp + 1] < u1 ? tc->goff[grp + 1] : u1;
+            natten_window w;
+            int64_t shift = 0;
+            int regular = x < e;
+            if (regular) {
+                w = last_window(c, e, x);
+                regular = w.valid_begin == 0 && w.valid_end == K;
+                shift = (w.start - x) / d;
+            }
+            if (!regular) {
+                fwd_query(c, &sc, b, h, o, x, out_direct);
+                ++u;
+                continue;
+            }
+            int64_t nl = 1;
+            while (nl < 16 && u + nl < gend) {
+                const int64_t xl = tc->xofu[u + nl];
+                if (xl >= e) break;
+                const natten_window wl = last_window(c, e, xl);
+                if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != shift) break;
+                ++nl;
+            }
+            if (nl < TILE_MIN) { /* a clamped border window: shift changes every query */
+                fwd_query(c, &sc, b, h, o, x, out_direct);
+                ++u;
+                continue;
+            }
+            fwd_tile(c, tc, &sc, b, h, o, u, nl, shift, &w, x, out_direct);
+            u += nl;
+        }
+    }
+}
+
+static tile_common g_tile_unused;
+static const tile_common *tile_of(const common *c) { return c->tile ? c->tile : &g_tile_unused; }
+
+natten_status natten_fast_na_forward(const natten_problem *p, const natten_tensor *q,
+                                     const natten_tensor *k, const natten_tensor *v,
+                                     const natten_tensor *rpb, const natten_tensor *extra_k,
+                                     const natten_tensor *extra_v, natten_tensor *out,
+                                     natten_tensor *lse) {
+    if (!fast_supported(p)) return NATTEN_STATUS_UNSUPPORTED;
+    common c;
+    memset(&c, 0, sizeof c);
+    c.p = p;
+    geom_init(&c.g, p);
+    const geom *g = &c.g;
+    c.kern = natten_cpu_active_kernels();
+    c.rpb = rpb;
+    c.out_t = out;
+    c.lse_t = lse;
+    const int nt = natten_parallel_threads();
+    const int r = g->rank;
+    /* tiles pay for repacking Q, K and V; worth it from ~16 neighbours up */
+    const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 && g->KK >= NATTEN_TILE_MIN_KK &&
+                         tiles_enabled();
+    tile_common tc;
+    memset(&tc, 0, sizeof tc);
+    int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 0);
+    if (ok && g->NE > 0)
+        ok = make_view(p, NATTEN_TENSOR_EXTRA_K, extra_k, &c.ek, nt, 0) &&
+             make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
+    if (ok && use_tile) {
+        ok = tile_setup(&c, &tc, nt);
+        c.tile = &tc;
+    }
+    c.scratch_bytes = (qscratch_bytes(g) + 63) & ~(size_t)63;
+    if (ok) ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
+    if (ok) ok = build_rpb_all(&c) && build_wlast(&c);
+    if (ok) {
+        if (use_tile)
+            natten_parallel_for(nt, g->B * g->H * g->lines * tc.nseg, 1, fwd_tile_task, &c);
+        else
+            natten_parallel_for(nt, g->B * g->lines * g->nseg, 1, fwd_task, &c);
+    }
+    free_views(&c);
+    free(c.scratch);
+    free(c.rpb_all);
+    free(c.wlast);
+    tile_free(&tc);
+    /* staging failed (out of memory): decline, so the reference runs */
+    return ok ? NATTEN_STATUS_SUCCESS : NATTEN_STATUS_UNSUPPORTED;
+}

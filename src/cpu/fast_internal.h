@@ -1,0 +1,250 @@
+/*
+ * fast_internal.h -- private to src/cpu/fast_*.c: the problem geometry, f32
+ * views of the caller's tensors, per-query neighbour lists, lane-major tile
+ * packs and inverse-neighbourhood (key pass) tables shared by the fused
+ * forward, the fused backward and the split ops.  Nothing here is exported
+ * (the library builds with hidden visibility); every neighbour set still
+ * comes from natten_window_of (src/core/window.h).
+ */
+#ifndef NATTEN_CPU_FAST_INTERNAL_H
+#define NATTEN_CPU_FAST_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/dtype.h"
+#include "core/problem.h"
+#include "core/window.h"
+#include "cpu/cpu_internal.h"
+#include "cpu/fast.h"
+
+#define SEG 32 /* queries (or keys) along the last axis per task */
+#define TSEG 64 /* positions of the last axis per lane-major tile task */
+#define TILE_MIN 6 /* shorter runs go query by query */
+#ifndef NATTEN_TILE_MIN_KK
+#define NATTEN_TILE_MIN_KK 1 /* neighbours per query from which tiles are used */
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Geometry                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct geom {
+    int rank;
+    int64_t B, H, Hkv, G, D, Dv, KK, NE, KKE;
+    int64_t L[3], K[3], dil[3], gs[3], os[3];
+    int causal[3];
+    int64_t O[3];    /* padded output extents, axes >= rank are 1 */
+    int64_t Lx[3];   /* extents, axes >= rank are 1 */
+    int64_t Oin;     /* prod O */
+    int64_t lines;   /* prod O[0..rank-2] (output lines per (b, h)) */
+    int64_t nseg;    /* segments of the last output axis */
+    float scale;
+    const int32_t *varlen;
+} geom;
+
+void geom_init(geom *g, const natten_problem *p);
+
+/* Sample extents (varlen) padded to 3 axes. */
+static inline void sample_extent(const geom *g, int64_t b, int64_t e[3]) {
+    for (int a = 0; a < 3; ++a)
+        e[a] = a < g->rank ? (g->varlen ? (int64_t)g->varlen[b * g->rank + a] : g->L[a]) : 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* f32 views (in place or converted), row stores                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct fview {
+    const float *data;
+    int64_t st[NATTEN_MAX_DIMS];
+    float *owned;
+} fview;
+
+/*
+ * A view of tensor t (kind) as f32 rows with contiguous channels.  0 on OOM.
+ * head_major: always copy, into [B, H, X.., C] order (for [B, X.., H, C]
+ * kinds), so one head's rows are contiguous.
+ */
+int make_view(const natten_problem *p, natten_tensor_kind kind, const natten_tensor *t, fview *v,
+              int nthreads, int head_major);
+/* Store n f32 values at base + off, element stride `stride`, rounded to dt. */
+void store_row(void *base, int64_t off, int64_t stride, natten_dtype dt, const float *src, int64_t n);
+void store_zero_row(void *base, int64_t off, int64_t stride, natten_dtype dt, int64_t n);
+
+/* Offset of spatial position pos[0..rank) with batch b and head h in a
+ * [B, X.., H, C] tensor with strides st. */
+static inline int64_t row_off(const int64_t *st, int rank, int64_t b, const int64_t *pos, int64_t h) {
+    int64_t off = b * st[0] + h * st[rank + 1];
+    for (int a = 0; a < rank; ++a) off += pos[a] * st[a + 1];
+    return off;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Per-call state and neighbour lists                                        */
+/* ------------------------------------------------------------------------ */
+
+/* The neighbour list of one query: row pointers into packed k and v, the
+ * flattened slot of each entry and its rpb bias. */
+typedef struct nlist {
+    const float **kp, **vp;
+    int64_t *slot;
+    float *bias;
+    int64_t n;
+} nlist;
+
+typedef struct common {
+    const natten_problem *p;
+    geom g;
+    const natten_cpu_kernels *kern;
+    fview q, k, v, ek, ev, out, dout;
+    const natten_tensor *rpb;
+    natten_tensor *out_t, *lse_t;
+    /* backward */
+    natten_tensor *dq_t, *dk_t, *dv_t, *drpb_t, *dek_t, *dev_t;
+    const natten_tensor *lse_in;
+    float *Pbuf, *Sbuf;            /* [B][H][Oin][KKE] */
+    int64_t *inv_start, *inv_ent;  /* CSR per (sample, axis) */
+    int64_t inv_stride_start, inv_stride_ent; /* per table */
+    int64_t inv_maxlen[3];
+    int varlen_tables;             /* 1: one table set per sample */
+    int64_t scratch_floats;        /* per thread */
+    char *scratch;                 /* per-thread scratch, scratch_bytes each */
+    size_t scratch_bytes;
+    const struct tile_common *tile; /* lane-major packs of the tile forward, or NULL */
+    float *rpb_all;                 /* rpb as f32 [H][prod(2K-1)], or NULL */
+    natten_window *wlast;           /* natten_window_of for every position of the last axis
+                                       at the full extent (no varlen), or NULL */
+} common;
+
+/*
+ * Neighbour lists are built in two steps.  line_prep: for one line of
+ * queries (fixed b, h and leading output indices), the windows of the leading
+ * axes (natten_window_of), their valid slot combinations as key/value row
+ * offsets, slot bases and rpb bases, and this head's rpb as an f32 table.
+ * query_list: per query of the line, the last axis's window expands those.
+ */
+typedef struct lineprep {
+    int inside;
+    int64_t e[3], pos[3];
+    int64_t nlead;
+    int64_t *lk, *lv, *lslot, *lrpb, *lrow; /* lrow: lead spatial row index (lane-major packs) */
+    const float *rpbf; /* this head's rpb, f32 (into common.rpb_all) */
+    const float *kb, *vb;
+    const float **ekp, **evp;
+} lineprep;
+
+typedef struct qscratch {
+    lineprep lp;
+    nlist nl;
+    float *s, *dp, *row;
+    /* lane-major tiles */
+    const float **tpk, **tpv;
+    float *tbias, *tsbuf, *tsbuf2, *tout, *tlse, *tq, *tdo;
+} qscratch;
+
+static inline int64_t rpb_table_size(const geom *g) {
+    int64_t n = 1;
+    for (int a = 0; a < g->rank; ++a) n *= 2 * g->K[a] - 1;
+    return n;
+}
+
+static inline natten_window last_window(const common *c, int64_t e, int64_t i) {
+    const geom *g = &c->g;
+    const int a = g->rank - 1;
+    if (c->wlast) return c->wlast[i];
+    return natten_window_of(e, g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+}
+
+static inline int64_t olin_of(const geom *g, const int64_t o[3]) {
+    return (o[0] * g->O[1] + o[1]) * g->O[2] + o[2];
+}
+
+size_t qscratch_bytes(const geom *g);
+qscratch qscratch_at(const common *c, int tid);
+/* Prepare the line (b, h, o[0..rank-1)); *rpb_h: the head whose rpb table
+ * lp->rpbf holds (-1: none), updated. */
+void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, lineprep *lp, int64_t *rpb_h);
+/* Switch a prepared line to another head. */
+void line_set_head(const common *c, int64_t b, int64_t h, lineprep *lp);
+/* The list of the query at last-axis output index ol of a prepared line.
+ * Returns 0 if the query is outside the sample (varlen). */
+int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl);
+/* rpb as an f32 table per head; windows of the last axis once per call. 0 on OOM. */
+int build_rpb_all(common *c);
+int build_wlast(common *c);
+void free_views(common *c);
+/* Which problems the fast kernels take (f64 declines). */
+int fast_supported(const natten_problem *p);
+
+/* ------------------------------------------------------------------------ */
+/* Lane-major tile packs (fast_lanemajor.c)                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct lmpack {
+    float *data;
+    int64_t XP, RP, HP, BP;
+} lmpack;
+
+typedef struct tile_common {
+    lmpack q, k, v, d; /* q and d (dO): backward key tiles only */
+    int64_t *keyshift; /* backward key tiles: shift of each regular key, INT64_MIN otherwise */
+    int64_t *goff;  /* dilation groups of the last axis, d+1 entries */
+    int64_t *xofu;  /* u -> x */
+    int64_t nseg;   /* TSEG segments of u */
+} tile_common;
+
+int lm_pack(const common *c, const fview *src, int64_t Hn, int64_t C, const int64_t *goff, lmpack *dst,
+            int nt);
+/* NATTEN_CPU_TILES=1 */
+int tiles_enabled(void);
+/* Lane-major packs of K and V plus the group tables, or 0 on OOM. */
+int tile_setup(const common *c, tile_common *tc, int nt);
+void tile_free(tile_common *tc);
+
+/* ------------------------------------------------------------------------ */
+/* Inverse neighbourhoods and the key pass (fast_inverse.c)                  */
+/* ------------------------------------------------------------------------ */
+
+/* Inverse neighbourhood tables: for sample table s and axis a, key x holds
+ * entries inv_ent[...] of (o * K + slot) pairs, o ascending. */
+static inline int64_t *inv_start_of(const common *c, int64_t s, int a) {
+    return c->inv_start + (s * 3 + a) * c->inv_stride_start;
+}
+static inline int64_t *inv_ent_of(const common *c, int64_t s, int a) {
+    return c->inv_ent + (s * 3 + a) * c->inv_stride_ent;
+}
+
+typedef struct kscratch {
+    const float **qp, **dop;
+    float *wk, *wv;
+    int64_t *ra, *rq, *rd; /* one key position's pairs, relative to the head's bases */
+    float *row;
+} kscratch;
+
+static inline int64_t kround(int64_t n) { return (n + 15) & ~(int64_t)15; }
+
+/* Fill c->inv_start / c->inv_ent (sized by the caller) and c->inv_maxlen. */
+void build_inverse(common *c);
+size_t kscratch_bytes(const geom *g, const int64_t maxlen[3]);
+kscratch kscratch_at(const common *c, int tid, int64_t n);
+/* The (query, slot) pairs of key x as offsets relative to a query head's
+ * bases (the same for every head).  Returns their count (0 outside varlen). */
+int64_t key_pairs(const common *c, kscratch *sc, const int64_t x[3], const int64_t e[3],
+                  const int64_t *const st[3], const int64_t *const en[3]);
+/* Decode a key task (b, key line, seg) and the tables of its sample. */
+void key_task_setup(const common *c, int64_t task, int64_t kseg, int64_t *b, int64_t *seg, int64_t x[3],
+                    int64_t e[3], const int64_t *st[3], const int64_t *en[3]);
+
+/* ------------------------------------------------------------------------ */
+/* Backward passes shared with the split ops (fast_backward.c)               */
+/* ------------------------------------------------------------------------ */
+
+/* Key pass, generic lists: tasks (b, key line, SEG segment). */
+void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid);
+/* Zero every dq row (tasks over B*X*H rows). */
+void zero_dq_task(void *vctx, int64_t begin, int64_t end, int tid);
+/* drpb from c->Sbuf, one task per head. */
+void bwd_rpb_task(void *vctx, int64_t begin, int64_t end, int tid);
+
+#endif /* NATTEN_CPU_FAST_INTERNAL_H */
