@@ -210,26 +210,40 @@ static void bwd_key_heads(const common *c, kscratch *sc, int64_t b, int64_t hk, 
     const int r = g->rank;
     const natten_dtype dt = c->p->dtype;
     int64_t n = 0;
+    /* the split ops need only one of dk (QK) and dv (AV); the fused op both */
+    const int want_dk = c->dk_t != NULL, want_dv = c->dv_t != NULL;
     for (int64_t gg = 0; gg < g->G; ++gg) {
         const int64_t h = hk * g->G + gg;
-        const float *S = c->Sbuf + (b * g->H + h) * g->Oin * g->KKE;
-        const float *P = c->Pbuf + (b * g->H + h) * g->Oin * g->KKE;
-        const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
-        const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
-        for (int64_t j = 0; j < np; ++j, ++n) {
-            sc->wk[n] = S[sc->ra[j]];
-            sc->wv[n] = P[sc->ra[j]];
-            sc->qp[n] = qh + sc->rq[j];
-            sc->dop[n] = dh + sc->rd[j];
+        const int64_t hoff = (b * g->H + h) * g->Oin * g->KKE;
+        if (want_dk) {
+            const float *S = c->Sbuf + hoff;
+            const float *qh = c->q.data + b * c->q.st[0] + h * c->q.st[r + 1];
+            for (int64_t j = 0; j < np; ++j) {
+                sc->wk[n + j] = S[sc->ra[j]];
+                sc->qp[n + j] = qh + sc->rq[j];
+            }
         }
+        if (want_dv) {
+            const float *P = c->Pbuf + hoff;
+            const float *dh = c->dout.data + b * c->dout.st[0] + h * c->dout.st[r + 1];
+            for (int64_t j = 0; j < np; ++j) {
+                sc->wv[n + j] = P[sc->ra[j]];
+                sc->dop[n + j] = dh + sc->rd[j];
+            }
+        }
+        n += np;
     }
-    const int64_t koff = row_off(c->dk_t->stride, r, b, x, hk);
-    const int64_t voff = row_off(c->dv_t->stride, r, b, x, hk);
-    c->kern->wsum(sc->wk, sc->qp, n, g->D, sc->row);
-    for (int64_t i = 0; i < g->D; ++i) sc->row[i] *= g->scale;
-    store_row(c->dk_t->data, koff, c->dk_t->stride[r + 2], dt, sc->row, g->D);
-    c->kern->wsum(sc->wv, sc->dop, n, g->Dv, sc->row);
-    store_row(c->dv_t->data, voff, c->dv_t->stride[r + 2], dt, sc->row, g->Dv);
+    if (want_dk) {
+        const int64_t koff = row_off(c->dk_t->stride, r, b, x, hk);
+        c->kern->wsum(sc->wk, sc->qp, n, g->D, sc->row);
+        for (int64_t i = 0; i < g->D; ++i) sc->row[i] *= g->scale;
+        store_row(c->dk_t->data, koff, c->dk_t->stride[r + 2], dt, sc->row, g->D);
+    }
+    if (want_dv) {
+        const int64_t voff = row_off(c->dv_t->stride, r, b, x, hk);
+        c->kern->wsum(sc->wv, sc->dop, n, g->Dv, sc->row);
+        store_row(c->dv_t->data, voff, c->dv_t->stride[r + 2], dt, sc->row, g->Dv);
+    }
 }
 
 /* dk, dv of key x for every kv head, generic lists. */
@@ -511,14 +525,6 @@ natten_status natten_fast_na_backward(
     c.dek_t = dextra_k;
     c.dev_t = dextra_v;
     const int nt = natten_parallel_threads();
-    c.varlen_tables = g->varlen != NULL;
-    const int64_t ntab = c.varlen_tables ? g->B : 1;
-    int64_t Lmax = 1;
-    for (int a = 0; a < 3; ++a) Lmax = g->Lx[a] > Lmax ? g->Lx[a] : Lmax;
-    int64_t Kmax = 1;
-    for (int a = 0; a < 3; ++a) Kmax = g->K[a] * g->O[a] > Kmax ? g->K[a] * g->O[a] : Kmax;
-    c.inv_stride_start = Lmax + 1;
-    c.inv_stride_ent = 3 * Kmax; /* per (query, slot): scratch, q and dout offset parts */
     const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
              make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 0) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 0) &&
@@ -529,10 +535,8 @@ natten_status natten_fast_na_backward(
              make_view(p, NATTEN_TENSOR_EXTRA_V, extra_v, &c.ev, nt, 0);
     if (ok) ok = (c.Pbuf = natten_cpu_ws_get(pbytes)) != NULL;
     if (ok) ok = (c.Sbuf = natten_cpu_ws_get(pbytes)) != NULL;
-    if (ok) ok = (c.inv_start = malloc((size_t)(ntab * 3 * c.inv_stride_start) * sizeof(int64_t))) != NULL;
-    if (ok) ok = (c.inv_ent = malloc((size_t)(ntab * 3 * c.inv_stride_ent) * sizeof(int64_t))) != NULL;
     if (ok) ok = build_rpb_all(&c) && build_wlast(&c);
-    if (ok) build_inverse(&c);
+    if (ok) ok = inverse_setup(&c);
     const int use_tile = c.kern->tile_bwd != NULL && g->os[g->rank - 1] == 1 && g->NE == 0 &&
                          tiles_enabled();
     tile_common tc;

@@ -403,6 +403,7 @@ void free_views(common *c) {
     natten_cpu_ws_put(c->ev.owned);
     natten_cpu_ws_put(c->out.owned);
     natten_cpu_ws_put(c->dout.owned);
+    natten_cpu_ws_put(c->w.owned);
 }
 
 /* Which problems the fast kernels take. */

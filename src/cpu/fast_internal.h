@@ -98,6 +98,8 @@ typedef struct common {
     geom g;
     const natten_cpu_kernels *kern;
     fview q, k, v, ek, ev, out, dout;
+    fview w;                        /* split ops: attn (AV) or dlogits (QK bwd) */
+    natten_tensor *w_t;             /* split ops: logits (QK fwd) or dattn (AV bwd) */
     const natten_tensor *rpb;
     natten_tensor *out_t, *lse_t;
     /* backward */
@@ -226,6 +228,9 @@ static inline int64_t kround(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
 /* Fill c->inv_start / c->inv_ent (sized by the caller) and c->inv_maxlen. */
 void build_inverse(common *c);
+/* Allocate the tables (one set, or one per sample with varlen) and build
+ * them; needs the q and dout views' strides.  0 on OOM. */
+int inverse_setup(common *c);
 size_t kscratch_bytes(const geom *g, const int64_t maxlen[3]);
 kscratch kscratch_at(const common *c, int tid, int64_t n);
 /* The (query, slot) pairs of key x as offsets relative to a query head's
@@ -240,7 +245,8 @@ void key_task_setup(const common *c, int64_t task, int64_t kseg, int64_t *b, int
 /* Backward passes shared with the split ops (fast_backward.c)               */
 /* ------------------------------------------------------------------------ */
 
-/* Key pass, generic lists: tasks (b, key line, SEG segment). */
+/* Key pass, generic lists: tasks (b, key line, SEG segment).  dk (from
+ * c->Sbuf and q) only when c->dk_t, dv (from c->Pbuf and dout) only when c->dv_t. */
 void bwd_key_task(void *vctx, int64_t begin, int64_t end, int tid);
 /* Zero every dq row (tasks over B*X*H rows). */
 void zero_dq_task(void *vctx, int64_t begin, int64_t end, int tid);

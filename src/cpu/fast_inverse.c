@@ -144,3 +144,20 @@ void key_task_setup(const common *c, int64_t task, int64_t kseg, int64_t *b, int
     }
 }
 
+
+int inverse_setup(common *c) {
+    const geom *g = &c->g;
+    c->varlen_tables = g->varlen != NULL;
+    const int64_t ntab = c->varlen_tables ? g->B : 1;
+    int64_t Lmax = 1;
+    for (int a = 0; a < 3; ++a) Lmax = g->Lx[a] > Lmax ? g->Lx[a] : Lmax;
+    int64_t Kmax = 1;
+    for (int a = 0; a < 3; ++a) Kmax = g->K[a] * g->O[a] > Kmax ? g->K[a] * g->O[a] : Kmax;
+    c->inv_stride_start = Lmax + 1;
+    c->inv_stride_ent = 3 * Kmax; /* per (query, slot): scratch, q and dout offset parts */
+    c->inv_start = malloc((size_t)(ntab * 3 * c->inv_stride_start) * sizeof(int64_t));
+    c->inv_ent = malloc((size_t)(ntab * 3 * c->inv_stride_ent) * sizeof(int64_t));
+    if (!c->inv_start || !c->inv_ent) return 0;
+    build_inverse(c);
+    return 1;
+}
