@@ -226,10 +226,9 @@ typedef struct kscratch {
 
 static inline int64_t kround(int64_t n) { return (n + 15) & ~(int64_t)15; }
 
-/* Fill c->inv_start / c->inv_ent (sized by the caller) and c->inv_maxlen. */
-void build_inverse(common *c);
-/* Allocate the tables (one set, or one per sample with varlen) and build
- * them; needs the q and dout views' strides.  0 on OOM. */
+/* Allocate c->inv_start / c->inv_ent (one set, or one per sample with
+ * varlen) and build them, with c->inv_maxlen; needs the q and dout views'
+ * strides, and reads c->wlast when built (build_wlast first).  0 on OOM. */
 int inverse_setup(common *c);
 size_t kscratch_bytes(const geom *g, const int64_t maxlen[3]);
 kscratch kscratch_at(const common *c, int tid, int64_t n);

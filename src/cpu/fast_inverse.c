@@ -11,10 +11,23 @@
 
 #include "cpu/fast_internal.h"
 
-void build_inverse(common *c) {
+/* Fill the tables sized by inverse_setup, and c->inv_maxlen.  0 on OOM. */
+static int build_inverse(common *c) {
     const geom *g = &c->g;
     const int64_t ns = c->varlen_tables ? g->B : 1;
     for (int a = 0; a < 3; ++a) c->inv_maxlen[a] = 1;
+    int64_t Lmax = 1, Omax = 1;
+    for (int a = 0; a < 3; ++a) {
+        Lmax = g->Lx[a] > Lmax ? g->Lx[a] : Lmax;
+        Omax = g->O[a] > Omax ? g->O[a] : Omax;
+    }
+    int64_t *cur = malloc((size_t)Lmax * sizeof(int64_t));
+    natten_window *win = malloc((size_t)Omax * sizeof(natten_window));
+    if (!cur || !win) {
+        free(cur);
+        free(win);
+        return 0;
+    }
     for (int64_t s = 0; s < ns; ++s) {
         int64_t e[3];
         sample_extent(g, s, e);
@@ -33,11 +46,19 @@ void build_inverse(common *c) {
                 ostride *= g->O[a2];
                 kstride *= g->K[a2];
             }
-            /* count */
-            for (int64_t o = 0; o < g->O[a]; ++o) {
+            /* the window of every query inside the sample, once (the last axis
+             * reuses c->wlast: full extent, set only without varlen) */
+            int64_t no = 0;
+            for (int64_t o = 0; o < g->O[a]; ++o, ++no) {
                 const int64_t i = o * g->os[a];
                 if (i >= e[a]) break;
-                natten_window w = natten_window_of(e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+                win[o] = c->wlast && a == g->rank - 1
+                             ? c->wlast[i]
+                             : natten_window_of(e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+            }
+            /* count */
+            for (int64_t o = 0; o < no; ++o) {
+                const natten_window w = win[o];
                 for (int64_t kk = w.valid_begin; kk < w.valid_end; ++kk) st[w.start + kk * w.step + 1]++;
             }
             for (int64_t x = 0; x < L; ++x) {
@@ -45,13 +66,9 @@ void build_inverse(common *c) {
                 st[x + 1] += st[x];
             }
             /* fill (reuse a cursor in the entry area's order: o ascending) */
-            int64_t *cur = malloc((size_t)L * sizeof(int64_t));
-            if (!cur) continue; /* unreachable in practice; checked by caller sizing */
             for (int64_t x = 0; x < L; ++x) cur[x] = st[x];
-            for (int64_t o = 0; o < g->O[a]; ++o) {
-                const int64_t i = o * g->os[a];
-                if (i >= e[a]) break;
-                natten_window w = natten_window_of(e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], i);
+            for (int64_t o = 0; o < no; ++o) {
+                const natten_window w = win[o];
                 for (int64_t kk = w.valid_begin; kk < w.valid_end; ++kk) {
                     const int64_t at = cur[w.start + kk * w.step]++;
                     en[3 * at] = o * ostride * g->KKE + kk * kstride; /* scratch offset part */
@@ -59,9 +76,11 @@ void build_inverse(common *c) {
                     en[3 * at + 2] = o * c->dout.st[a + 1];            /* dout row offset part */
                 }
             }
-            free(cur);
         }
     }
+    free(cur);
+    free(win);
+    return 1;
 }
 
 size_t kscratch_bytes(const geom *g, const int64_t maxlen[3]) {
@@ -158,6 +177,5 @@ int inverse_setup(common *c) {
     c->inv_start = malloc((size_t)(ntab * 3 * c->inv_stride_start) * sizeof(int64_t));
     c->inv_ent = malloc((size_t)(ntab * 3 * c->inv_stride_ent) * sizeof(int64_t));
     if (!c->inv_start || !c->inv_ent) return 0;
-    build_inverse(c);
-    return 1;
+    return build_inverse(c);
 }

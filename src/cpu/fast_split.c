@@ -1,7 +1,7 @@
 /*
  * fast_split.c -- split QK / AV ops and their backward on the fast CPU path.
- * Query passes run over lines of queries (tasks (b, line, SEG segment), every
- * head of a position in turn), with the neighbour lists of fast_common.c;
+ * Query passes run over lines of queries (tasks (b, line, SEG segment), head
+ * by head), with the neighbour lists of fast_common.c;
  * dk (QK) and dv (AV) run per key over the inverse neighbourhoods of
  * fast_inverse.c, drpb per head -- each output element is one fixed-order sum
  * written by one task (no atomics), so results do not depend on the thread
@@ -90,7 +90,7 @@ static void split_query(const split_ctx *x, qscratch *sc, int64_t b, int64_t h, 
     }
 }
 
-/* Query pass: tasks (b, line, seg); heads innermost (as the fused forward). */
+/* Query pass: tasks (b, line, seg of SEG queries); per head, the segment's queries. */
 static void split_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const split_ctx *x = vctx;
     const common *c = &x->c;
@@ -111,11 +111,10 @@ static void split_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
         const int64_t last0 = seg * SEG;
         const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
         line_prep(c, b, 0, o, &sc.lp, &rpb_h);
-        for (int64_t ol = last0; ol < last1; ++ol)
-            for (int64_t h = 0; h < g->H; ++h) {
-                line_set_head(c, b, h, &sc.lp);
-                split_query(x, &sc, b, h, o, ol);
-            }
+        for (int64_t h = 0; h < g->H; ++h) {
+            line_set_head(c, b, h, &sc.lp);
+            for (int64_t ol = last0; ol < last1; ++ol) split_query(x, &sc, b, h, o, ol);
+        }
     }
 }
 
@@ -164,9 +163,10 @@ static natten_status split_run(split_ctx *x, const natten_tensor *q, const natte
     if (ok && bwd) {
         const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
         float **buf = x->op == QK_BACKWARD ? &c->Sbuf : &c->Pbuf;
-        ok = (*buf = natten_cpu_ws_get(pbytes)) != NULL && inverse_setup(c);
+        ok = (*buf = natten_cpu_ws_get(pbytes)) != NULL;
     }
     if (ok) ok = build_rpb_all(c) && build_wlast(c);
+    if (ok && bwd) ok = inverse_setup(c); /* after build_wlast: reuses its windows */
     if (ok) {
         size_t sb = qscratch_bytes(g);
         if (bwd) {
