@@ -57,21 +57,11 @@ static void bwd_query(const common *c, qscratch *sc, int64_t b, int64_t h, int64
 static void bwd_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const common *c = vctx;
     const geom *g = &c->g;
-    const int r = g->rank;
     qscratch sc = qscratch_at(c, tid);
     int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
-        int64_t o[3] = {0, 0, 0}, t = task;
-        const int64_t seg = t % g->nseg;
-        t /= g->nseg;
-        int64_t line = t % g->lines;
-        const int64_t b = t / g->lines;
-        for (int a = r - 2; a >= 0; --a) {
-            o[a] = line % g->O[a];
-            line /= g->O[a];
-        }
-        const int64_t last0 = seg * SEG;
-        const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
+        int64_t o[3] = {0, 0, 0}, last0, last1;
+        const int64_t b = seg_task(g, task, o, &last0, &last1);
         line_prep(c, b, 0, o, &sc.lp, &rpb_h);
         for (int64_t ol = last0; ol < last1; ++ol)
             for (int64_t h = 0; h < g->H; ++h) {
@@ -86,17 +76,13 @@ static void bwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
                      int64_t u0, int64_t nl, int64_t shift, const natten_window *w0, int64_t x0) {
     const geom *g = &c->g;
     const int r = g->rank;
-    const int64_t hk = h / g->G, K = g->K[r - 1], d = g->dil[r - 1];
+    const int64_t K = g->K[r - 1], d = g->dil[r - 1];
     sc->lp.pos[r - 1] = x0;
     o[r - 1] = x0;
     const float *q0 = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
-    /* idle lanes (>= nl) must hold ordinary numbers: stale scratch could be
-     * denormal or NaN, and denormals cost microcode assists on every FMA */
-    if (nl < 16) memset(sc->tq, 0, (size_t)g->D * 16 * sizeof(float));
-    c->kern->transpose(q0, d * c->q.st[r], sc->tq, 16, nl, g->D);
+    tile_lanes_in(c->kern, q0, d * c->q.st[r], sc->tq, nl, g->D);
     const float *do0 = c->dout.data + row_off(c->dout.st, r, b, o, h);
-    if (nl < 16) memset(sc->tdo, 0, (size_t)g->Dv * 16 * sizeof(float));
-    c->kern->transpose(do0, d * c->dout.st[r], sc->tdo, 16, nl, g->Dv);
+    tile_lanes_in(c->kern, do0, d * c->dout.st[r], sc->tdo, nl, g->Dv);
     const float *o0 = c->out.data + row_off(c->out.st, r, b, o, h);
     const int64_t lse0 = row_off(c->lse_in->stride, r, b, o, 0) + h * c->lse_in->stride[r + 1];
     float lse16[16], delta16[16];
@@ -106,16 +92,7 @@ static void bwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
         const float *orow = o0 + ll * d * c->out.st[r];
         c->kern->dots(do0 + ll * d * c->dout.st[r], &orow, 1, g->Dv, &delta16[l]);
     }
-    const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
-    const float *vb = tc->v.data + b * tc->v.BP + hk * tc->v.HP + u0 + shift;
-    int64_t n = 0;
-    for (int64_t l = 0; l < sc->lp.nlead; ++l)
-        for (int64_t k = 0; k < K; ++k) {
-            sc->tpk[n] = kb + sc->lp.lrow[l] * tc->k.RP + k;
-            sc->tpv[n] = vb + sc->lp.lrow[l] * tc->v.RP + k;
-            if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
-            ++n;
-        }
+    const int64_t n = tile_list(c, tc, sc, b, h, u0, shift, w0, x0);
     c->kern->tile_bwd(sc->tq, sc->tdo, tc->k.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
                       g->scale, lse16, delta16, sc->tsbuf, sc->tsbuf2, sc->tout);
     const int64_t qlin0 = (b * g->H + h) * g->Oin + olin_of(g, o);
@@ -133,15 +110,8 @@ static void bwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
         }
     }
     const int64_t qoff = row_off(c->dq_t->stride, r, b, sc->lp.pos, h);
-    if (c->p->dtype == NATTEN_DTYPE_F32 && c->dq_t->stride[r + 2] == 1) {
-        c->kern->transpose(sc->tout, 16, (float *)c->dq_t->data + qoff, d * c->dq_t->stride[r], g->D, nl);
-    } else {
-        for (int64_t l = 0; l < nl; ++l) {
-            for (int64_t ch = 0; ch < g->D; ++ch) sc->row[ch] = sc->tout[ch * 16 + l];
-            store_row(c->dq_t->data, qoff + l * d * c->dq_t->stride[r], c->dq_t->stride[r + 2], c->p->dtype,
-                      sc->row, g->D);
-        }
-    }
+    tile_rows_out(c, sc, c->dq_t, qoff, d * c->dq_t->stride[r], g->D, nl,
+                  c->p->dtype == NATTEN_DTYPE_F32 && c->dq_t->stride[r + 2] == 1);
 }
 
 /* Phase A with tiles: tasks (b, h, line, TSEG segment of u), as the forward. */
@@ -151,20 +121,11 @@ static void bwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const geom *g = &c->g;
     const int r = g->rank;
     qscratch sc = qscratch_at(c, tid);
-    const int64_t K = g->K[r - 1], d = g->dil[r - 1], L = g->L[r - 1];
+    const int64_t L = g->L[r - 1];
     int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
-        int64_t t = task;
-        const int64_t seg = t % tc->nseg;
-        t /= tc->nseg;
-        int64_t line = t % g->lines;
-        t /= g->lines;
-        const int64_t h = t % g->H, b = t / g->H;
-        int64_t o[3] = {0, 0, 0};
-        for (int a = r - 2; a >= 0; --a) {
-            o[a] = line % g->O[a];
-            line /= g->O[a];
-        }
+        int64_t o[3] = {0, 0, 0}, seg, h;
+        const int64_t b = tile_task(g, tc->nseg, task, o, &seg, &h);
         line_prep(c, b, h, o, &sc.lp, &rpb_h);
         const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
         int64_t u = seg * TSEG;
@@ -175,23 +136,9 @@ static void bwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
         const int64_t e = sc.lp.e[r - 1];
         while (u < u1) {
             const int64_t x = tc->xofu[u];
-            const int64_t gend = tc->goff[x % d + 1] < u1 ? tc->goff[x % d + 1] : u1;
             natten_window w;
-            int64_t shift = 0, nl = 0;
-            if (x < e) {
-                w = last_window(c, e, x);
-                if (w.valid_begin == 0 && w.valid_end == K) {
-                    shift = (w.start - x) / d;
-                    nl = 1;
-                    while (nl < 16 && u + nl < gend) {
-                        const int64_t xl = tc->xofu[u + nl];
-                        if (xl >= e) break;
-                        const natten_window wl = last_window(c, e, xl);
-                        if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != shift) break;
-                        ++nl;
-                    }
-                }
-            }
+            int64_t shift = 0;
+            const int64_t nl = tile_run(c, tc, e, u, u1, &w, &shift);
             if (nl < TILE_MIN) {
                 bwd_query(c, &sc, b, h, o, x);
                 ++u;
@@ -594,14 +541,7 @@ natten_status natten_fast_na_backward(
         ok = (c.scratch = malloc(c.scratch_bytes * (size_t)nt)) != NULL;
     }
     if (!ok) {
-        free_views(&c);
-        natten_cpu_ws_put(c.Pbuf);
-        natten_cpu_ws_put(c.Sbuf);
-        free(c.rpb_all);
-        free(c.wlast);
-        free(c.inv_start);
-        free(c.inv_ent);
-        free(c.scratch);
+        common_free(&c);
         tile_free(&tc);
         return NATTEN_STATUS_UNSUPPORTED;
     }
@@ -623,14 +563,7 @@ natten_status natten_fast_na_backward(
     }
     if (c.drpb_t) natten_parallel_for(nt, g->H, 1, bwd_rpb_task, &c);
     if (g->NE > 0) natten_parallel_for(nt, g->B * g->NE * g->Hkv, 1, bwd_extra_task, &c);
-    free_views(&c);
-    natten_cpu_ws_put(c.Pbuf);
-    natten_cpu_ws_put(c.Sbuf);
-    free(c.rpb_all);
-    free(c.wlast);
-    free(c.inv_start);
-    free(c.inv_ent);
-    free(c.scratch);
+    common_free(&c);
     tile_free(&tc);
     return NATTEN_STATUS_SUCCESS;
 }

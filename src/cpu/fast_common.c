@@ -395,7 +395,7 @@ int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl) {
     return 1;
 }
 
-void free_views(common *c) {
+void common_free(common *c) {
     natten_cpu_ws_put(c->q.owned);
     natten_cpu_ws_put(c->k.owned);
     natten_cpu_ws_put(c->v.owned);
@@ -404,6 +404,13 @@ void free_views(common *c) {
     natten_cpu_ws_put(c->out.owned);
     natten_cpu_ws_put(c->dout.owned);
     natten_cpu_ws_put(c->w.owned);
+    natten_cpu_ws_put(c->Pbuf);
+    natten_cpu_ws_put(c->Sbuf);
+    free(c->rpb_all);
+    free(c->wlast);
+    free(c->inv_start);
+    free(c->inv_ent);
+    free(c->scratch);
 }
 
 /* Which problems the fast kernels take. */

@@ -54,17 +54,8 @@ static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
     int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
-        int64_t h, o[3] = {0, 0, 0}, t = task;
-        const int64_t seg = t % g->nseg;
-        t /= g->nseg;
-        int64_t line = t % g->lines;
-        const int64_t b = t / g->lines;
-        for (int a = r - 2; a >= 0; --a) {
-            o[a] = line % g->O[a];
-            line /= g->O[a];
-        }
-        const int64_t last0 = seg * SEG;
-        const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
+        int64_t h, o[3] = {0, 0, 0}, last0, last1;
+        const int64_t b = seg_task(g, task, o, &last0, &last1);
         line_prep(c, b, 0, o, &sc.lp, &rpb_h);
         for (int64_t ol = last0; ol < last1; ++ol)
             for (h = 0; h < g->H; ++h) {
@@ -86,39 +77,18 @@ static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
                      int64_t x0, int out_direct) {
     const geom *g = &c->g;
     const int r = g->rank;
-    const int64_t hk = h / g->G, K = g->K[r - 1], d = g->dil[r - 1];
+    const int64_t K = g->K[r - 1], d = g->dil[r - 1];
     /* the tile's queries, transposed here (each is read by this tile only) */
     sc->lp.pos[r - 1] = x0;
     const float *q0 = c->q.data + row_off(c->q.st, r, b, sc->lp.pos, h);
-    /* idle lanes (>= nl) must hold ordinary numbers: stale scratch could be
-     * denormal or NaN, and denormals cost microcode assists on every FMA */
-    if (nl < 16) memset(sc->tq, 0, (size_t)g->D * 16 * sizeof(float));
-    c->kern->transpose(q0, d * c->q.st[r], sc->tq, 16, nl, g->D);
-    const float *qt = sc->tq;
-    const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
-    const float *vb = tc->v.data + b * tc->v.BP + hk * tc->v.HP + u0 + shift;
-    int64_t n = 0;
-    for (int64_t l = 0; l < sc->lp.nlead; ++l)
-        for (int64_t k = 0; k < K; ++k) {
-            sc->tpk[n] = kb + sc->lp.lrow[l] * tc->k.RP + k;
-            sc->tpv[n] = vb + sc->lp.lrow[l] * tc->v.RP + k;
-            if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
-            ++n;
-        }
-    c->kern->tile_fwd(qt, tc->k.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
+    tile_lanes_in(c->kern, q0, d * c->q.st[r], sc->tq, nl, g->D);
+    const int64_t n = tile_list(c, tc, sc, b, h, u0, shift, w0, x0);
+    c->kern->tile_fwd(sc->tq, tc->k.XP, sc->tpk, sc->tpv, c->rpb ? sc->tbias : NULL, n, K, g->D, g->Dv,
                       g->scale, sc->tsbuf, sc->tout, sc->tlse);
-    const natten_dtype dt = c->p->dtype;
     o[r - 1] = x0;
     const int64_t ooff = row_off(c->out_t->stride, r, b, o, h);
-    const int64_t ost = c->out_t->stride[r]; /* out_stride is 1 on this axis: o == x */
-    if (out_direct) {
-        c->kern->transpose(sc->tout, 16, (float *)c->out_t->data + ooff, d * ost, g->Dv, nl);
-    } else {
-        for (int64_t l = 0; l < nl; ++l) {
-            for (int64_t ch = 0; ch < g->Dv; ++ch) sc->row[ch] = sc->tout[ch * 16 + l];
-            store_row(c->out_t->data, ooff + l * d * ost, c->out_t->stride[r + 2], dt, sc->row, g->Dv);
-        }
-    }
+    /* out_stride is 1 on this axis: o == x */
+    tile_rows_out(c, sc, c->out_t, ooff, d * c->out_t->stride[r], g->Dv, nl, out_direct);
     if (c->lse_t) {
         const int64_t loff = row_off(c->lse_t->stride, r, b, o, 0) + h * c->lse_t->stride[r + 1];
         for (int64_t l = 0; l < nl; ++l) ((float *)c->lse_t->data)[loff + l * d * c->lse_t->stride[r]] = sc->tlse[l];
@@ -133,20 +103,11 @@ static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const int r = g->rank;
     qscratch sc = qscratch_at(c, tid);
     const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
-    const int64_t K = g->K[r - 1], d = g->dil[r - 1], L = g->L[r - 1];
+    const int64_t L = g->L[r - 1];
     int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
-        int64_t t = task;
-        const int64_t seg = t % tc->nseg;
-        t /= tc->nseg;
-        int64_t line = t % g->lines;
-        t /= g->lines;
-        const int64_t h = t % g->H, b = t / g->H;
-        int64_t o[3] = {0, 0, 0};
-        for (int a = r - 2; a >= 0; --a) {
-            o[a] = line % g->O[a];
-            line /= g->O[a];
-        }
+        int64_t o[3] = {0, 0, 0}, seg, h;
+        const int64_t b = tile_task(g, tc->nseg, task, o, &seg, &h);
         line_prep(c, b, h, o, &sc.lp, &rpb_h);
         const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
         int64_t u = seg * TSEG;
@@ -158,30 +119,12 @@ static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
         while (u < u1) {
             /* a run of regular queries within one group, up to 16 lanes */
             const int64_t x = tc->xofu[u];
-            const int64_t grp = x % d;
-            const int64_t gend = tc->goff[grp + 1] < u1 ? tc->goff[grp + 1] : u1;
             natten_window w;
             int64_t shift = 0;
-            int regular = x < e;
-            if (regular) {
-                w = last_window(c, e, x);
-                regular = w.valid_begin == 0 && w.valid_end == K;
-                shift = (w.start - x) / d;
-            }
-            if (!regular) {
-                fwd_query(c, &sc, b, h, o, x, out_direct);
-                ++u;
-                continue;
-            }
-            int64_t nl = 1;
-            while (nl < 16 && u + nl < gend) {
-                const int64_t xl = tc->xofu[u + nl];
-                if (xl >= e) break;
-                const natten_window wl = last_window(c, e, xl);
-                if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != shift) break;
-                ++nl;
-            }
-            if (nl < TILE_MIN) { /* a clamped border window: shift changes every query */
+            const int64_t nl = tile_run(c, tc, e, u, u1, &w, &shift);
+            /* outside the sample, a clamped window, or a short run at a
+             * border (the shift changes every query): query by query */
+            if (nl < TILE_MIN) {
                 fwd_query(c, &sc, b, h, o, x, out_direct);
                 ++u;
                 continue;
@@ -236,10 +179,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
         else
             natten_parallel_for(nt, g->B * g->lines * g->nseg, 1, fwd_task, &c);
     }
-    free_views(&c);
-    free(c.scratch);
-    free(c.rpb_all);
-    free(c.wlast);
+    common_free(&c);
     tile_free(&tc);
     /* staging failed (out of memory): decline, so the reference runs */
     return ok ? NATTEN_STATUS_SUCCESS : NATTEN_STATUS_UNSUPPORTED;

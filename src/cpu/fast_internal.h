@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/dtype.h"
 #include "core/problem.h"
@@ -162,6 +163,26 @@ static inline int64_t olin_of(const geom *g, const int64_t o[3]) {
     return (o[0] * g->O[1] + o[1]) * g->O[2] + o[2];
 }
 
+/* Leading output indices o[0..rank-1) of output line `line` (o[rank-1..] untouched). */
+static inline void line_index(const geom *g, int64_t line, int64_t o[3]) {
+    for (int a = g->rank - 2; a >= 0; --a) {
+        o[a] = line % g->O[a];
+        line /= g->O[a];
+    }
+}
+
+/* Query task (b, line, segment of SEG outputs of the last axis), as the
+ * generic passes number them: sets o[0..rank-1) and [*last0, *last1);
+ * returns b. */
+static inline int64_t seg_task(const geom *g, int64_t task, int64_t o[3], int64_t *last0, int64_t *last1) {
+    const int64_t seg = task % g->nseg;
+    task /= g->nseg;
+    line_index(g, task % g->lines, o);
+    *last0 = seg * SEG;
+    *last1 = *last0 + SEG < g->O[g->rank - 1] ? *last0 + SEG : g->O[g->rank - 1];
+    return task / g->lines;
+}
+
 size_t qscratch_bytes(const geom *g);
 qscratch qscratch_at(const common *c, int tid);
 /* Prepare the line (b, h, o[0..rank-1)); *rpb_h: the head whose rpb table
@@ -175,7 +196,9 @@ int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl);
 /* rpb as an f32 table per head; windows of the last axis once per call. 0 on OOM. */
 int build_rpb_all(common *c);
 int build_wlast(common *c);
-void free_views(common *c);
+/* Release the views, staging buffers, tables and scratch of a call (fields
+ * never set must be NULL). */
+void common_free(common *c);
 /* Which problems the fast kernels take (f64 declines). */
 int fast_supported(const natten_problem *p);
 
@@ -203,6 +226,86 @@ int tiles_enabled(void);
 /* Lane-major packs of K and V plus the group tables, or 0 on OOM. */
 int tile_setup(const common *c, tile_common *tc, int nt);
 void tile_free(tile_common *tc);
+
+/* Tile task (b, h, line, TSEG segment `nseg` of u): sets o[0..rank-1), *seg
+ * and *h; returns b. */
+static inline int64_t tile_task(const geom *g, int64_t nseg, int64_t task, int64_t o[3], int64_t *seg,
+                                int64_t *h) {
+    *seg = task % nseg;
+    task /= nseg;
+    line_index(g, task % g->lines, o);
+    task /= g->lines;
+    *h = task % g->H;
+    return task / g->H;
+}
+
+/* From u (before u1): how many regular queries of one dilation group share
+ * the window shift of the query at u, up to 16; *w and *shift: its window and
+ * shift.  0 when that query is past the sample (e) or its window is clamped. */
+static inline int64_t tile_run(const common *c, const tile_common *tc, int64_t e, int64_t u, int64_t u1,
+                               natten_window *w, int64_t *shift) {
+    const geom *g = &c->g;
+    const int64_t K = g->K[g->rank - 1], d = g->dil[g->rank - 1];
+    const int64_t x = tc->xofu[u];
+    if (x >= e) return 0;
+    *w = last_window(c, e, x);
+    if (w->valid_begin != 0 || w->valid_end != K) return 0;
+    *shift = (w->start - x) / d;
+    const int64_t gend = tc->goff[x % d + 1] < u1 ? tc->goff[x % d + 1] : u1;
+    int64_t nl = 1;
+    while (nl < 16 && u + nl < gend) {
+        const int64_t xl = tc->xofu[u + nl];
+        if (xl >= e) break;
+        const natten_window wl = last_window(c, e, xl);
+        if (wl.valid_begin != 0 || wl.valid_end != K || (wl.start - xl) / d != *shift) break;
+        ++nl;
+    }
+    return nl;
+}
+
+/* nl rows of C channels, `stride` apart from src, transposed into 16 lanes at
+ * dst; idle lanes (>= nl) are zeroed: stale scratch could be denormal or NaN,
+ * and denormals cost microcode assists on every FMA. */
+static inline void tile_lanes_in(const natten_cpu_kernels *kern, const float *src, int64_t stride, float *dst,
+                                 int64_t nl, int64_t C) {
+    if (nl < 16) memset(dst, 0, (size_t)C * 16 * sizeof(float));
+    kern->transpose(src, stride, dst, 16, nl, C);
+}
+
+/* The tile's neighbour rows in the lane-major packs (sc->tpk, sc->tpv) and,
+ * with rpb, their biases (sc->tbias): lanes from u0 with window shift `shift`,
+ * w0 the window of the first lane's query x0.  Returns their count. */
+static inline int64_t tile_list(const common *c, const tile_common *tc, qscratch *sc, int64_t b, int64_t h,
+                                int64_t u0, int64_t shift, const natten_window *w0, int64_t x0) {
+    const geom *g = &c->g;
+    const int64_t hk = h / g->G, K = g->K[g->rank - 1];
+    const float *kb = tc->k.data + b * tc->k.BP + hk * tc->k.HP + u0 + shift;
+    const float *vb = tc->v.data + b * tc->v.BP + hk * tc->v.HP + u0 + shift;
+    int64_t n = 0;
+    for (int64_t l = 0; l < sc->lp.nlead; ++l)
+        for (int64_t k = 0; k < K; ++k) {
+            sc->tpk[n] = kb + sc->lp.lrow[l] * tc->k.RP + k;
+            sc->tpv[n] = vb + sc->lp.lrow[l] * tc->v.RP + k;
+            if (c->rpb) sc->tbias[n] = sc->lp.rpbf[sc->lp.lrpb[l] + natten_rpb_index(w0, K, x0, k)];
+            ++n;
+        }
+    return n;
+}
+
+/* Store the tile result sc->tout ([C][16]) as nl rows of t from offset off,
+ * `lstride` elements apart; direct: t is f32 with contiguous channels. */
+static inline void tile_rows_out(const common *c, qscratch *sc, natten_tensor *t, int64_t off, int64_t lstride,
+                                 int64_t C, int64_t nl, int direct) {
+    if (direct) {
+        c->kern->transpose(sc->tout, 16, (float *)t->data + off, lstride, C, nl);
+    } else {
+        const int r = c->g.rank;
+        for (int64_t l = 0; l < nl; ++l) {
+            for (int64_t ch = 0; ch < C; ++ch) sc->row[ch] = sc->tout[ch * 16 + l];
+            store_row(t->data, off + l * lstride, t->stride[r + 2], c->p->dtype, sc->row, C);
+        }
+    }
+}
 
 /* ------------------------------------------------------------------------ */
 /* Inverse neighbourhoods and the key pass (fast_inverse.c)                  */

@@ -95,39 +95,17 @@ static void split_query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const split_ctx *x = vctx;
     const common *c = &x->c;
     const geom *g = &c->g;
-    const int r = g->rank;
     qscratch sc = qscratch_at(c, tid);
     int64_t rpb_h = -1;
     for (int64_t task = begin; task < end; ++task) {
-        int64_t o[3] = {0, 0, 0}, t = task;
-        const int64_t seg = t % g->nseg;
-        t /= g->nseg;
-        int64_t line = t % g->lines;
-        const int64_t b = t / g->lines;
-        for (int a = r - 2; a >= 0; --a) {
-            o[a] = line % g->O[a];
-            line /= g->O[a];
-        }
-        const int64_t last0 = seg * SEG;
-        const int64_t last1 = last0 + SEG < g->O[r - 1] ? last0 + SEG : g->O[r - 1];
+        int64_t o[3] = {0, 0, 0}, last0, last1;
+        const int64_t b = seg_task(g, task, o, &last0, &last1);
         line_prep(c, b, 0, o, &sc.lp, &rpb_h);
         for (int64_t h = 0; h < g->H; ++h) {
             line_set_head(c, b, h, &sc.lp);
             for (int64_t ol = last0; ol < last1; ++ol) split_query(x, &sc, b, h, o, ol);
         }
     }
-}
-
-static void split_free(split_ctx *x) {
-    common *c = &x->c;
-    free_views(c);
-    natten_cpu_ws_put(c->Pbuf);
-    natten_cpu_ws_put(c->Sbuf);
-    free(c->rpb_all);
-    free(c->wlast);
-    free(c->inv_start);
-    free(c->inv_ent);
-    free(c->scratch);
 }
 
 /*
@@ -181,7 +159,7 @@ static natten_status split_run(split_ctx *x, const natten_tensor *q, const natte
         ok = (c->scratch = malloc(c->scratch_bytes * (size_t)nt)) != NULL;
     }
     if (!ok) { /* out of memory while staging: decline, nothing written */
-        split_free(x);
+        common_free(&x->c);
         return NATTEN_STATUS_UNSUPPORTED;
     }
     if (x->op == QK_BACKWARD) {
@@ -197,7 +175,7 @@ static natten_status split_run(split_ctx *x, const natten_tensor *q, const natte
         natten_parallel_for(nt, g->B * klines * kseg, 1, bwd_key_task, c);
     }
     if (c->drpb_t) natten_parallel_for(nt, g->H, 1, bwd_rpb_task, c);
-    split_free(x);
+    common_free(&x->c);
     return NATTEN_STATUS_SUCCESS;
 }
 
