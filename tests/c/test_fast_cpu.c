@@ -34,48 +34,7 @@
 
 static int n_ref_compared = 0;
 
-typedef struct cfg {
-    const char *name;
-    int rank;
-    int64_t B, H, Hkv, D, Dv;
-    int64_t L[3], K[3], dil[3], gs[3], os[3];
-    int causal[3];
-    int64_t NE;
-    int rpb;
-    int varlen;
-    natten_dtype dt;
-    int layout;
-} cfg;
-
-static natten_problem make_problem(const cfg *c, int32_t *varlen_buf, t_rng *rng) {
-    natten_problem p;
-    natten_problem_init(&p, c->rank);
-    p.batch = c->B;
-    p.heads = c->H;
-    p.kv_heads = c->Hkv;
-    p.head_dim = c->D;
-    p.head_dim_v = c->Dv;
-    for (int a = 0; a < c->rank; ++a) {
-        p.extent[a] = c->L[a];
-        p.kernel[a] = c->K[a];
-        p.dilation[a] = c->dil[a] ? c->dil[a] : 1;
-        p.gna_stride[a] = c->gs[a] ? c->gs[a] : 1;
-        p.out_stride[a] = c->os[a] ? c->os[a] : 1;
-        p.causal[a] = c->causal[a];
-    }
-    p.dtype = c->dt;
-    p.num_extra_kv = c->NE;
-    if (c->varlen) {
-        for (int64_t b = 0; b < c->B; ++b)
-            for (int a = 0; a < c->rank; ++a) {
-                const int64_t lo = p.kernel[a] * p.dilation[a];
-                varlen_buf[b * c->rank + a] = (int32_t)t_rng_int(rng, lo, p.extent[a]);
-            }
-        varlen_buf[0] = (int32_t)p.extent[0]; /* one sample at full size */
-        p.varlen_extent = varlen_buf;
-    }
-    return p;
-}
+typedef t_fcase cfg;
 
 typedef struct tensors {
     tbuf q, k, v, rpb, ek, ev, out, lse;
@@ -139,12 +98,6 @@ static natten_status run_backward(natten_problem *p, tensors *T, natten_impl imp
                               T->has_extra ? &T->dev.t : NULL);
 }
 
-static double *to_double(const tbuf *tb) {
-    double *d = malloc((size_t)tb->count * sizeof(double));
-    tbuf_to_double(tb, d);
-    return d;
-}
-
 /* Output tensors of the backward, in a fixed order. */
 static int grad_list(tensors *T, tbuf **g) {
     int n = 0;
@@ -181,7 +134,7 @@ static void check_config(const cfg *c, uint64_t seed) {
     t_rng rng;
     t_rng_seed(&rng, seed);
     int32_t varlen_buf[64];
-    natten_problem p = make_problem(c, varlen_buf, &rng);
+    natten_problem p = t_fcase_problem(c, varlen_buf, &rng);
     if (natten_problem_validate(&p) != NATTEN_STATUS_SUCCESS) {
         t_check(0, "%s: invalid test problem: %s", c->name, natten_last_error_message());
         return;
@@ -191,9 +144,9 @@ static void check_config(const cfg *c, uint64_t seed) {
     const int64_t nout = T.out.count;
 
     /* oracle forward on the (storage-rounded) inputs */
-    double *qd = to_double(&T.q), *kd = to_double(&T.k), *vd = to_double(&T.v);
-    double *rd = T.has_rpb ? to_double(&T.rpb) : NULL;
-    double *ekd = T.has_extra ? to_double(&T.ek) : NULL, *evd = T.has_extra ? to_double(&T.ev) : NULL;
+    double *qd = t_to_double(&T.q), *kd = t_to_double(&T.k), *vd = t_to_double(&T.v);
+    double *rd = T.has_rpb ? t_to_double(&T.rpb) : NULL;
+    double *ekd = T.has_extra ? t_to_double(&T.ek) : NULL, *evd = T.has_extra ? t_to_double(&T.ev) : NULL;
     double *want_out = malloc((size_t)nout * sizeof(double));
     double *want_lse = malloc((size_t)T.lse.count * sizeof(double));
     oracle_fused(&p, qd, kd, vd, rd, ekd, evd, want_out, want_lse);
@@ -208,20 +161,18 @@ static void check_config(const cfg *c, uint64_t seed) {
         t_rng r2;
         t_rng_seed(&r2, seed);
         int32_t vb2[64];
-        natten_problem p2 = make_problem(c, vb2, &r2);
+        natten_problem p2 = t_fcase_problem(c, vb2, &r2);
         tensors_init(&R, &p2, c, &r2);
         ref_ok = run_forward(&p2, &R, NATTEN_IMPL_REFERENCE) == NATTEN_STATUS_SUCCESS &&
                  run_backward(&p2, &R, NATTEN_IMPL_REFERENCE) == NATTEN_STATUS_SUCCESS;
         n_ref_compared += ref_ok;
     }
 
-    const natten_cpu_isa isas[] = {NATTEN_CPU_ISA_SCALAR, NATTEN_CPU_ISA_AVX2, NATTEN_CPU_ISA_AVX512,
-                                   NATTEN_CPU_ISA_NEON};
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
     const int threads[] = {1, 2, 3, 7};
-    for (size_t ii = 0; ii < 4; ++ii) {
-        if (natten_cpu_isa_set(isas[ii]) != NATTEN_STATUS_SUCCESS) continue;
-        const char *iname = natten_cpu_isa_name(isas[ii]);
+    for (size_t ii = 0; ii < T_NUM_CPU_ISAS; ++ii) {
+        if (natten_cpu_isa_set(t_cpu_isas[ii]) != NATTEN_STATUS_SUCCESS) continue;
+        const char *iname = natten_cpu_isa_name(t_cpu_isas[ii]);
         unsigned char *base_out = NULL, *base_lse = NULL, *base_g[6] = {0};
         for (size_t ti = 0; ti < 4; ++ti) {
             natten_num_threads_set(threads[ti]);
@@ -245,7 +196,7 @@ static void check_config(const cfg *c, uint64_t seed) {
                 snprintf(what, sizeof what, "%s [%s] lse vs oracle", c->name, iname);
                 t_check(t_compare(what, &T.lse, want_lse, 2e-5, 2e-5), "%s", what);
                 if (ref_ok) {
-                    double *ro = to_double(&R.out);
+                    double *ro = t_to_double(&R.out);
                     snprintf(what, sizeof what, "%s [%s] out vs reference", c->name, iname);
                     t_check(t_compare(what, &T.out, ro, atol, rtol), "%s", what);
                     free(ro);
@@ -270,9 +221,9 @@ static void check_config(const cfg *c, uint64_t seed) {
         if (ref_ok) {
             tbuf *rg[6];
             grad_list(&R, rg);
-            const double gt = c->dt == NATTEN_DTYPE_F32 ? 1e-4 : c->dt == NATTEN_DTYPE_F16 ? 4e-3 : 3e-2;
+            const double gt = t_grad_tol(c->dt);
             for (int i = 0; i < ng; ++i) {
-                double *w = to_double(rg[i]);
+                double *w = t_to_double(rg[i]);
                 double mx = 1e-3;
                 for (int64_t e = 0; e < rg[i]->count; ++e) mx = fabs(w[e]) > mx ? fabs(w[e]) : mx;
                 char what[256];
@@ -284,13 +235,13 @@ static void check_config(const cfg *c, uint64_t seed) {
         /* directional finite differences through the oracle (f32 problems) */
         if (c->dt == NATTEN_DTYPE_F32) {
             double *in[6] = {qd, kd, vd, rd, ekd, evd};
-            double *dod = to_double(&T.dout);
+            double *dod = t_to_double(&T.dout);
             for (int i = 0; i < ng; ++i) {
                 /* which input does gradient i belong to? */
                 int which = i < 3 ? i : (T.has_rpb && i == 3) ? 3 : (i == ng - 2 ? 4 : 5);
                 const int64_t cnt = g[i]->count;
                 double *dir = malloc((size_t)cnt * sizeof(double));
-                double *gd = to_double(g[i]);
+                double *gd = t_to_double(g[i]);
                 double analytic = 0;
                 for (int64_t e = 0; e < cnt; ++e) {
                     dir[e] = t_rng_uniform(&rng, -1, 1);

@@ -23,46 +23,7 @@
 
 #include "support.h"
 
-typedef struct cfg {
-    const char *name;
-    int rank;
-    int64_t B, H, Hkv, D, Dv;
-    int64_t L[3], K[3], dil[3], gs[3], os[3];
-    int causal[3];
-    int rpb;
-    int varlen;
-    natten_dtype dt;
-    int layout;
-} cfg;
-
-static natten_problem make_problem(const cfg *c, int32_t *varlen_buf, t_rng *rng) {
-    natten_problem p;
-    natten_problem_init(&p, c->rank);
-    p.batch = c->B;
-    p.heads = c->H;
-    p.kv_heads = c->Hkv;
-    p.head_dim = c->D;
-    p.head_dim_v = c->Dv;
-    for (int a = 0; a < c->rank; ++a) {
-        p.extent[a] = c->L[a];
-        p.kernel[a] = c->K[a];
-        p.dilation[a] = c->dil[a] ? c->dil[a] : 1;
-        p.gna_stride[a] = c->gs[a] ? c->gs[a] : 1;
-        p.out_stride[a] = c->os[a] ? c->os[a] : 1;
-        p.causal[a] = c->causal[a];
-    }
-    p.dtype = c->dt;
-    if (c->varlen) {
-        for (int64_t b = 0; b < c->B; ++b)
-            for (int a = 0; a < c->rank; ++a) {
-                const int64_t lo = p.kernel[a] * p.dilation[a];
-                varlen_buf[b * c->rank + a] = (int32_t)t_rng_int(rng, lo, p.extent[a]);
-            }
-        varlen_buf[0] = (int32_t)p.extent[0];
-        p.varlen_extent = varlen_buf;
-    }
-    return p;
-}
+typedef t_fcase cfg;
 
 /* Inputs and outputs of the four ops. */
 typedef struct tset {
@@ -133,12 +94,6 @@ static natten_status run_all(natten_problem *p, tset *T, natten_impl impl) {
     return st;
 }
 
-static double *to_double(const tbuf *tb) {
-    double *d = malloc((size_t)tb->count * sizeof(double));
-    tbuf_to_double(tb, d);
-    return d;
-}
-
 static double *random_dir(t_rng *rng, int64_t n) {
     double *d = malloc((size_t)n * sizeof(double));
     for (int64_t i = 0; i < n; ++i) d[i] = t_rng_uniform(rng, -1, 1);
@@ -168,26 +123,26 @@ static void check_adjoint(const char *what, double analytic, double numeric) {
 /* The f32 backwards against the oracle's forwards (linear ops). */
 static void adjoints(const natten_problem *p, tset *T, t_rng *rng, const char *name, const char *iname) {
     const int64_t nq = T->q.count, nk = T->k.count, nv = T->v.count, nl = T->logits.count, no = T->out.count;
-    double *qd = to_double(&T->q), *kd = to_double(&T->k), *vd = to_double(&T->v);
-    double *ad = to_double(&T->attn), *dld = to_double(&T->dlogits), *dod = to_double(&T->dout);
+    double *qd = t_to_double(&T->q), *kd = t_to_double(&T->k), *vd = t_to_double(&T->v);
+    double *ad = t_to_double(&T->attn), *dld = t_to_double(&T->dlogits), *dod = t_to_double(&T->dout);
     double *lin = malloc((size_t)nl * sizeof(double)), *o = malloc((size_t)no * sizeof(double));
     char what[256];
-    double *u = random_dir(rng, nq), *g = to_double(&T->dq);
+    double *u = random_dir(rng, nq), *g = t_to_double(&T->dq);
     oracle_qk(p, u, kd, NULL, lin);
     snprintf(what, sizeof what, "%s [%s] dq adjoint", name, iname);
     check_adjoint(what, dot(g, u, nq), dot_valid(dld, lin, nl));
     free(u), free(g);
-    u = random_dir(rng, nk), g = to_double(&T->dk);
+    u = random_dir(rng, nk), g = t_to_double(&T->dk);
     oracle_qk(p, qd, u, NULL, lin);
     snprintf(what, sizeof what, "%s [%s] dk adjoint", name, iname);
     check_adjoint(what, dot(g, u, nk), dot_valid(dld, lin, nl));
     free(u), free(g);
-    u = random_dir(rng, nv), g = to_double(&T->dv);
+    u = random_dir(rng, nv), g = t_to_double(&T->dv);
     oracle_av(p, ad, u, o);
     snprintf(what, sizeof what, "%s [%s] dv adjoint", name, iname);
     check_adjoint(what, dot(g, u, nv), dot(dod, o, no));
     free(u), free(g);
-    u = random_dir(rng, nl), g = to_double(&T->dattn);
+    u = random_dir(rng, nl), g = t_to_double(&T->dattn);
     oracle_av(p, u, vd, o);
     snprintf(what, sizeof what, "%s [%s] dattn adjoint", name, iname);
     check_adjoint(what, dot(g, u, nl), dot(dod, o, no));
@@ -199,7 +154,7 @@ static void check_config(const cfg *c, uint64_t seed) {
     t_rng rng;
     t_rng_seed(&rng, seed);
     int32_t varlen_buf[64];
-    natten_problem p = make_problem(c, varlen_buf, &rng);
+    natten_problem p = t_fcase_problem(c, varlen_buf, &rng);
     if (natten_problem_validate(&p) != NATTEN_STATUS_SUCCESS) {
         t_check(0, "%s: invalid test problem: %s", c->name, natten_last_error_message());
         return;
@@ -210,14 +165,14 @@ static void check_config(const cfg *c, uint64_t seed) {
         t_rng r2;
         t_rng_seed(&r2, seed);
         int32_t vb2[64];
-        natten_problem p2 = make_problem(c, vb2, &r2);
+        natten_problem p2 = t_fcase_problem(c, vb2, &r2);
         tset_init(&R, &p2, c, &r2);
         const natten_status st = run_all(&p2, &R, NATTEN_IMPL_REFERENCE);
         t_check(st == NATTEN_STATUS_SUCCESS, "%s: reference status %s", c->name, natten_status_string(st));
     }
     /* oracle forwards on the storage-rounded inputs */
-    double *qd = to_double(&T.q), *kd = to_double(&T.k), *vd = to_double(&T.v), *ad = to_double(&T.attn);
-    double *rd = T.has_rpb ? to_double(&T.rpb) : NULL;
+    double *qd = t_to_double(&T.q), *kd = t_to_double(&T.k), *vd = t_to_double(&T.v), *ad = t_to_double(&T.attn);
+    double *rd = T.has_rpb ? t_to_double(&T.rpb) : NULL;
     double *want_logits = malloc((size_t)T.logits.count * sizeof(double));
     double *want_out = malloc((size_t)T.out.count * sizeof(double));
     oracle_qk(&p, qd, kd, rd, want_logits);
@@ -225,19 +180,17 @@ static void check_config(const cfg *c, uint64_t seed) {
     double atol, rtol;
     t_tol(c->dt, &atol, &rtol);
     if (c->dt == NATTEN_DTYPE_F32) atol = rtol = 2e-5;
-    const double gt = c->dt == NATTEN_DTYPE_F32 ? 1e-4 : c->dt == NATTEN_DTYPE_F16 ? 4e-3 : 3e-2;
+    const double gt = t_grad_tol(c->dt);
 
-    const natten_cpu_isa isas[] = {NATTEN_CPU_ISA_SCALAR, NATTEN_CPU_ISA_AVX2, NATTEN_CPU_ISA_AVX512,
-                                   NATTEN_CPU_ISA_NEON};
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
     const int threads[] = {1, 2, 3};
     tbuf *o[8], *ro[8];
     const char *names[8];
     const int n = outputs(&T, o, names);
     outputs(&R, ro, names);
-    for (size_t ii = 0; ii < 4; ++ii) {
-        if (natten_cpu_isa_set(isas[ii]) != NATTEN_STATUS_SUCCESS) continue;
-        const char *iname = natten_cpu_isa_name(isas[ii]);
+    for (size_t ii = 0; ii < T_NUM_CPU_ISAS; ++ii) {
+        if (natten_cpu_isa_set(t_cpu_isas[ii]) != NATTEN_STATUS_SUCCESS) continue;
+        const char *iname = natten_cpu_isa_name(t_cpu_isas[ii]);
         unsigned char *base[8] = {0};
         for (size_t ti = 0; ti < 3; ++ti) {
             natten_num_threads_set(threads[ti]);
@@ -258,7 +211,7 @@ static void check_config(const cfg *c, uint64_t seed) {
                 snprintf(what, sizeof what, "%s [%s] av out vs oracle", c->name, iname);
                 t_check(t_compare(what, &T.out, want_out, atol, rtol), "%s", what);
                 for (int i = 0; i < n; ++i) {
-                    double *w = to_double(ro[i]);
+                    double *w = t_to_double(ro[i]);
                     double ta = atol, tr = rtol;
                     if (i >= 2) { /* gradients: relative to the tensor's largest magnitude */
                         double mx = 1e-3;
@@ -293,30 +246,30 @@ static void check_config(const cfg *c, uint64_t seed) {
 #define BF16 NATTEN_DTYPE_BF16
 
 static const cfg configs[] = {
-    /* name, rank, B, H, Hkv, D, Dv, L, K, dil, gs, os, causal, rpb, varlen, dt, layout */
-    {"1d basic", 1, 1, 2, 2, 16, 16, {37}, {7}, {1}, {1}, {1}, {0}, 0, 0, F32, T_CONTIG},
-    {"1d D=15 Dv=17 GQA", 1, 2, 2, 1, 15, 17, {33}, {5}, {1}, {1}, {1}, {0}, 0, 0, F32, T_CONTIG},
-    {"1d allin1-like dil 8 rpb", 1, 1, 2, 2, 12, 12, {43}, {5}, {8}, {1}, {1}, {0}, 1, 0, F32, T_CONTIG},
-    {"1d D=64 K=16 rpb", 1, 1, 1, 1, 64, 64, {65}, {16}, {1}, {1}, {1}, {0}, 1, 0, F32, T_PADDED},
-    {"1d K=17 D=65 Dv=33", 1, 1, 2, 1, 65, 33, {40}, {17}, {1}, {1}, {1}, {0}, 0, 0, F32, T_CONTIG},
-    {"1d causal dil 2 rpb", 1, 1, 2, 2, 32, 32, {33}, {7}, {2}, {1}, {1}, {1}, 1, 0, F32, T_CONTIG},
-    {"1d gna stride 3", 1, 1, 2, 2, 8, 8, {23}, {7}, {1}, {3}, {1}, {0}, 0, 0, F32, T_CONTIG},
-    {"1d out stride 2", 1, 1, 2, 2, 8, 8, {23}, {5}, {1}, {1}, {2}, {0}, 0, 0, F32, T_PERMUTED},
-    {"1d causal gna 2 out 3 GQA", 1, 1, 2, 1, 8, 8, {25}, {5}, {2}, {2}, {3}, {1}, 0, 0, F32, T_CONTIG},
-    {"1d varlen rpb", 1, 3, 2, 2, 16, 16, {30}, {5}, {2}, {1}, {1}, {0}, 1, 1, F32, T_CONTIG},
-    {"2d basic rpb", 2, 1, 2, 2, 16, 16, {9, 11}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 0}, 1, 0, F32, T_CONTIG},
-    {"2d 7x7 D=32 GQA", 2, 1, 2, 1, 32, 32, {15, 17}, {7, 7}, {1, 2}, {1, 1}, {1, 1}, {0, 0}, 0, 0, F32, T_CONTIG},
-    {"2d causal axis 0 rpb", 2, 1, 2, 2, 8, 8, {10, 9}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 0}, 1, 0, F32, T_PADDED},
-    {"2d causal axis 1 even K", 2, 1, 2, 2, 8, 8, {10, 9}, {3, 4}, {2, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, F32, T_CONTIG},
-    {"2d both strides GQA 4/2", 2, 2, 4, 2, 8, 8, {12, 10}, {5, 3}, {1, 1}, {2, 3}, {1, 2}, {0, 0}, 0, 0, F32, T_PERMUTED},
-    {"2d varlen rpb", 2, 2, 2, 2, 8, 8, {10, 12}, {3, 5}, {1, 2}, {1, 1}, {1, 1}, {0, 0}, 1, 1, F32, T_CONTIG},
-    {"3d basic rpb", 3, 1, 2, 2, 8, 8, {5, 6, 7}, {3, 3, 3}, {1, 1, 2}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 0, F32, T_CONTIG},
-    {"3d causal mixed GQA 4", 3, 1, 4, 1, 16, 16, {6, 5, 7}, {3, 2, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 0, 1}, 0, 0, F32, T_PADDED},
-    {"3d strides varlen", 3, 2, 2, 2, 4, 4, {6, 6, 7}, {3, 3, 3}, {1, 2, 1}, {1, 1, 2}, {2, 1, 1}, {0, 0, 0}, 0, 1, F32, T_CONTIG},
-    {"1d bf16 rpb", 1, 1, 2, 2, 32, 32, {40}, {7}, {1}, {1}, {1}, {0}, 1, 0, BF16, T_CONTIG},
-    {"2d bf16 padded", 2, 1, 2, 1, 24, 24, {9, 10}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, BF16, T_PADDED},
-    {"1d f16 rpb", 1, 1, 2, 2, 33, 33, {21}, {5}, {2}, {1}, {1}, {0}, 1, 0, F16, T_CONTIG},
-    {"3d f16 permuted", 3, 1, 2, 2, 16, 16, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 0, F16, T_PERMUTED},
+    /* name, rank, B, H, Hkv, D, Dv, L, K, dil, gs, os, causal, NE (none), rpb, varlen, dt, layout */
+    {"1d basic", 1, 1, 2, 2, 16, 16, {37}, {7}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d D=15 Dv=17 GQA", 1, 2, 2, 1, 15, 17, {33}, {5}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d allin1-like dil 8 rpb", 1, 1, 2, 2, 12, 12, {43}, {5}, {8}, {1}, {1}, {0}, 0, 1, 0, F32, T_CONTIG},
+    {"1d D=64 K=16 rpb", 1, 1, 1, 1, 64, 64, {65}, {16}, {1}, {1}, {1}, {0}, 0, 1, 0, F32, T_PADDED},
+    {"1d K=17 D=65 Dv=33", 1, 1, 2, 1, 65, 33, {40}, {17}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d causal dil 2 rpb", 1, 1, 2, 2, 32, 32, {33}, {7}, {2}, {1}, {1}, {1}, 0, 1, 0, F32, T_CONTIG},
+    {"1d gna stride 3", 1, 1, 2, 2, 8, 8, {23}, {7}, {1}, {3}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"1d out stride 2", 1, 1, 2, 2, 8, 8, {23}, {5}, {1}, {1}, {2}, {0}, 0, 0, 0, F32, T_PERMUTED},
+    {"1d causal gna 2 out 3 GQA", 1, 1, 2, 1, 8, 8, {25}, {5}, {2}, {2}, {3}, {1}, 0, 0, 0, F32, T_CONTIG},
+    {"1d varlen rpb", 1, 3, 2, 2, 16, 16, {30}, {5}, {2}, {1}, {1}, {0}, 0, 1, 1, F32, T_CONTIG},
+    {"2d basic rpb", 2, 1, 2, 2, 16, 16, {9, 11}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 0}, 0, 1, 0, F32, T_CONTIG},
+    {"2d 7x7 D=32 GQA", 2, 1, 2, 1, 32, 32, {15, 17}, {7, 7}, {1, 2}, {1, 1}, {1, 1}, {0, 0}, 0, 0, 0, F32, T_CONTIG},
+    {"2d causal axis 0 rpb", 2, 1, 2, 2, 8, 8, {10, 9}, {3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 0}, 0, 1, 0, F32, T_PADDED},
+    {"2d causal axis 1 even K", 2, 1, 2, 2, 8, 8, {10, 9}, {3, 4}, {2, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, 0, F32, T_CONTIG},
+    {"2d both strides GQA 4/2", 2, 2, 4, 2, 8, 8, {12, 10}, {5, 3}, {1, 1}, {2, 3}, {1, 2}, {0, 0}, 0, 0, 0, F32, T_PERMUTED},
+    {"2d varlen rpb", 2, 2, 2, 2, 8, 8, {10, 12}, {3, 5}, {1, 2}, {1, 1}, {1, 1}, {0, 0}, 0, 1, 1, F32, T_CONTIG},
+    {"3d basic rpb", 3, 1, 2, 2, 8, 8, {5, 6, 7}, {3, 3, 3}, {1, 1, 2}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 1, 0, F32, T_CONTIG},
+    {"3d causal mixed GQA 4", 3, 1, 4, 1, 16, 16, {6, 5, 7}, {3, 2, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 0, 1}, 0, 0, 0, F32, T_PADDED},
+    {"3d strides varlen", 3, 2, 2, 2, 4, 4, {6, 6, 7}, {3, 3, 3}, {1, 2, 1}, {1, 1, 2}, {2, 1, 1}, {0, 0, 0}, 0, 0, 1, F32, T_CONTIG},
+    {"1d bf16 rpb", 1, 1, 2, 2, 32, 32, {40}, {7}, {1}, {1}, {1}, {0}, 0, 1, 0, BF16, T_CONTIG},
+    {"2d bf16 padded", 2, 1, 2, 1, 24, 24, {9, 10}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, 0, BF16, T_PADDED},
+    {"1d f16 rpb", 1, 1, 2, 2, 33, 33, {21}, {5}, {2}, {1}, {1}, {0}, 0, 1, 0, F16, T_CONTIG},
+    {"3d f16 permuted", 3, 1, 2, 2, 16, 16, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 0, 0, F16, T_PERMUTED},
 };
 
 int main(void) {

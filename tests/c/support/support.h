@@ -99,7 +99,6 @@ int t_compare_arrays(const char *what, const double *got, const double *want, in
 
 const char *t_dtype_name(natten_dtype dt);
 
-#endif /* NATTEN_TEST_SUPPORT_H */
 
 /* ---- test cases ---------------------------------------------------------- */
 /* A compact problem description; zero fields get defaults (1, or not set). */
@@ -127,3 +126,33 @@ const char *t_problem_str(const natten_problem *p, char *buf, size_t cap);
 /* 1 if, apart from the logical elements, the allocation equals the snapshot
  * (no write landed in a gap or outside the view). */
 int tbuf_gaps_unchanged(const tbuf *tb);
+
+/* ---- fast-kernel test problems (fast_cases.c) ----------------------------- */
+/* A row of the fast-kernel tests' problem tables; dil, gs and os 0 mean 1. */
+typedef struct t_fcase {
+    const char *name;
+    int rank;
+    int64_t B, H, Hkv, D, Dv;
+    int64_t L[3], K[3], dil[3], gs[3], os[3];
+    int causal[3];
+    int64_t NE; /* num_extra_kv */
+    int rpb;
+    int varlen; /* per-sample extents drawn from the rng, sample 0 at full size */
+    natten_dtype dt;
+    int layout;
+} t_fcase;
+
+/* The problem of row c; varlen extents go into varlen_buf (>= B*rank). */
+natten_problem t_fcase_problem(const t_fcase *c, int32_t *varlen_buf, t_rng *rng);
+
+/* Every ISA level; natten_cpu_isa_set refuses those this CPU lacks. */
+#define T_NUM_CPU_ISAS 4
+extern const natten_cpu_isa t_cpu_isas[T_NUM_CPU_ISAS];
+
+/* A tensor's logical elements as a malloc'd row-major double array. */
+double *t_to_double(const tbuf *tb);
+/* Gradients against the reference: f32 1e-4, f16 4e-3, bf16 3e-2 (relative,
+ * and scaled by the tensor's largest magnitude for the absolute part). */
+double t_grad_tol(natten_dtype dt);
+
+#endif /* NATTEN_TEST_SUPPORT_H */
