@@ -252,19 +252,6 @@ static void transpose_avx512(const float *src, int64_t src_ld, float *dst, int64
         }                                                                                          \
     } while (0)
 
-/* CNT output channels over all pairs. */
-#define TILE_AV(CNT)                                                                               \
-    do {                                                                                           \
-        __m512 acc[CNT];                                                                           \
-        for (int t = 0; t < CNT; ++t) acc[t] = _mm512_setzero_ps();                                \
-        for (int64_t i = 0; i < n; ++i) {                                                          \
-            const __m512 w = _mm512_loadu_ps(sbuf + i * 16);                                       \
-            const float *v = pv[i] + c0 * ld;                                                      \
-            for (int t = 0; t < CNT; ++t) acc[t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(v + t * ld), acc[t]); \
-        }                                                                                          \
-        for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], inv)); \
-    } while (0)
-
 /*
  * Row variants: the CNT pairs (slots) of one key row sit at consecutive
  * lanes, pk[i0 + t] == pk[i0] + t.  Rather than CNT unaligned loads (almost
@@ -291,32 +278,6 @@ static void transpose_avx512(const float *src, int64_t src_ld, float *dst, int64
         }                                                                                          \
     } while (0)
 
-/* CNT output channels, rows of `group` consecutive pairs. */
-#define TILE_AV_ROW(CNT)                                                                           \
-    do {                                                                                           \
-        __m512 acc[CNT];                                                                           \
-        for (int t = 0; t < CNT; ++t) acc[t] = _mm512_setzero_ps();                                \
-        for (int64_t i0 = 0; i0 < n; i0 += group) {                                                \
-            const float *v0 = pv[i0] + c0 * ld;                                                    \
-            __m512 lo[CNT], hi[CNT];                                                               \
-            for (int t = 0; t < CNT; ++t) {                                                        \
-                lo[t] = _mm512_loadu_ps(v0 + t * ld);                                              \
-                hi[t] = _mm512_loadu_ps(v0 + t * ld + 16);                                         \
-            }                                                                                      \
-            {                                                                                      \
-                const __m512 w = _mm512_loadu_ps(sbuf + i0 * 16);                                  \
-                for (int t = 0; t < CNT; ++t) acc[t] = _mm512_fmadd_ps(w, lo[t], acc[t]);          \
-            }                                                                                      \
-            for (int64_t k = 1; k < group; ++k) {                                                  \
-                const __m512 w = _mm512_loadu_ps(sbuf + (i0 + k) * 16);                            \
-                const __m512i ix = shl[k];                                                         \
-                for (int t = 0; t < CNT; ++t)                                                      \
-                    acc[t] = _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo[t], ix, hi[t]), acc[t]); \
-            }                                                                                      \
-        }                                                                                          \
-        for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], inv)); \
-    } while (0)
-
 /* Whether every row of `group` pairs sits at consecutive lanes. */
 static int rows_consecutive(const float *const *p, int64_t n, int64_t group) {
     if (group < 2 || group > 8 || n % group) return 0;
@@ -324,84 +285,6 @@ static int rows_consecutive(const float *const *p, int64_t n, int64_t group) {
         for (int64_t k = 1; k < group; ++k)
             if (p[i + k] != p[i] + k) return 0;
     return 1;
-}
-
-static void tile_fwd_avx512(const float *qt, int64_t ld, const float *const *pk, const float *const *pv,
-                            const float *bias, int64_t n, int64_t group, int64_t D, int64_t Dv, float scale,
-                            float *sbuf, float *out_t, float *lse) {
-    const __m512 sc = _mm512_set1_ps(scale);
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    __m512i shl[8];
-    for (int t = 0; t < 8; ++t)
-        shl[t] = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                  _mm512_set1_epi32(t));
-    const int krow = rows_consecutive(pk, n, group), vrow = rows_consecutive(pv, n, group);
-    if (krow) {
-        for (int64_t i0 = 0; i0 < n; i0 += group) {
-            switch (group) {
-            case 8: TILE_QK_ROW(8); break;
-            case 7: TILE_QK_ROW(7); break;
-            case 6: TILE_QK_ROW(6); break;
-            case 5: TILE_QK_ROW(5); break;
-            case 4: TILE_QK_ROW(4); break;
-            case 3: TILE_QK_ROW(3); break;
-            default: TILE_QK_ROW(2); break;
-            }
-        }
-    } else {
-        /* chunks of whole key rows (group pairs each) where they fit in 8
-         * accumulators, so a row's cache lines are read in one pass */
-        const int64_t chunk = group >= 1 && group <= 8 ? group * (8 / group) : 8;
-        for (int64_t i0 = 0; i0 < n; i0 += chunk) {
-            switch (n - i0 < chunk ? n - i0 : chunk) {
-            case 8: TILE_QK(8); break;
-            case 7: TILE_QK(7); break;
-            case 6: TILE_QK(6); break;
-            case 5: TILE_QK(5); break;
-            case 4: TILE_QK(4); break;
-            case 3: TILE_QK(3); break;
-            case 2: TILE_QK(2); break;
-            default: TILE_QK(1); break;
-            }
-        }
-    }
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; ++i) {
-        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sbuf + i * 16), mx));
-        sum = _mm512_add_ps(sum, e);
-        _mm512_storeu_ps(sbuf + i * 16, e);
-    }
-    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
-    int64_t c0 = 0;
-    if (vrow) {
-        for (; c0 + 8 <= Dv; c0 += 8) TILE_AV_ROW(8);
-        switch (Dv - c0) {
-        case 7: TILE_AV_ROW(7); break;
-        case 6: TILE_AV_ROW(6); break;
-        case 5: TILE_AV_ROW(5); break;
-        case 4: TILE_AV_ROW(4); break;
-        case 3: TILE_AV_ROW(3); break;
-        case 2: TILE_AV_ROW(2); break;
-        case 1: TILE_AV_ROW(1); break;
-        default: break;
-        }
-    } else {
-        for (; c0 + 8 <= Dv; c0 += 8) TILE_AV(8);
-        switch (Dv - c0) {
-        case 7: TILE_AV(7); break;
-        case 6: TILE_AV(6); break;
-        case 5: TILE_AV(5); break;
-        case 4: TILE_AV(4); break;
-        case 3: TILE_AV(3); break;
-        case 2: TILE_AV(2); break;
-        case 1: TILE_AV(1); break;
-        default: break;
-        }
-    }
-    float m[16], s[16];
-    _mm512_storeu_ps(m, mx);
-    _mm512_storeu_ps(s, sum);
-    for (int l = 0; l < 16; ++l) lse[l] = m[l] + logf(s[l]);
 }
 
 /* out[i] (16 lanes) = sum_c a[c*16 + l] * rows[i][c*ld + l], CNT rows at a time. */
@@ -543,6 +426,56 @@ static void tile_wsum(const float *w, const float *const *rows, int64_t ld, int6
     case 1: TILE_WSUM(1); break;
     default: break;
     }
+}
+
+static void tile_fwd_avx512(const float *qt, int64_t ld, const float *const *pk, const float *const *pv,
+                            const float *bias, int64_t n, int64_t group, int64_t D, int64_t Dv, float scale,
+                            float *sbuf, float *out_t, float *lse) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    __m512i shl[8];
+    make_shl(shl);
+    if (rows_consecutive(pk, n, group)) {
+        for (int64_t i0 = 0; i0 < n; i0 += group) {
+            switch (group) {
+            case 8: TILE_QK_ROW(8); break;
+            case 7: TILE_QK_ROW(7); break;
+            case 6: TILE_QK_ROW(6); break;
+            case 5: TILE_QK_ROW(5); break;
+            case 4: TILE_QK_ROW(4); break;
+            case 3: TILE_QK_ROW(3); break;
+            default: TILE_QK_ROW(2); break;
+            }
+        }
+    } else {
+        /* chunks of whole key rows (group pairs each) where they fit in 8
+         * accumulators, so a row's cache lines are read in one pass */
+        const int64_t chunk = group >= 1 && group <= 8 ? group * (8 / group) : 8;
+        for (int64_t i0 = 0; i0 < n; i0 += chunk) {
+            switch (n - i0 < chunk ? n - i0 : chunk) {
+            case 8: TILE_QK(8); break;
+            case 7: TILE_QK(7); break;
+            case 6: TILE_QK(6); break;
+            case 5: TILE_QK(5); break;
+            case 4: TILE_QK(4); break;
+            case 3: TILE_QK(3); break;
+            case 2: TILE_QK(2); break;
+            default: TILE_QK(1); break;
+            }
+        }
+    }
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; ++i) {
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sbuf + i * 16), mx));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_storeu_ps(sbuf + i * 16, e);
+    }
+    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sum);
+    tile_wsum(sbuf, pv, ld, n, group, Dv, inv, out_t);
+    float m[16], s[16];
+    _mm512_storeu_ps(m, mx);
+    _mm512_storeu_ps(s, sum);
+    for (int l = 0; l < 16; ++l) lse[l] = m[l] + logf(s[l]);
 }
 
 /* Backward query side of a lane-major tile (see cpu_internal.h). */
