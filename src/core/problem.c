@@ -69,11 +69,7 @@ int natten_shape_of(const natten_problem *p, natten_tensor_kind kind,
         for (int a = 0; a < r; ++a) shape[n++] = natten_out_extent(p, a);
         shape[n++] = p->heads;
         if (kind == NATTEN_TENSOR_OUT) shape[n++] = p->head_dim_v;
-        if (kind == NATTEN_TENSOR_LOGITS) {
-            int64_t kk = 1;
-            for (int a = 0; a < r; ++a) kk *= p->kernel[a]; /* bounded by validation */
-            shape[n++] = kk;
-        }
+        if (kind == NATTEN_TENSOR_LOGITS) shape[n++] = natten_problem_kernel_volume(p);
         break;
     case NATTEN_TENSOR_EXTRA_K:
     case NATTEN_TENSOR_EXTRA_V:
@@ -90,8 +86,25 @@ int natten_shape_of(const natten_problem *p, natten_tensor_kind kind,
     return n;
 }
 
-static int kind_known(natten_tensor_kind kind) {
-    return (int)kind >= (int)NATTEN_TENSOR_Q && (int)kind <= (int)NATTEN_TENSOR_RPB;
+int64_t natten_contiguous_strides(const int64_t *shape, int n, int64_t stride[NATTEN_MAX_DIMS]) {
+    for (int i = n; i < NATTEN_MAX_DIMS; ++i) stride[i] = 0;
+    int64_t s = 1, count = 1; /* no overflow: natten_check_problem bounds every element count */
+    for (int i = n - 1; i >= 0; --i) {
+        stride[i] = s;
+        s *= shape[i] > 0 ? shape[i] : 1;
+        count *= shape[i];
+    }
+    return count;
+}
+
+/* The kind, then the descriptor: what natten_tensor_shape and
+ * natten_tensor_contiguous check after their own pointers. */
+static natten_status check_kind_and_problem(const char *fn, const natten_problem *p,
+                                            natten_tensor_kind kind) {
+    if ((int)kind < (int)NATTEN_TENSOR_Q || (int)kind > (int)NATTEN_TENSOR_RPB)
+        return natten_set_error(NATTEN_STATUS_INVALID_ARGUMENT,
+                                "%s: kind=%d is not a natten_tensor_kind", fn, (int)kind);
+    return natten_check_problem(fn, p);
 }
 
 natten_status natten_tensor_shape(const natten_problem *p, natten_tensor_kind kind,
@@ -99,10 +112,7 @@ natten_status natten_tensor_shape(const natten_problem *p, natten_tensor_kind ki
     static const char fn[] = "natten_tensor_shape";
     if (!shape) return natten_set_error(NATTEN_STATUS_NULL_POINTER, "%s: shape is NULL", fn);
     if (!ndim) return natten_set_error(NATTEN_STATUS_NULL_POINTER, "%s: ndim is NULL", fn);
-    if (!kind_known(kind))
-        return natten_set_error(NATTEN_STATUS_INVALID_ARGUMENT,
-                                "%s: kind=%d is not a natten_tensor_kind", fn, (int)kind);
-    natten_status st = natten_check_problem(fn, p);
+    natten_status st = check_kind_and_problem(fn, p, kind);
     if (st != NATTEN_STATUS_SUCCESS) return st;
     *ndim = natten_shape_of(p, kind, shape);
     return NATTEN_STATUS_SUCCESS;
@@ -112,21 +122,13 @@ natten_status natten_tensor_contiguous(const natten_problem *p, natten_tensor_ki
                                        void *data, natten_tensor *t) {
     static const char fn[] = "natten_tensor_contiguous";
     if (!t) return natten_set_error(NATTEN_STATUS_NULL_POINTER, "%s: t is NULL", fn);
-    if (!kind_known(kind))
-        return natten_set_error(NATTEN_STATUS_INVALID_ARGUMENT,
-                                "%s: kind=%d is not a natten_tensor_kind", fn, (int)kind);
-    natten_status st = natten_check_problem(fn, p);
+    natten_status st = check_kind_and_problem(fn, p, kind);
     if (st != NATTEN_STATUS_SUCCESS) return st;
     int64_t shape[NATTEN_MAX_DIMS];
     const int n = natten_shape_of(p, kind, shape);
     natten_tensor out;
     out.data = data;
-    for (int i = 0; i < NATTEN_MAX_DIMS; ++i) out.stride[i] = 0;
-    int64_t s = 1; /* no overflow: natten_check_problem bounds every element count */
-    for (int i = n - 1; i >= 0; --i) {
-        out.stride[i] = s;
-        s *= shape[i] > 0 ? shape[i] : 1;
-    }
+    natten_contiguous_strides(shape, n, out.stride);
     *t = out;
     return NATTEN_STATUS_SUCCESS;
 }

@@ -26,6 +26,10 @@ static inline natten_dtype natten_kind_dtype(const natten_problem *p, natten_ten
 int natten_shape_of(const natten_problem *p, natten_tensor_kind kind,
                     int64_t shape[NATTEN_MAX_DIMS]);
 
+/* Row-major strides of shape[0..n) into stride (a 0 extent counts as 1, so
+ * strides stay distinct; entries from n on are 0).  Returns prod(shape). */
+int64_t natten_contiguous_strides(const int64_t *shape, int n, int64_t stride[NATTEN_MAX_DIMS]);
+
 /* Rules on the descriptor alone; messages start with fn. */
 natten_status natten_check_problem(const char *fn, const natten_problem *p);
 

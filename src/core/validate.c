@@ -19,7 +19,7 @@ static natten_status check_positive(const char *fn, const char *name, int64_t va
     return NATTEN_STATUS_SUCCESS;
 }
 
-/* Element count of a kind, or -1 on int64 overflow (of the count or its bytes). */
+/* Byte size of a kind, or -1 on int64 overflow (of the count or its bytes). */
 static int64_t checked_bytes(const natten_problem *p, natten_tensor_kind kind) {
     int64_t shape[NATTEN_MAX_DIMS];
     const int n = natten_shape_of(p, kind, shape);
@@ -81,11 +81,9 @@ natten_status natten_check_problem(const char *fn, const natten_problem *p) {
     if (p->num_extra_kv < 0)
         return natten_set_error(INVALID, "%s: num_extra_kv=%lld must be >= 0", fn,
                                 LL(p->num_extra_kv));
-    int64_t kk = 1;
-    for (int a = 0; a < p->rank; ++a)
-        if (__builtin_mul_overflow(kk, p->kernel[a], &kk))
-            return natten_set_error(NATTEN_STATUS_OVERFLOW,
-                                    "%s: kernel volume prod(kernel) overflows int64", fn);
+    if (natten_problem_kernel_volume(p) == 0) /* 0 only on overflow: rank and kernel hold */
+        return natten_set_error(NATTEN_STATUS_OVERFLOW,
+                                "%s: kernel volume prod(kernel) overflows int64", fn);
     for (int kind = NATTEN_TENSOR_Q; kind <= NATTEN_TENSOR_RPB; ++kind)
         if (checked_bytes(p, (natten_tensor_kind)kind) < 0)
             return natten_set_error(NATTEN_STATUS_OVERFLOW,

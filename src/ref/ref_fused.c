@@ -8,10 +8,9 @@
 
 typedef struct fused_ctx {
     ref_geom g;
-    const natten_problem *p;
     natten_dtype dt;
     int64_t D, Dv, N;
-    const natten_tensor *q, *k, *v, *rpb, *ek, *ev;
+    const natten_tensor *k, *rpb, *ek; /* what row_logits reads */
 } fused_ctx;
 
 /*
@@ -49,16 +48,14 @@ static double row_logits(const fused_ctx *c, int64_t b, const ref_row *r, int64_
     return m;
 }
 
-static void fused_init(fused_ctx *c, const natten_problem *p, const natten_tensor *q,
-                       const natten_tensor *k, const natten_tensor *v, const natten_tensor *rpb,
-                       const natten_tensor *ek, const natten_tensor *ev) {
+static void fused_init(fused_ctx *c, const natten_problem *p, const natten_tensor *k,
+                       const natten_tensor *rpb, const natten_tensor *ek) {
     ref_geom_init(&c->g, p);
-    c->p = p;
     c->dt = p->dtype;
     c->D = p->head_dim;
     c->Dv = p->head_dim_v;
     c->N = p->num_extra_kv;
-    c->q = q, c->k = k, c->v = v, c->rpb = rpb, c->ek = ek, c->ev = ev;
+    c->k = k, c->rpb = rpb, c->ek = ek;
 }
 
 natten_status natten_ref_na_forward(const natten_problem *p, const natten_tensor *q,
@@ -67,7 +64,7 @@ natten_status natten_ref_na_forward(const natten_problem *p, const natten_tensor
                                     const natten_tensor *extra_v, natten_tensor *out,
                                     natten_tensor *lse) {
     fused_ctx c;
-    fused_init(&c, p, q, k, v, rpb, extra_k, extra_v);
+    fused_init(&c, p, k, rpb, extra_k);
     const int rank = c.g.rank;
     const natten_dtype lse_dt = natten_kind_dtype(p, NATTEN_TENSOR_LSE);
     double *scratch = (double *)malloc(sizeof(double) * (size_t)(c.g.kk + c.N + c.D + c.Dv));
@@ -124,7 +121,7 @@ natten_status natten_ref_na_backward(
     natten_tensor *dk, natten_tensor *dv, natten_tensor *drpb, natten_tensor *dextra_k,
     natten_tensor *dextra_v) {
     fused_ctx c;
-    fused_init(&c, p, q, k, v, rpb, extra_k, extra_v);
+    fused_init(&c, p, k, rpb, extra_k);
     const int rank = c.g.rank;
     const natten_dtype lse_dt = natten_kind_dtype(p, NATTEN_TENSOR_LSE);
     const int want_drpb = rpb && drpb;
@@ -143,6 +140,8 @@ natten_status natten_ref_na_backward(
     double *s = scratch, *qv = s + c.g.kk + c.N, *go = qv + c.D;
     const int64_t qcs = ref_cstride(q, rank), kcs = ref_cstride(k, rank), vcs = ref_cstride(v, rank);
     const int64_t ocs = ref_cstride(out, rank), docs = ref_cstride(dout, rank);
+    const int64_t aqcs = ref_cstride(&aq.view, rank), akcs = ref_cstride(&ak.view, rank);
+    const int64_t avcs = ref_cstride(&av.view, rank);
     const double scale = c.g.scale;
 
     for (int64_t b = 0; b < p->batch; ++b)
@@ -161,7 +160,6 @@ natten_status natten_ref_na_backward(
                 for (int64_t ch = 0; ch < c.Dv; ++ch) delta += go[ch] * natten_load(out->data, oo + ch * ocs, c.dt);
                 row_logits(&c, b, &r, h, qv, s);
                 const int64_t dqo = ref_off(&aq.view, rank, b, r.q, h);
-                const int64_t aqcs = ref_cstride(&aq.view, rank);
                 for (int64_t n = 0; n < c.g.kk; ++n) {
                     int64_t key[NATTEN_MAX_RANK], ridx[NATTEN_MAX_RANK];
                     if (!ref_slot(&c.g, &r, n, key, ridx)) continue;
@@ -170,12 +168,12 @@ natten_status natten_ref_na_backward(
                     double dp = 0.0;
                     for (int64_t ch = 0; ch < c.Dv; ++ch) dp += go[ch] * natten_load(v->data, vo + ch * vcs, c.dt);
                     const double ds = prob * (dp - delta);
-                    const int64_t ako = ref_off(&ak.view, rank, b, key, hk), aco = ref_cstride(&ak.view, rank);
+                    const int64_t ako = ref_off(&ak.view, rank, b, key, hk);
                     for (int64_t ch = 0; ch < c.D; ++ch) {
                         aq.data[dqo + ch * aqcs] += scale * ds * natten_load(k->data, ko + ch * kcs, c.dt);
-                        ak.data[ako + ch * aco] += scale * ds * qv[ch];
+                        ak.data[ako + ch * akcs] += scale * ds * qv[ch];
                     }
-                    const int64_t avo = ref_off(&av.view, rank, b, key, hk), avcs = ref_cstride(&av.view, rank);
+                    const int64_t avo = ref_off(&av.view, rank, b, key, hk);
                     for (int64_t ch = 0; ch < c.Dv; ++ch) av.data[avo + ch * avcs] += prob * go[ch];
                     if (want_drpb) ar.data[ref_off_rpb(&ar.view, rank, h, ridx)] += ds;
                 }

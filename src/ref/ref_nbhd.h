@@ -26,7 +26,6 @@ typedef struct ref_geom {
     int rank;
     int64_t kk;      /* kernel volume */
     int64_t n_out;   /* prod of output extents */
-    int64_t n_in;    /* prod of input extents */
     int64_t out_ext[NATTEN_MAX_RANK];
     int64_t group;   /* heads per kv head */
     double scale;
@@ -42,14 +41,11 @@ typedef struct ref_row {
 static inline void ref_geom_init(ref_geom *g, const natten_problem *p) {
     g->p = p;
     g->rank = p->rank;
-    g->kk = 1;
+    g->kk = natten_problem_kernel_volume(p);
     g->n_out = 1;
-    g->n_in = 1;
     for (int a = 0; a < p->rank; ++a) {
         g->out_ext[a] = natten_out_extent(p, a);
-        g->kk *= p->kernel[a];
         g->n_out *= g->out_ext[a];
-        g->n_in *= p->extent[a];
     }
     g->group = p->heads / p->kv_heads;
     g->scale = natten_problem_scale(p);
@@ -130,13 +126,8 @@ typedef struct ref_acc {
 
 static inline int ref_acc_alloc(ref_acc *acc, const natten_problem *p, natten_tensor_kind kind) {
     acc->ndim = natten_shape_of(p, kind, acc->shape);
-    int64_t s = 1;
-    for (int i = acc->ndim - 1; i >= 0; --i) {
-        acc->view.stride[i] = s;
-        s *= acc->shape[i];
-    }
-    acc->count = s;
-    acc->data = (double *)calloc((size_t)(s > 0 ? s : 1), sizeof(double));
+    acc->count = natten_contiguous_strides(acc->shape, acc->ndim, acc->view.stride);
+    acc->data = (double *)calloc((size_t)(acc->count > 0 ? acc->count : 1), sizeof(double));
     acc->view.data = acc->data;
     return acc->data != NULL;
 }
