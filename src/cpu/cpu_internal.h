@@ -97,7 +97,4 @@ void natten_cpu_ws_put(void *ptr);
 void natten_cpu_transpose_scalar(const float *src, int64_t src_ld, float *dst, int64_t dst_ld,
                                  int64_t rows, int64_t cols);
 
-/* Scalar exp used by the scalar kernels and tails (expf). */
-float natten_cpu_expf(float x);
-
 #endif /* NATTEN_CPU_INTERNAL_H */

@@ -6,7 +6,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -20,8 +19,6 @@
 
 #include "core/status.h"
 #include "cpu/cpu_internal.h"
-
-float natten_cpu_expf(float x) { return expf(x); }
 
 /* ------------------------------------------------------------------------ */
 /* ISA detection and registry                                                */

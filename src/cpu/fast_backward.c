@@ -362,11 +362,8 @@ void bwd_rpb_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const common *c = vctx;
     const geom *g = &c->g;
     const int r = g->rank;
-    int64_t nb = 1, dims[3] = {1, 1, 1};
-    for (int a = 0; a < r; ++a) {
-        dims[a] = 2 * g->K[a] - 1;
-        nb *= dims[a];
-    }
+    int64_t dims[3];
+    const int64_t nb = rpb_dims(g, dims);
     double *acc = (double *)(c->scratch + (size_t)tid * c->scratch_bytes);
     for (int64_t h = begin; h < end; ++h) {
         for (int64_t i = 0; i < nb; ++i) acc[i] = 0.0;
@@ -398,14 +395,8 @@ void bwd_rpb_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 }
             }
         }
-        for (int64_t i = 0; i < nb; ++i) {
-            int64_t rem = i, off = h * c->drpb_t->stride[0];
-            for (int a = r - 1; a >= 0; --a) {
-                off += (rem % dims[a]) * c->drpb_t->stride[a + 1];
-                rem /= dims[a];
-            }
-            natten_store(c->drpb_t->data, off, c->p->dtype, acc[i]);
-        }
+        for (int64_t i = 0; i < nb; ++i)
+            natten_store(c->drpb_t->data, rpb_elem_off(c->drpb_t, dims, r, h, i), c->p->dtype, acc[i]);
     }
 }
 
@@ -458,11 +449,8 @@ natten_status natten_fast_na_backward(
     natten_tensor *dextra_v) {
     if (!fast_supported(p)) return NATTEN_STATUS_UNSUPPORTED;
     common c;
-    memset(&c, 0, sizeof c);
-    c.p = p;
-    geom_init(&c.g, p);
+    common_init(&c, p);
     const geom *g = &c.g;
-    c.kern = natten_cpu_active_kernels();
     c.rpb = rpb;
     c.lse_in = lse;
     c.dq_t = dq;
@@ -527,8 +515,7 @@ natten_status natten_fast_na_backward(
             if (eb > sb) sb = eb;
         }
         if (c.drpb_t) {
-            int64_t nb = 1;
-            for (int a = 0; a < g->rank; ++a) nb *= 2 * g->K[a] - 1;
+            const int64_t nb = rpb_table_size(g);
             if ((size_t)nb * sizeof(double) > sb) sb = (size_t)nb * sizeof(double);
         }
         if (key_tiles) {

@@ -46,6 +46,13 @@ void geom_init(geom *g, const natten_problem *p) {
     g->varlen = p->varlen_extent;
 }
 
+void common_init(common *c, const natten_problem *p) {
+    memset(c, 0, sizeof *c);
+    c->p = p;
+    geom_init(&c->g, p);
+    c->kern = natten_cpu_active_kernels();
+}
+
 typedef struct pack_ctx {
     const natten_tensor *t;
     natten_dtype dt;
@@ -265,9 +272,9 @@ void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, lineprep
     const int64_t hk = h / g->G;
     lp->kb = c->k.data + b * c->k.st[0] + hk * c->k.st[r + 1];
     lp->vb = c->v.data + b * c->v.st[0] + hk * c->v.st[r + 1];
-    int64_t dims[3] = {1, 1, 1};
-    for (int a = 0; a < r; ++a) dims[a] = 2 * g->K[a] - 1;
-    lp->rpbf = c->rpb_all ? c->rpb_all + h * rpb_table_size(g) : NULL;
+    int64_t dims[3];
+    const int64_t nb = rpb_dims(g, dims);
+    lp->rpbf = c->rpb_all ? c->rpb_all + h * nb : NULL;
     /* valid combinations of the leading axes (at most 2), in slot order */
     int64_t n = 0;
     if (r == 1) {
@@ -311,20 +318,14 @@ int build_rpb_all(common *c) {
     if (!c->rpb) return 1;
     const geom *g = &c->g;
     const int r = g->rank;
-    const int64_t nb = rpb_table_size(g);
-    int64_t dims[3] = {1, 1, 1};
-    for (int a = 0; a < r; ++a) dims[a] = 2 * g->K[a] - 1;
+    int64_t dims[3];
+    const int64_t nb = rpb_dims(g, dims);
     c->rpb_all = malloc((size_t)(g->H * nb) * sizeof(float));
     if (!c->rpb_all) return 0;
     for (int64_t h = 0; h < g->H; ++h)
-        for (int64_t i = 0; i < nb; ++i) {
-            int64_t rem = i, off = h * c->rpb->stride[0];
-            for (int a = r - 1; a >= 0; --a) {
-                off += (rem % dims[a]) * c->rpb->stride[a + 1];
-                rem /= dims[a];
-            }
-            c->rpb_all[h * nb + i] = (float)natten_load(c->rpb->data, off, c->p->dtype);
-        }
+        for (int64_t i = 0; i < nb; ++i)
+            c->rpb_all[h * nb + i] =
+                (float)natten_load(c->rpb->data, rpb_elem_off(c->rpb, dims, r, h, i), c->p->dtype);
     return 1;
 }
 

@@ -145,11 +145,8 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
                                      natten_tensor *lse) {
     if (!fast_supported(p)) return NATTEN_STATUS_UNSUPPORTED;
     common c;
-    memset(&c, 0, sizeof c);
-    c.p = p;
-    geom_init(&c.g, p);
+    common_init(&c, p);
     const geom *g = &c.g;
-    c.kern = natten_cpu_active_kernels();
     c.rpb = rpb;
     c.out_t = out;
     c.lse_t = lse;

@@ -146,10 +146,30 @@ typedef struct qscratch {
     float *tbias, *tsbuf, *tsbuf2, *tout, *tlse, *tq, *tdo;
 } qscratch;
 
-static inline int64_t rpb_table_size(const geom *g) {
+/* Axis extents of the rpb table (2K-1 per axis, 1 past the rank); returns
+ * their product, the table size per head. */
+static inline int64_t rpb_dims(const geom *g, int64_t dims[3]) {
     int64_t n = 1;
-    for (int a = 0; a < g->rank; ++a) n *= 2 * g->K[a] - 1;
+    for (int a = 0; a < 3; ++a) {
+        dims[a] = a < g->rank ? 2 * g->K[a] - 1 : 1;
+        n *= dims[a];
+    }
     return n;
+}
+
+static inline int64_t rpb_table_size(const geom *g) {
+    int64_t dims[3];
+    return rpb_dims(g, dims);
+}
+
+/* Element offset in an rpb-shaped tensor t of head h, row-major table index i. */
+static inline int64_t rpb_elem_off(const natten_tensor *t, const int64_t dims[3], int rank, int64_t h, int64_t i) {
+    int64_t off = h * t->stride[0];
+    for (int a = rank - 1; a >= 0; --a) {
+        off += (i % dims[a]) * t->stride[a + 1];
+        i /= dims[a];
+    }
+    return off;
 }
 
 static inline natten_window last_window(const common *c, int64_t e, int64_t i) {
@@ -199,6 +219,8 @@ int build_wlast(common *c);
 /* Release the views, staging buffers, tables and scratch of a call (fields
  * never set must be NULL). */
 void common_free(common *c);
+/* Zero *c, then set its problem, geometry and the active kernels. */
+void common_init(common *c, const natten_problem *p);
 /* Which problems the fast kernels take (f64 declines). */
 int fast_supported(const natten_problem *p);
 
