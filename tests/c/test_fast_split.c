@@ -180,7 +180,6 @@ static void check_config(const cfg *c, uint64_t seed) {
     double atol, rtol;
     t_tol(c->dt, &atol, &rtol);
     if (c->dt == NATTEN_DTYPE_F32) atol = rtol = 2e-5;
-    const double gt = t_grad_tol(c->dt);
 
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
     const int threads[] = {1, 2, 3};
@@ -212,16 +211,10 @@ static void check_config(const cfg *c, uint64_t seed) {
                 t_check(t_compare(what, &T.out, want_out, atol, rtol), "%s", what);
                 for (int i = 0; i < n; ++i) {
                     double *w = t_to_double(ro[i]);
-                    double ta = atol, tr = rtol;
-                    if (i >= 2) { /* gradients: relative to the tensor's largest magnitude */
-                        double mx = 1e-3;
-                        for (int64_t e = 0; e < ro[i]->count; ++e)
-                            if (isfinite(w[e])) mx = fabs(w[e]) > mx ? fabs(w[e]) : mx;
-                        ta = gt * mx;
-                        tr = gt;
-                    }
                     snprintf(what, sizeof what, "%s [%s] %s vs reference", c->name, iname, names[i]);
-                    t_check(t_compare(what, o[i], w, ta, tr), "%s", what);
+                    /* gradients (i >= 2): relative to the tensor's largest magnitude */
+                    t_check(i >= 2 ? t_compare_grad(what, o[i], w, c->dt) : t_compare(what, o[i], w, atol, rtol),
+                            "%s", what);
                     free(w);
                     base[i] = malloc(o[i]->bytes);
                     memcpy(base[i], o[i]->mem, o[i]->bytes);

@@ -151,8 +151,9 @@ extern const natten_cpu_isa t_cpu_isas[T_NUM_CPU_ISAS];
 
 /* A tensor's logical elements as a malloc'd row-major double array. */
 double *t_to_double(const tbuf *tb);
-/* Gradients against the reference: f32 1e-4, f16 4e-3, bf16 3e-2 (relative,
- * and scaled by the tensor's largest magnitude for the absolute part). */
-double t_grad_tol(natten_dtype dt);
+/* t_compare for a gradient against the reference's (want): tolerance f32
+ * 1e-4, f16 4e-3, bf16 3e-2 (dtype dt), relative, and times the largest
+ * finite |want| (at least 1e-3) for the absolute part. */
+int t_compare_grad(const char *what, const tbuf *got, const double *want, natten_dtype dt);
 
 #endif /* NATTEN_TEST_SUPPORT_H */
