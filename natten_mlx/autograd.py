@@ -11,13 +11,10 @@ from __future__ import annotations
 import mlx.core as mx
 
 from natten_mlx._core import ops
-from natten_mlx._core.params import NAParams
 
 
-def _p(rank, ks, st, dil, caus, scale, head_dim):
-    sc = float(head_dim) ** -0.5 if scale is None else float(scale)
-    return NAParams(rank, tuple(ks), tuple(dil), tuple(st), (1,) * rank,
-                    tuple(bool(c) for c in caus), sc)
+# Same NAParams construction as natten-mlx's ops.na*d_forward entry points.
+_p = ops._np_params
 
 
 def _fused(rank):

@@ -242,10 +242,10 @@ def validate_with_library(p: Problem) -> None:
 
 
 def na_params(p: Problem):
-    from natten_mlx._core.params import NAParams
+    # The NAParams the public na*d op builds for this problem (default scale).
+    from natten_mlx.functional import _params, _resolve_scale
 
-    return NAParams(rank=p.rank, kernel=p.window, dilation=p.dilation, out_stride=p.stride,
-                    gna_stride=(1,) * p.rank, causal=p.causal, scale=p.dim ** -0.5)
+    return _params(p.rank, p.window, p.stride, p.dilation, p.causal, _resolve_scale(None, p.dim))
 
 
 def _ops():
@@ -255,14 +255,16 @@ def _ops():
 
 
 def _features(p: Problem) -> dict:
-    # The same feature keys natten_mlx._core.ops passes to a tier's supports().
-    return {"rpb": False, "extra_kv": p.add_kv > 0, "varlen": False, "gqa": p.heads != p.heads_kv}
+    # The feature keys natten_mlx._core.ops passes to a tier's supports() (extra_k only
+    # needs to be non-None when there are extra tokens).
+    return _ops()._features(p.heads, p.heads_kv, extra_k=p.add_kv or None)
 
 
 def fmha_path(p: Problem) -> bool:
     """The public na*d ops hand a full-extent, stride-1, non-causal window to MLX's SDPA."""
-    return (all(k >= x for k, x in zip(p.window, p.input_size)) and all(s == 1 for s in p.stride)
-            and not any(p.causal))
+    from natten_mlx.functional import _is_full_attention
+
+    return _is_full_attention(p.input_size, p.window, p.stride, p.causal)
 
 
 def _unavailable_reason(name: str, device: str) -> str:
