@@ -75,15 +75,22 @@ def as_bool_tuple(value, rank: int, name: str) -> Tuple[bool, ...]:
     return tuple(bool(v) for v in as_tuple(value, rank, name))
 
 
-def check_window(extent: Sequence[int], kernel, dilation, stride=None) -> None:
-    """K <= L, K*d <= L (and 1 <= s <= K) per axis, with the spec's messages."""
+def check_window(extent: Sequence[int], kernel, dilation) -> None:
+    """K <= L and K*d <= L per axis, with the spec's messages."""
     for i, (L, K, d) in enumerate(zip(extent, kernel, dilation)):
         if K > L:
             raise ValueError(f"kernel_size[{i}]={K} must be <= input spatial size {L}")
         if K * d > L:
             raise ValueError(f"dilation[{i}] * kernel_size[{i}] = {K * d} exceeds input size {L}")
-        if stride is not None and stride[i] > K:
-            raise ValueError(f"stride[{i}]={stride[i]} must be <= kernel_size[{i}]={K}")
+
+
+def window_args(rank: int, extent: Sequence[int], kernel_size, dilation, is_causal):
+    """(kernel, dilation, causal) rank-tuples, checked against the input extent."""
+    kernel = as_int_tuple(kernel_size, rank, "kernel_size")
+    dil = as_int_tuple(dilation, rank, "dilation")
+    causal = as_bool_tuple(is_causal, rank, "is_causal")
+    check_window(extent, kernel, dil)
+    return kernel, dil, causal
 
 
 def make_params(rank, kernel, dilation, causal, scale, gna_stride=None) -> NAParams:
@@ -222,11 +229,8 @@ def heads_first_qk(
             f"{fn}: query and key must have the same shape, got {list(query.shape)} "
             f"and {list(key.shape)}"
         )
-    kernel = as_int_tuple(kernel_size, rank, "kernel_size")
-    dil = as_int_tuple(dilation, rank, "dilation")
-    causal = as_bool_tuple(is_causal, rank, "is_causal")
     extent = tuple(query.shape[2 : 2 + rank])
-    check_window(extent, kernel, dil)
+    kernel, dil, causal = window_args(rank, extent, kernel_size, dilation, is_causal)
     heads = query.shape[1]
     check_rpb(rpb, heads, kernel, causal)
 
@@ -271,11 +275,8 @@ def heads_first_av(
             f"{fn}: attn and value must match in batch, heads and spatial dims, got "
             f"{list(attn.shape)} and {list(value.shape)}"
         )
-    kernel = as_int_tuple(kernel_size, rank, "kernel_size")
-    dil = as_int_tuple(dilation, rank, "dilation")
-    causal = as_bool_tuple(is_causal, rank, "is_causal")
     extent = tuple(value.shape[2 : 2 + rank])
-    check_window(extent, kernel, dil)
+    kernel, dil, causal = window_args(rank, extent, kernel_size, dilation, is_causal)
     kk = math.prod(kernel)
     n_extra = 0
     if additional_values is not None:

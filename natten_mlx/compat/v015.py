@@ -22,6 +22,7 @@ from typing import Optional
 
 import mlx.core as mx
 
+from ..functional import _resolve_scale
 from . import _common as C
 from .v014 import (  # noqa: F401  (re-exported)
     NeighborhoodAttention,
@@ -175,11 +176,9 @@ def natten3dav(attn, value, kernel_size_d, kernel_size, dilation_d, dilation):
 
 def _fused(rank, name, query, key, value, kernel_size, dilation, is_causal, scale):
     C.check_qkv_heads_last(name, rank, query, key, value)
-    kernel = C.as_int_tuple(kernel_size, rank, "kernel_size")
-    dil = C.as_int_tuple(dilation, rank, "dilation")
-    causal = C.as_bool_tuple(is_causal, rank, "is_causal")
-    C.check_window(tuple(query.shape[1 : 1 + rank]), kernel, dil)
-    s = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    kernel, dil, causal = C.window_args(rank, tuple(query.shape[1 : 1 + rank]), kernel_size,
+                                        dilation, is_causal)
+    s = _resolve_scale(scale, query.shape[-1])
     out, _ = C.fused(query, key, value, C.make_params(rank, kernel, dil, causal, s))
     return out
 

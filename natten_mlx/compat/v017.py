@@ -161,10 +161,8 @@ def _fused(rank, name, query, key, value, kernel_size, dilation, is_causal, rpb,
            additional_keys, additional_values):
     C.check_qkv_heads_last(name, rank, query, key, value)
     C.check_extra_kv(query, key, additional_keys, additional_values)
-    kernel = C.as_int_tuple(kernel_size, rank, "kernel_size")
-    dil = C.as_int_tuple(dilation, rank, "dilation")
-    causal = C.as_bool_tuple(is_causal, rank, "is_causal")
-    C.check_window(tuple(query.shape[1 : 1 + rank]), kernel, dil)
+    kernel, dil, causal = C.window_args(rank, tuple(query.shape[1 : 1 + rank]), kernel_size,
+                                        dilation, is_causal)
     C.check_rpb(rpb, query.shape[-2], kernel, causal)
     s = scale or query.shape[-1] ** -0.5
     p = C.make_params(rank, kernel, dil, causal, s)

@@ -31,6 +31,7 @@ from typing import List, Optional, Sequence
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..functional import _resolve_scale
 from . import _common as C
 from .v015 import has_cuda, has_fna, has_mlx, has_mps  # noqa: F401  (same answers as 0.15)
 
@@ -93,10 +94,6 @@ def check_against_input(extent, kernel, stride, dil):
             f"stride must not exceed kernel_size on any axis; got kernel_size={kernel}, "
             f"stride={stride}."
         )
-
-
-def _resolve_scale(scale, head_dim):
-    return head_dim**-0.5 if scale is None else float(scale)
 
 
 # ---------------------------------------------------------------- fused NA
