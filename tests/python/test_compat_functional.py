@@ -15,14 +15,11 @@ import numpy as np
 import pytest
 
 import oracle
-from nautil import assert_close
+from nautil import assert_close, rand as _rand
 from natten_mlx.compat import v014, v015, v017
 from test_compat_support import hf, hl, npy, upstream_av, upstream_qk
 
 
-def _rand(rng, shape, dtype=mx.float32):
-    a = mx.array(rng.standard_normal(shape)).astype(dtype)
-    return a, npy(a)
 
 
 # ----------------------------------------------------------------- 1D

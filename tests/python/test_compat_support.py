@@ -13,6 +13,7 @@ import itertools
 
 import mlx.core as mx
 import numpy as np
+from nautil import to_np as npy  # float64 copy of an mx array (bf16 via f32)
 
 
 def hl(x):
@@ -25,10 +26,6 @@ def hf(x):
     return np.moveaxis(np.asarray(x), -2, 1)
 
 
-def npy(x):
-    if x.dtype == mx.bfloat16:
-        x = x.astype(mx.float32)
-    return np.array(x).astype(np.float64)
 
 
 def upstream_axis_slots(L, K, d, causal):

@@ -7,16 +7,13 @@ import numpy as np
 import pytest
 
 import oracle
-from nautil import assert_close
+from nautil import assert_close, rand as _rand
 import natten_mlx
 from natten_mlx.extras import allin1
 from natten_mlx.extras.allin1 import functional, functional_metal
 from test_compat_support import fd_check, npy
 
 
-def _rand(rng, shape, dtype=mx.float32):
-    a = mx.array(rng.standard_normal(shape)).astype(dtype)
-    return a, npy(a)
 
 
 # All-In-One's shapes: head dim 12, 2 heads, K=5, dilations 1..32 over L=216 (1D), 8x108 grid (2D)
