@@ -3,16 +3,17 @@
 The extension ``natten_mlx._core._natten_ext`` exposes one lazy MLX primitive
 per C operation (na_forward, na_backward, qk_forward, qk_backward, av_forward,
 av_backward).  Their ``eval_cpu`` hands the C call to MLX's CPU stream with
-views of the MLX buffers (strides and offsets as they are: no copies).  This
-module pairs them into differentiable functions with ``mx.custom_function``:
+views of the MLX buffers (strides and offsets as they are: no copies).  The forward
+primitives carry their own VJPs (the C backwards, see natten_ext.cpp), so the
+calls here build one graph node each and no Python runs during autodiff:
 
-* ``na_fused``: forward -> (out, lse); the VJP runs the fused C backward, which
-  recomputes probabilities from the lse (kept in float64 for float64
+* ``na_fused``: forward -> (out, lse); the backward is the fused C backward,
+  which recomputes probabilities from the lse (kept in float64 for float64
   problems, returned to callers as float32).  The gradient that reaches q/k
   through the *returned lse* (``return_lse=True``, ``merge_attentions``) is a
-  second custom function over the raw lse, so it costs nothing unless the lse
-  is actually used downstream: d lse / d logit_n = P_n, pushed through the
-  split QK backward (and by hand through the extra tokens).
+  custom function over the raw lse, built only when the caller wants the lse
+  (``need_lse``): d lse / d logit_n = P_n, pushed through the split QK
+  backward (and by hand through the extra tokens).
 * ``na_qk`` / ``na_av``: split ops with their C backwards.
 
 Nothing here evaluates arrays, so everything works inside ``mx.compile``,
@@ -77,10 +78,8 @@ def set_impl(name: str) -> str:
         raise ValueError(f"Unknown C implementation '{name}'. Expected one of {sorted(_IMPLS)}")
     prev = get_impl()
     _impl = _IMPLS[name]
-    _make_fused.cache_clear()
+    _prims.cache_clear()
     _make_lse_grad.cache_clear()
-    _make_qk.cache_clear()
-    _make_av.cache_clear()
     return prev
 
 
@@ -134,47 +133,13 @@ def _acc(dtype):
 # --------------------------------------------------------------------------
 
 
-def _split_opt(opt, has_rpb, has_extra, has_varlen):
-    it = iter(opt)
-    rpb = next(it) if has_rpb else None
-    ek = next(it) if has_extra else None
-    ev = next(it) if has_extra else None
-    vl = next(it) if has_varlen else None
-    return rpb, ek, ev, vl
-
-
 @functools.lru_cache(maxsize=256)
-def _make_fused(p: NAParams, has_rpb: bool, has_extra: bool, has_varlen: bool):
+def _prims(p: NAParams):
+    """(na_forward, qk_forward, av_forward) of the extension bound to p's keywords."""
     ext = extension()
     kw = _kw(p)
-
-    @mx.custom_function
-    def fused(q, k, v, *opt):
-        rpb, ek, ev, vl = _split_opt(opt, has_rpb, has_extra, has_varlen)
-        out, lse = ext.na_forward(q, k, v, rpb, ek, ev, vl, **kw)
-        return out, lse
-
-    @fused.vjp
-    def fused_vjp(primals, cotangents, outputs):
-        q, k, v, *opt = primals
-        rpb, ek, ev, vl = _split_opt(opt, has_rpb, has_extra, has_varlen)
-        dout = cotangents[0].astype(q.dtype)
-        out, lse = outputs
-        # cotangents[1] (of the raw lse) is always zero: the lse the caller
-        # sees goes through _make_lse_grad, which routes its gradient itself.
-        g = ext.na_backward(q, k, v, out, lse, dout, rpb, ek, ev, vl, **kw)
-        res = list(g[:3])
-        i = 3
-        if has_rpb:
-            res.append(g[i])
-            i += 1
-        if has_extra:
-            res += [g[i], g[i + 1]]
-        if has_varlen:
-            res.append(mx.zeros_like(vl))
-        return tuple(res)
-
-    return fused
+    return (functools.partial(ext.na_forward, **kw), functools.partial(ext.qk_forward, **kw),
+            functools.partial(ext.av_forward, **kw))
 
 
 def _rows(x, p: NAParams):
@@ -257,8 +222,12 @@ def _make_lse_grad(p: NAParams, has_rpb: bool, has_extra: bool, has_varlen: bool
     return lse_fn
 
 
-def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
-    """Fused NA on the C core: (out [B,*O,H,Dv] in q.dtype, lse [B,*O,H] float32)."""
+def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None,
+             need_lse=True):
+    """Fused NA on the C core: (out [B,*O,H,Dv] in q.dtype, lse [B,*O,H] float32).
+
+    ``need_lse=False`` returns (out, None) and skips building the lse's
+    gradient function (ops.na_out: callers that drop the lse)."""
     if extension() is None:
         raise RuntimeError(f"natten_mlx compiled tier unavailable: {load_error()}")
     if (extra_k is None) != (extra_v is None):
@@ -266,23 +235,26 @@ def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=
     dt = q.dtype
     k = k.astype(dt)
     v = v.astype(dt)
-    has_rpb, has_extra, has_varlen = rpb is not None, extra_k is not None, varlen is not None
-    opt = []
-    if has_rpb:
+    if rpb is not None:
         rpb = rpb.astype(dt)
-        opt.append(rpb)
-    if has_extra:
+    if extra_k is not None:
         extra_k = extra_k.astype(dt)
         extra_v = extra_v.astype(dt)
-        opt += [extra_k, extra_v]
-    if has_varlen:
+    if varlen is not None:
         varlen = mx.array(varlen) if not isinstance(varlen, mx.array) else varlen
         varlen = varlen.astype(mx.int32)
-        opt.append(varlen)
-    out, lse_raw = _make_fused(p, has_rpb, has_extra, has_varlen)(q, k, v, *opt)
+    out, lse_raw = _prims(p)[0](q, k, v, rpb, extra_k, extra_v, varlen)
+    if not need_lse:
+        return out, None
     lopt = [a for a in (rpb, extra_k, varlen) if a is not None]
-    lse = _make_lse_grad(p, has_rpb, has_extra, has_varlen)(lse_raw, q, k, *lopt)
+    lse = _make_lse_grad(p, rpb is not None, extra_k is not None, varlen is not None)(
+        lse_raw, q, k, *lopt)
     return out, lse
+
+
+def na_out(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """``na_fused`` without the lse (see ops.na_out)."""
+    return na_fused(q, k, v, p, rpb, extra_k, extra_v, varlen, need_lse=False)[0]
 
 
 # --------------------------------------------------------------------------
@@ -290,64 +262,18 @@ def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=256)
-def _make_qk(p: NAParams, has_rpb: bool):
-    ext = extension()
-    kw = _kw(p)
-
-    @mx.custom_function
-    def qk(q, k, *opt):
-        rpb = opt[0] if has_rpb else None
-        return ext.qk_forward(q, k, rpb, None, **kw)
-
-    @qk.vjp
-    def qk_vjp(primals, cotangents, outputs):
-        q, k = primals[0], primals[1]
-        dl = cotangents
-        if isinstance(dl, (list, tuple)):
-            dl = dl[0]
-        g = ext.qk_backward(q, k, dl.astype(q.dtype), has_rpb, None, **kw)
-        return tuple(g)
-
-    return qk
-
-
-@functools.lru_cache(maxsize=256)
-def _make_av(p: NAParams):
-    ext = extension()
-    kw = _kw(p)
-
-    @mx.custom_function
-    def av(attn, v):
-        return ext.av_forward(attn, v, None, **kw)
-
-    @av.vjp
-    def av_vjp(primals, cotangents, outputs):
-        attn, v = primals
-        do = cotangents
-        if isinstance(do, (list, tuple)):
-            do = do[0]
-        dattn, dv = ext.av_backward(attn, v, do.astype(v.dtype), None, **kw)
-        return dattn, dv
-
-    return av
-
-
 def na_qk(q, k, p: NAParams, rpb=None):
     """Split QK: logits [B,*O,H,KK] in q.dtype; masked slots -inf."""
     if extension() is None:
         raise RuntimeError(f"natten_mlx compiled tier unavailable: {load_error()}")
-    k = k.astype(q.dtype)
-    if rpb is None:
-        return _make_qk(p, False)(q, k)
-    return _make_qk(p, True)(q, k, rpb.astype(q.dtype))
+    return _prims(p)[1](q, k.astype(q.dtype), None if rpb is None else rpb.astype(q.dtype), None)
 
 
 def na_av(attn, v, p: NAParams):
     """Split AV: out [B,*O,H,Dv] in v.dtype; weights at masked slots ignored."""
     if extension() is None:
         raise RuntimeError(f"natten_mlx compiled tier unavailable: {load_error()}")
-    return _make_av(p)(attn.astype(v.dtype), v)
+    return _prims(p)[2](attn.astype(v.dtype), v, None)
 
 
 __all__ = [
@@ -358,6 +284,7 @@ __all__ = [
     "set_impl",
     "get_impl",
     "na_fused",
+    "na_out",
     "na_qk",
     "na_av",
 ]

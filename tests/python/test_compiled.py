@@ -498,3 +498,60 @@ def test_vmap_forward_and_grad(rng):
     np.testing.assert_allclose(np.array(o2[1]),
                                np.array(C.na_av(mx.softmax(C.na_qk(q[1], k[1], p), axis=-1),
                                                 v[1], p)), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# The primitives' own VJPs (no Python runs during autodiff)
+# --------------------------------------------------------------------------
+
+
+def test_primitive_vjp_any_argnums(rng):
+    p = P(1, 3, dilation=2, causal=True)
+    q, k, v = (rand(rng, (2, 9, 2, 4), mx.float32) for _ in range(3))
+    rpb = rand(rng, (2, 5), mx.float32)
+    g = rand(rng, (2, 9, 2, 4), mx.float32)
+
+    def loss(q, k, v, rpb):
+        return (C.na_fused(q, k, v, p, rpb=rpb)[0] * g).sum()
+
+    full = mx.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, rpb)
+    for argnums in [(2,), (1,), (3,), (0, 3), (1, 2)]:
+        got = mx.grad(loss, argnums=argnums)(q, k, v, rpb)
+        got = got if isinstance(got, (tuple, list)) else (got,)
+        for a, gg in zip(argnums, got):
+            np.testing.assert_array_equal(np.array(gg), np.array(full[a]))
+
+
+def test_primitive_vjp_casts_the_cotangent(rng):
+    # a float32 cotangent for a float16 problem reaches the C backward as float16
+    p = P(1, 3)
+    q, k, v = (rand(rng, (1, 8, 1, 4), mx.float16) for _ in range(3))
+    kw = C._kw(p)
+    ct = rand(rng, (1, 8, 1, 4), mx.float32)
+    _, (dq, dk, dv) = mx.vjp(lambda a, b, c: [ext.na_forward(a, b, c, **kw)[0]], [q, k, v], [ct])
+    _, ref = mx.vjp(lambda a, b, c: [ext.na_forward(a, b, c, **kw)[0]], [q, k, v],
+                    [ct.astype(mx.float16)])
+    for a, b in zip((dq, dk, dv), ref):
+        assert a.dtype == mx.float16
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    _, (dl,) = mx.vjp(lambda a: [ext.qk_forward(a, k, **kw)], [q],
+                      [mx.ones((1, 8, 1, 3), dtype=mx.float32)])
+    assert dl.dtype == mx.float16
+
+
+def test_backward_primitives_are_not_differentiable(rng):
+    p = P(1, 3)
+    kw = C._kw(p)
+    q, k, v = (rand(rng, (1, 8, 1, 4), mx.float32) for _ in range(3))
+    attn = rand(rng, (1, 8, 1, 3), mx.float32)
+    with pytest.raises(ValueError, match="NattenAvBackward: the backward ops are not differentiable"):
+        mx.grad(lambda a: ext.av_backward(a, v, q, **kw)[1].sum())(attn)
+
+
+def test_need_lse_false_skips_the_lse(rng):
+    p = P(2, 3, out_stride=2)
+    q = rand(rng, (1, 6, 5, 2, 4), mx.float32)
+    out, lse = C.na_fused(q, q, q, p, need_lse=False)
+    assert lse is None
+    np.testing.assert_array_equal(np.array(out), np.array(C.na_fused(q, q, q, p)[0]))
+    np.testing.assert_array_equal(np.array(C.na_out(q, q, q, p)), np.array(out))
