@@ -161,19 +161,81 @@ def _fmha(query, key, value, scale, ak, av, return_lse):
 # --------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------
+# Checked-call cache
+# --------------------------------------------------------------------------
+#
+# Validation, normalisation and NAParams depend only on the shapes and the
+# scalar arguments, yet cost ~20 us of Python per call (a small 1-D problem
+# runs in less on the C core).  A call whose arguments are plain ints/bools
+# (per axis) and an int/float/None scale is keyed on exactly those; a key seen
+# before passed every check then, so it would pass them now, and its result is
+# reused.  Failing calls are never stored: they re-run the checks and raise the
+# same errors in the same order.  Anything else (floats as sizes, numpy or mx
+# scalars) takes the checks every time: 7.0 == 7 must not share 7's entry.
+
+_CHECKED: dict = {}
+_CHECKED_MAX = 4096
+
+
+def _plain(x):
+    """x itself (a tuple for a list) when it is an int/bool or a sequence of them; else a
+    marker that is never a cache key component."""
+    t = type(x)
+    if t is int or t is bool:
+        return x
+    if t is tuple or t is list:
+        for e in x:
+            if type(e) is not int and type(e) is not bool:
+                return _plain
+        return tuple(x)
+    return _plain
+
+
+def _signature(kind, tensors, scale, *per_axis):
+    """Cache key of a call, or None when an argument is not plain (see above)."""
+    if scale is not None and type(scale) is not float and type(scale) is not int:
+        return None
+    args = tuple(_plain(a) for a in per_axis)
+    if _plain in args:
+        return None
+    try:
+        return (kind, scale, args) + tuple(t.shape for t in tensors)
+    except AttributeError:  # not arrays: the checks say what is wrong
+        return None
+
+
+def _remember(sig, value):
+    if sig is not None:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[sig] = value
+    return value
+
+
 def _na(rank, query, key, value, kernel_size, stride, dilation, is_causal, scale, return_lse,
         additional_keys, additional_values):
-    spatial = _validate_qkv(rank, query, key, value)
-    ak, av = _validate_additional(query, key, additional_keys, additional_values)
-    ks, st, dil, caus = _normalize_args(rank, spatial, kernel_size, stride, dilation, is_causal)
-    sc = _resolve_scale(scale, query.shape[-1])
-    if _is_full_attention(spatial, ks, st, caus):
-        return _fmha(query, key, value, sc, ak, av, return_lse)
-    p = _params(rank, ks, st, dil, caus, sc)
+    sig = None
+    if additional_keys is None and additional_values is None:
+        sig = _signature(rank, (query, key, value), scale, kernel_size, stride, dilation,
+                         is_causal)
+    hit = _CHECKED.get(sig) if sig is not None else None
+    ak = av = None
+    if hit is None:
+        spatial = _validate_qkv(rank, query, key, value)
+        ak, av = _validate_additional(query, key, additional_keys, additional_values)
+        ks, st, dil, caus = _normalize_args(rank, spatial, kernel_size, stride, dilation,
+                                            is_causal)
+        sc = _resolve_scale(scale, query.shape[-1])
+        full = _is_full_attention(spatial, ks, st, caus)
+        hit = _remember(sig, (sc if full else _params(rank, ks, st, dil, caus, sc), full))
+    p, full = hit  # p is the resolved scale when full
+    if full:
+        return _fmha(query, key, value, p, ak, av, return_lse)
+    if not return_lse:
+        return ops.na_out(query, key, value, p, extra_k=ak, extra_v=av)
     out, lse = ops.na_fused(query, key, value, p, extra_k=ak, extra_v=av)
-    if return_lse:
-        return out, lse.astype(_lse_dtype(query.dtype, ak is not None))
-    return out
+    return out, lse.astype(_lse_dtype(query.dtype, ak is not None))
 
 
 def na1d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
@@ -203,9 +265,13 @@ def na3d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, 
 
 
 def _qk(rank, query, key, kernel_size, dilation, stride, is_causal, scale):
-    spatial = _validate_qkv(rank, query, key, key)
-    ks, st, dil, caus = _normalize_args(rank, spatial, kernel_size, stride, dilation, is_causal)
-    p = _params(rank, ks, st, dil, caus, _resolve_scale(scale, query.shape[-1]))
+    sig = _signature(("qk", rank), (query, key), scale, kernel_size, dilation, stride, is_causal)
+    p = _CHECKED.get(sig) if sig is not None else None
+    if p is None:
+        spatial = _validate_qkv(rank, query, key, key)
+        ks, st, dil, caus = _normalize_args(rank, spatial, kernel_size, stride, dilation,
+                                            is_causal)
+        p = _remember(sig, _params(rank, ks, st, dil, caus, _resolve_scale(scale, query.shape[-1])))
     return ops.na_qk(query, key, p)
 
 
@@ -330,8 +396,7 @@ def _varlen(rank, query, key, value, sizes, kernel_size, dilation, scale):
                                  f"kernel_size[{a}] ({ks[a] * dil[a]}), but min={mins[a]}.")
     p = _params(rank, ks, (1,) * rank, dil, (False,) * rank,
                 _resolve_scale(scale, query.shape[-1]))
-    out, _ = ops.na_fused(query, key, value, p, varlen=sizes2.astype(mx.int32))
-    return out
+    return ops.na_out(query, key, value, p, varlen=sizes2.astype(mx.int32))
 
 
 def na1d_varlen(query, key, value, seq_lens, kernel_size, dilation=1, scale=None):

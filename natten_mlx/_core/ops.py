@@ -196,12 +196,27 @@ def _features(q_heads, kv_heads, rpb=None, extra_k=None, varlen=None):
 # --------------------------------------------------------------------------
 
 
-def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
-    """Fused NA: returns (out [B,*O,H,D] in q.dtype, lse [B,*O,H] float32)."""
+def _fused_tier(q, k, p, rpb, extra_k, varlen):
     feats = _features(q.shape[-2], k.shape[-2], rpb, extra_k, varlen)
     name = select_tier("fused", p, q.dtype, **feats)
-    mod = tier_module(name) or tier_module("pure")
+    return tier_module(name) or tier_module("pure")
+
+
+def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """Fused NA: returns (out [B,*O,H,D] in q.dtype, lse [B,*O,H] float32)."""
+    mod = _fused_tier(q, k, p, rpb, extra_k, varlen)
     return mod.na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
+
+
+def na_out(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """Fused NA for callers that drop the lse: out only.  A tier may define
+    ``na_out`` to skip building the lse and its gradient (compiled: ~5 us a call)."""
+    mod = _fused_tier(q, k, p, rpb, extra_k, varlen)
+    fn = getattr(mod, "na_out", None)
+    if fn is None:
+        return mod.na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v,
+                            varlen=varlen)[0]
+    return fn(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
 
 
 def na_qk(q, k, p: NAParams, rpb=None):
@@ -232,6 +247,7 @@ __all__ = [
     "tier_chain",
     "select_tier",
     "na_fused",
+    "na_out",
     "na_qk",
     "na_av",
 ]
@@ -257,7 +273,7 @@ def _np_params(rank, kernel_size, stride, dilation, is_causal, scale, head_dim):
 def _make_rank_ops(rank):
     def forward(q, k, v, kernel_size, stride, dilation, is_causal, scale=None):
         p = _np_params(rank, kernel_size, stride, dilation, is_causal, scale, q.shape[-1])
-        return na_fused(q, k, v, p)[0]
+        return na_out(q, k, v, p)
 
     def qk_forward(q, k, kernel_size, stride, dilation, is_causal, scale=None):
         p = _np_params(rank, kernel_size, stride, dilation, is_causal, scale, q.shape[-1])
