@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(NATTEN_HAVE_X86)
@@ -167,15 +168,30 @@ natten_status natten_num_threads_set(int n) {
 
 int natten_parallel_threads(void) { return natten_num_threads_get(); }
 
+/*
+ * A job is open until the caller has claimed its last chunk; only workers that
+ * join while it is open (`active`) are waited for.  Waiting for every worker
+ * instead (as before) made a region cost a full wake-up of each worker even
+ * when the caller did all the work: on a loaded 2-core VM that was 55 us on
+ * average for a 3 us region (min 5 us), 186 us after 200 us idle.
+ *
+ * Wake-ups: a worker that finishes a job polls for the next one for up to
+ * POOL_SPIN_NS before sleeping on the condition variable, so back-to-back
+ * regions (the backward runs up to five) and back-to-back calls skip the
+ * futex round trip; an idle pool sleeps after that and burns no core.
+ */
+#define POOL_SPIN_NS 50000
+
 typedef struct pool {
     pthread_mutex_t run_lock; /* one parallel region at a time */
     pthread_mutex_t m;
     pthread_cond_t start_cv, done_cv;
     pthread_t th[POOL_MAX];
     int nworkers; /* threads besides the caller */
-    uint64_t gen;
+    _Atomic uint64_t gen; /* written under m; read without it only to end a spin early */
     int stop;
-    int done;
+    int open;   /* the current job still takes workers */
+    int active; /* workers inside the current job */
     /* the current job */
     natten_parallel_fn fn;
     void *ctx;
@@ -199,6 +215,20 @@ static void run_chunks(int tid) {
     }
 }
 
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
 typedef struct worker_arg {
     int tid;
     uint64_t gen0; /* generation when created: jobs after it are new */
@@ -214,7 +244,8 @@ static void pool_atfork_child(void) {
     pthread_cond_init(&P.done_cv, NULL);
     P.nworkers = 0;
     P.stop = 0;
-    P.done = 0;
+    P.open = 0;
+    P.active = 0;
     in_region = 0;
     pthread_mutex_init(&ws_lock, NULL);
 }
@@ -225,15 +256,25 @@ static void *worker_main(void *arg) {
     pthread_mutex_lock(&P.m);
     uint64_t seen = ((worker_arg *)arg)->gen0;
     for (;;) {
-        while (P.gen == seen && !P.stop) pthread_cond_wait(&P.start_cv, &P.m);
+        if (atomic_load(&P.gen) == seen && !P.stop) {
+            pthread_mutex_unlock(&P.m);
+            const int64_t t0 = now_ns();
+            for (int i = 0; atomic_load_explicit(&P.gen, memory_order_relaxed) == seen; ++i) {
+                cpu_relax();
+                if ((i & 63) == 63 && now_ns() - t0 > POOL_SPIN_NS) break;
+            }
+            pthread_mutex_lock(&P.m);
+        }
+        while (atomic_load(&P.gen) == seen && !P.stop) pthread_cond_wait(&P.start_cv, &P.m);
         if (P.stop) break;
-        seen = P.gen;
-        if (tid < P.job_threads) {
+        seen = atomic_load(&P.gen);
+        if (P.open && tid < P.job_threads) {
+            P.active++;
             pthread_mutex_unlock(&P.m);
             run_chunks(tid);
             pthread_mutex_lock(&P.m);
+            if (--P.active == 0 && !P.open) pthread_cond_signal(&P.done_cv);
         }
-        if (++P.done == P.nworkers) pthread_cond_signal(&P.done_cv);
     }
     pthread_mutex_unlock(&P.m);
     return NULL;
@@ -245,6 +286,7 @@ static void pool_resize(int want) {
     if (P.nworkers > 0) {
         pthread_mutex_lock(&P.m);
         P.stop = 1;
+        atomic_fetch_add(&P.gen, 1); /* ends the workers' spins */
         pthread_cond_broadcast(&P.start_cv);
         pthread_mutex_unlock(&P.m);
         for (int i = 0; i < P.nworkers; ++i) pthread_join(P.th[i], NULL);
@@ -253,7 +295,7 @@ static void pool_resize(int want) {
     }
     for (int i = 0; i < want - 1; ++i) {
         worker_args[i].tid = i + 1;
-        worker_args[i].gen0 = P.gen;
+        worker_args[i].gen0 = atomic_load(&P.gen);
         if (pthread_create(&P.th[i], NULL, worker_main, &worker_args[i]) != 0) break;
         P.nworkers = i + 1;
     }
@@ -275,8 +317,9 @@ void natten_parallel_for(int nthreads, int64_t n, int64_t grain, natten_parallel
     P.grain = grain;
     P.job_threads = nthreads;
     atomic_store(&P.next, 0);
-    P.done = 0;
-    P.gen++;
+    P.open = 1;
+    P.active = 0;
+    atomic_fetch_add(&P.gen, 1);
     pthread_cond_broadcast(&P.start_cv);
     pthread_mutex_unlock(&P.m);
 
@@ -284,8 +327,10 @@ void natten_parallel_for(int nthreads, int64_t n, int64_t grain, natten_parallel
     run_chunks(0);
     in_region = 0;
 
+    /* Every chunk is claimed: wait only for the workers that claimed some. */
     pthread_mutex_lock(&P.m);
-    while (P.done < P.nworkers) pthread_cond_wait(&P.done_cv, &P.m);
+    P.open = 0;
+    while (P.active > 0) pthread_cond_wait(&P.done_cv, &P.m);
     pthread_mutex_unlock(&P.m);
     pthread_mutex_unlock(&P.run_lock);
 }
