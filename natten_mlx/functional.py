@@ -178,31 +178,29 @@ _CHECKED: dict = {}
 _CHECKED_MAX = 4096
 
 
-def _plain(x):
-    """x itself (a tuple for a list) when it is an int/bool or a sequence of them; else a
-    marker that is never a cache key component."""
-    t = type(x)
-    if t is int or t is bool:
-        return x
-    if t is tuple or t is list:
-        for e in x:
-            if type(e) is not int and type(e) is not bool:
-                return _plain
-        return tuple(x)
-    return _plain
-
-
 def _signature(kind, tensors, scale, *per_axis):
-    """Cache key of a call, or None when an argument is not plain (see above)."""
+    """Cache key of a call, or None when an argument is not plain (see above).  An int
+    and a bool may share a key (True == 1): they normalise to the same parameters."""
     if scale is not None and type(scale) is not float and type(scale) is not int:
         return None
-    args = tuple(_plain(a) for a in per_axis)
-    if _plain in args:
-        return None
+    key = [kind, scale]
+    for a in per_axis:
+        t = type(a)
+        if t is tuple or t is list:
+            for e in a:
+                if type(e) is not int and type(e) is not bool:
+                    return None
+            key.append(tuple(a))
+        elif t is int or t is bool:
+            key.append(a)
+        else:
+            return None
     try:
-        return (kind, scale, args) + tuple(t.shape for t in tensors)
+        for t in tensors:
+            key.append(t.shape)
     except AttributeError:  # not arrays: the checks say what is wrong
         return None
+    return tuple(key)
 
 
 def _remember(sig, value):

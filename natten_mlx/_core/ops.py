@@ -157,9 +157,14 @@ def tier_chain() -> List[str]:
 
 def select_tier(op: str, p: NAParams, dtype, **features) -> str:
     """Name of the tier that will run ``op`` for this problem."""
-    dev = _device()
     feats = {"rpb": False, "extra_kv": False, "varlen": False, "gqa": False}
     feats.update(features)
+    return _select(op, p, dtype, feats)
+
+
+def _select(op, p, dtype, feats):
+    """select_tier with every feature given (the per-call path: no keyword copies)."""
+    dev = _device()
     if feats["rpb"] and any(s != 1 for s in p.gna_stride):
         # Undefined (the C API rejects it too): the bias index of a slot would
         # depend on which query of the stride group is asking.
@@ -197,8 +202,7 @@ def _features(q_heads, kv_heads, rpb=None, extra_k=None, varlen=None):
 
 
 def _fused_tier(q, k, p, rpb, extra_k, varlen):
-    feats = _features(q.shape[-2], k.shape[-2], rpb, extra_k, varlen)
-    name = select_tier("fused", p, q.dtype, **feats)
+    name = _select("fused", p, q.dtype, _features(q.shape[-2], k.shape[-2], rpb, extra_k, varlen))
     return tier_module(name) or tier_module("pure")
 
 

@@ -21,6 +21,16 @@ class NAParams:
     causal: Tuple[bool, ...]       # per axis
     scale: float                   # already resolved (default D**-0.5 applied)
 
+    def __hash__(self):
+        # Cached: the per-call path hashes the same instance for its lru_caches
+        # (0.5 us a time otherwise).  dataclass keeps an explicit __hash__.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.rank, self.kernel, self.dilation, self.out_stride, self.gna_stride,
+                      self.causal, self.scale))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     @property
     def kernel_volume(self) -> int:
         v = 1

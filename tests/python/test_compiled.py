@@ -555,3 +555,37 @@ def test_need_lse_false_skips_the_lse(rng):
     assert lse is None
     np.testing.assert_array_equal(np.array(out), np.array(C.na_fused(q, q, q, p)[0]))
     np.testing.assert_array_equal(np.array(C.na_out(q, q, q, p)), np.array(out))
+
+
+def test_params_entry_points_equal_keyword_ones(rng):
+    p = P(2, (3, 2), dilation=(1, 2), out_stride=(2, 1), causal=(True, False), scale=0.3)
+    kw = C._kw(p)
+    prm = ext.Params(**kw)
+    q, k, v = (rand(rng, (1, 6, 5, 2, 4), mx.float32) for _ in range(3))
+    rpb = rand(rng, (2, 5, 3), mx.float32)
+    for a, b in zip(ext.na_forward_p(prm, q, k, v, rpb, None, None, None),
+                    ext.na_forward(q, k, v, rpb, **kw)):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    lg = ext.qk_forward_p(prm, q, k, None, None)
+    np.testing.assert_array_equal(np.array(lg), np.array(ext.qk_forward(q, k, **kw)))
+    np.testing.assert_array_equal(np.array(ext.av_forward_p(prm, mx.softmax(lg, -1), v, None)),
+                                  np.array(ext.av_forward(mx.softmax(lg, -1), v, **kw)))
+    with pytest.raises(ValueError, match="kernel needs 2 entries"):
+        ext.Params(**dict(kw, kernel=[3]))
+    with pytest.raises(ValueError, match="natten: q must have 5 dimensions"):
+        ext.na_forward_p(prm, q[0], k, v, None, None, None, None)
+
+
+def test_set_impl_reaches_cached_primitives(rng):
+    # float64 is declined by the fast kernels: "fast" must fail at eval, and
+    # "auto" must work again afterwards (no primitive bound to a stale impl)
+    p = P(1, 3)
+    q = rand(rng, (1, 8, 1, 4))
+    mx.eval(C.na_fused(q, q, q, p)[0])
+    prev = C.set_impl("fast")
+    try:
+        with pytest.raises(RuntimeError, match="UNSUPPORTED"):
+            mx.eval(C.na_fused(q, q, q, p)[0])
+    finally:
+        C.set_impl(prev)
+    mx.eval(C.na_fused(q, q, q, p)[0])

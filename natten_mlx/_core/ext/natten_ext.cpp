@@ -647,6 +647,43 @@ void push_fused_optionals(Config& c, std::vector<mx::array>& in, const OptArr& r
   push_opt(in, varlen);
 }
 
+// The forward ops, shared by the keyword entry points and the Params ones.
+std::tuple<mx::array, mx::array> na_forward_c(Config c, const mx::array& q, const mx::array& k,
+                                              const mx::array& v, const OptArr& rpb,
+                                              const OptArr& extra_k, const OptArr& extra_v,
+                                              const OptArr& varlen,
+                                              const mx::StreamOrDevice& s = {}) {
+  std::vector<mx::array> in{q, k, v};
+  push_fused_optionals(c, in, rpb, extra_k, extra_v, varlen);
+  auto o = build(Op::NaForward, c, std::move(in), s);
+  return std::make_tuple(o[0], o[1]);
+}
+
+mx::array qk_forward_c(Config c, const mx::array& q, const mx::array& k, const OptArr& rpb,
+                       const OptArr& varlen, const mx::StreamOrDevice& s = {}) {
+  c.has_rpb = rpb.has_value();
+  c.has_varlen = varlen.has_value();
+  std::vector<mx::array> in{q, k};
+  push_opt(in, rpb);
+  push_opt(in, varlen);
+  return build(Op::QkForward, c, std::move(in), s)[0];
+}
+
+mx::array av_forward_c(Config c, const mx::array& attn, const mx::array& v, const OptArr& varlen,
+                       const mx::StreamOrDevice& s = {}) {
+  c.has_varlen = varlen.has_value();
+  std::vector<mx::array> in{attn, v};
+  push_opt(in, varlen);
+  return build(Op::AvForward, c, std::move(in), s)[0];
+}
+
+// A problem's parameters converted once: the *_p entry points take it
+// positionally instead of eight keywords (two of the ~4 us a keyword call
+// spends before the graph exists are that conversion).
+struct Params {
+  Config c;
+};
+
 }  // namespace
 
 NB_MODULE(_natten_ext, m) {
@@ -666,11 +703,9 @@ NB_MODULE(_natten_ext, m) {
          std::vector<int64_t> out_stride, std::vector<int64_t> gna_stride,
          std::vector<bool> causal, std::optional<double> scale, int impl,
          mx::StreamOrDevice s) {
-        Config c = make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl);
-        std::vector<mx::array> in{q, k, v};
-        push_fused_optionals(c, in, rpb, extra_k, extra_v, varlen);
-        auto o = build(Op::NaForward, c, std::move(in), s);
-        return std::make_tuple(o[0], o[1]);
+        return na_forward_c(
+            make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl), q, k,
+            v, rpb, extra_k, extra_v, varlen, s);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("rpb") = nb::none(),
       nb::arg("extra_k") = nb::none(), nb::arg("extra_v") = nb::none(),
@@ -702,13 +737,9 @@ NB_MODULE(_natten_ext, m) {
          std::vector<int64_t> out_stride, std::vector<int64_t> gna_stride,
          std::vector<bool> causal, std::optional<double> scale, int impl,
          mx::StreamOrDevice s) {
-        Config c = make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl);
-        c.has_rpb = rpb.has_value();
-        c.has_varlen = varlen.has_value();
-        std::vector<mx::array> in{q, k};
-        push_opt(in, rpb);
-        push_opt(in, varlen);
-        return build(Op::QkForward, c, std::move(in), s)[0];
+        return qk_forward_c(
+            make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl), q, k,
+            rpb, varlen, s);
       },
       nb::arg("q"), nb::arg("k"), nb::arg("rpb") = nb::none(), nb::arg("varlen") = nb::none(),
       NATTEN_PARAMS_ARGS, "Split QK: logits [B,O..,H,KK] (masked slots -inf).");
@@ -738,11 +769,9 @@ NB_MODULE(_natten_ext, m) {
          std::vector<int64_t> out_stride, std::vector<int64_t> gna_stride,
          std::vector<bool> causal, std::optional<double> scale, int impl,
          mx::StreamOrDevice s) {
-        Config c = make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl);
-        c.has_varlen = varlen.has_value();
-        std::vector<mx::array> in{attn, v};
-        push_opt(in, varlen);
-        return build(Op::AvForward, c, std::move(in), s)[0];
+        return av_forward_c(
+            make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl), attn,
+            v, varlen, s);
       },
       nb::arg("attn"), nb::arg("v"), nb::arg("varlen") = nb::none(), NATTEN_PARAMS_ARGS,
       "Split AV: out [B,O..,H,Dv] (weights at masked slots ignored).");
@@ -762,6 +791,41 @@ NB_MODULE(_natten_ext, m) {
       },
       nb::arg("attn"), nb::arg("v"), nb::arg("dout"), nb::arg("varlen") = nb::none(),
       NATTEN_PARAMS_ARGS, "Backward of av_forward: [dattn, dv].");
+
+  nb::class_<Params>(m, "Params", "A problem's parameters for the *_p entry points (CPU default stream).")
+      .def(
+          "__init__",
+          [](Params* self, int rank, std::vector<int64_t> kernel, std::vector<int64_t> dilation,
+             std::vector<int64_t> out_stride, std::vector<int64_t> gna_stride,
+             std::vector<bool> causal, std::optional<double> scale, int impl) {
+            new (self) Params{
+                make_config(rank, kernel, dilation, out_stride, gna_stride, causal, scale, impl)};
+          },
+          nb::kw_only(), nb::arg("rank"), nb::arg("kernel"), nb::arg("dilation"),
+          nb::arg("out_stride"), nb::arg("gna_stride"), nb::arg("causal"),
+          nb::arg("scale") = nb::none(), nb::arg("impl") = 0);
+  m.def(
+      "na_forward_p",
+      [](const Params& P, const mx::array& q, const mx::array& k, const mx::array& v,
+         const OptArr& rpb, const OptArr& extra_k, const OptArr& extra_v, const OptArr& varlen) {
+        return na_forward_c(P.c, q, k, v, rpb, extra_k, extra_v, varlen);
+      },
+      nb::arg("params"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("rpb").none(),
+      nb::arg("extra_k").none(), nb::arg("extra_v").none(), nb::arg("varlen").none(),
+      "na_forward with Params (every argument positional).");
+  m.def(
+      "qk_forward_p",
+      [](const Params& P, const mx::array& q, const mx::array& k, const OptArr& rpb,
+         const OptArr& varlen) { return qk_forward_c(P.c, q, k, rpb, varlen); },
+      nb::arg("params"), nb::arg("q"), nb::arg("k"), nb::arg("rpb").none(),
+      nb::arg("varlen").none(), "qk_forward with Params (every argument positional).");
+  m.def(
+      "av_forward_p",
+      [](const Params& P, const mx::array& attn, const mx::array& v, const OptArr& varlen) {
+        return av_forward_c(P.c, attn, v, varlen);
+      },
+      nb::arg("params"), nb::arg("attn"), nb::arg("v"), nb::arg("varlen").none(),
+      "av_forward with Params (every argument positional).");
 
 #undef NATTEN_PARAMS_ARGS
 
