@@ -41,6 +41,9 @@
 #include "mlx/utils.h"
 
 #include "natten.h"
+extern "C" {
+#include "core/problem.h"  // natten_shape_of (internal: no re-validation)
+}
 
 namespace nb = nanobind;
 namespace mx = mlx::core;
@@ -229,11 +232,12 @@ mx::Dtype lse_dtype(const natten_problem& p) {
   return p.dtype == NATTEN_DTYPE_F64 ? mx::float64 : mx::float32;
 }
 
-mx::Shape shape_of_kind(Op op, const natten_problem& p, natten_tensor_kind kind) {
+// Shape of a kind of a problem that natten_problem_validate accepted.  The
+// internal natten_shape_of, not natten_tensor_shape: that one re-validates the
+// whole problem on each call (~150 ns), and a backward asks for nine shapes.
+mx::Shape shape_of_kind(const natten_problem& p, natten_tensor_kind kind) {
   int64_t shape[NATTEN_MAX_DIMS];
-  int ndim = 0;
-  natten_status st = natten_tensor_shape(&p, kind, shape, &ndim);
-  if (st != NATTEN_STATUS_SUCCESS) fail_status(op, st);
+  const int ndim = natten_shape_of(&p, kind, shape);
   mx::Shape out;
   for (int i = 0; i < ndim; ++i) {
     if (shape[i] > INT32_MAX) {
@@ -244,9 +248,9 @@ mx::Shape shape_of_kind(Op op, const natten_problem& p, natten_tensor_kind kind)
   return out;
 }
 
-void check_input(Op op, const natten_problem& p, const mx::array& a, natten_tensor_kind kind,
+void check_input(const natten_problem& p, const mx::array& a, natten_tensor_kind kind,
                  const char* what, mx::Dtype want) {
-  mx::Shape expect = shape_of_kind(op, p, kind);
+  mx::Shape expect = shape_of_kind(p, kind);
   if (a.shape() != expect) {
     throw std::invalid_argument(std::string("natten: ") + what + " has shape " +
                                 shape_str(a.shape()) + ", expected " + shape_str(expect));
@@ -272,17 +276,17 @@ OutSpec check_and_outputs(Op op, const Config& c, const std::vector<mx::array>& 
   natten_status st = natten_problem_validate(&p);
   if (st != NATTEN_STATUS_SUCCESS) fail_status(op, st);
   mx::Dtype dt = in[s.q >= 0 ? s.q : s.attn].dtype();
-  if (s.q >= 0) check_input(op, p, in[s.q], NATTEN_TENSOR_Q, "q", dt);
-  if (s.k >= 0) check_input(op, p, in[s.k], NATTEN_TENSOR_K, "k", dt);
-  if (s.v >= 0) check_input(op, p, in[s.v], NATTEN_TENSOR_V, "v", dt);
-  if (s.attn >= 0) check_input(op, p, in[s.attn], NATTEN_TENSOR_LOGITS, "attn", dt);
-  if (s.out >= 0) check_input(op, p, in[s.out], NATTEN_TENSOR_OUT, "out", dt);
-  if (s.lse >= 0) check_input(op, p, in[s.lse], NATTEN_TENSOR_LSE, "lse", lse_dtype(p));
-  if (s.dout >= 0) check_input(op, p, in[s.dout], NATTEN_TENSOR_OUT, "dout", dt);
-  if (s.dlogits >= 0) check_input(op, p, in[s.dlogits], NATTEN_TENSOR_LOGITS, "dlogits", dt);
-  if (s.rpb >= 0) check_input(op, p, in[s.rpb], NATTEN_TENSOR_RPB, "rpb", dt);
-  if (s.extra_k >= 0) check_input(op, p, in[s.extra_k], NATTEN_TENSOR_EXTRA_K, "extra_k", dt);
-  if (s.extra_v >= 0) check_input(op, p, in[s.extra_v], NATTEN_TENSOR_EXTRA_V, "extra_v", dt);
+  if (s.q >= 0) check_input(p, in[s.q], NATTEN_TENSOR_Q, "q", dt);
+  if (s.k >= 0) check_input(p, in[s.k], NATTEN_TENSOR_K, "k", dt);
+  if (s.v >= 0) check_input(p, in[s.v], NATTEN_TENSOR_V, "v", dt);
+  if (s.attn >= 0) check_input(p, in[s.attn], NATTEN_TENSOR_LOGITS, "attn", dt);
+  if (s.out >= 0) check_input(p, in[s.out], NATTEN_TENSOR_OUT, "out", dt);
+  if (s.lse >= 0) check_input(p, in[s.lse], NATTEN_TENSOR_LSE, "lse", lse_dtype(p));
+  if (s.dout >= 0) check_input(p, in[s.dout], NATTEN_TENSOR_OUT, "dout", dt);
+  if (s.dlogits >= 0) check_input(p, in[s.dlogits], NATTEN_TENSOR_LOGITS, "dlogits", dt);
+  if (s.rpb >= 0) check_input(p, in[s.rpb], NATTEN_TENSOR_RPB, "rpb", dt);
+  if (s.extra_k >= 0) check_input(p, in[s.extra_k], NATTEN_TENSOR_EXTRA_K, "extra_k", dt);
+  if (s.extra_v >= 0) check_input(p, in[s.extra_v], NATTEN_TENSOR_EXTRA_V, "extra_v", dt);
   if (s.varlen >= 0) {
     const mx::array& vl = in[s.varlen];
     mx::Shape expect{(int32_t)p.batch, (int32_t)c.rank};
@@ -295,7 +299,7 @@ OutSpec check_and_outputs(Op op, const Config& c, const std::vector<mx::array>& 
   }
   OutSpec o;
   auto add = [&](natten_tensor_kind kind, mx::Dtype t) {
-    o.shapes.push_back(shape_of_kind(op, p, kind));
+    o.shapes.push_back(shape_of_kind(p, kind));
     o.dtypes.push_back(t);
   };
   switch (op) {
