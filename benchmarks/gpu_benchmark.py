@@ -8,7 +8,7 @@ and MLX do not share a process; pass --no-flex to reuse the stored anchor
 numbers instead (marked "anchor" in the table).
 
     python benchmarks/gpu_benchmark.py [--cases tag,tag] [--dtype fp32,bf16]
-                                       [--no-flex] [--no-pure] [--out DIR]
+                                       [--no-flex] [--no-pure] [--fwd-only] [--out DIR]
 
 Timing: wall clock around mx.eval of the op (graph building included, as a
 user sees it), median of 5 batches after warm-up.  FLOPs: forward
@@ -134,6 +134,7 @@ def main():
     ap.add_argument("--dtype", default="fp32,bf16")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--no-pure", action="store_true")
+    ap.add_argument("--fwd-only", action="store_true", help="forward timings only (tuning runs)")
     ap.add_argument("--out", default=os.environ.get("OUT", os.path.join(HERE, "results")))
     args = ap.parse_args()
     tags = [t for t in args.cases.split(",") if t]
@@ -159,12 +160,12 @@ def main():
         key = (c["tag"], c["dtype"])
         r = {k: c[k] for k in ("tag", "dtype", "B", "spatial", "H", "D", "kernel", "dilation")}
         try:
-            r.update({"cuda_" + k: v for k, v in time_tier(cuda, c).items()})
+            r.update({"cuda_" + k: v for k, v in time_tier(cuda, c, args.fwd_only).items()})
         except Exception as e:
             r["cuda_error"] = repr(e)[:200]
         if pure is not None and not args.no_pure and pure_feasible(c):
             try:
-                r.update({"pure_" + k: v for k, v in time_tier(pure, c).items()})
+                r.update({"pure_" + k: v for k, v in time_tier(pure, c, args.fwd_only).items()})
             except Exception as e:
                 r["pure_error"] = repr(e)[:200]
         f = flex.get(key)
@@ -176,7 +177,8 @@ def main():
         fl = 4.0 * c["B"] * c["H"] * math.prod(c["spatial"]) * math.prod(c["kernel"]) * c["D"]
         if "cuda_fwd_ms" in r:
             r["cuda_fwd_tflops"] = fl / (r["cuda_fwd_ms"] * 1e-3) / 1e12
-            r["cuda_fwdbwd_tflops"] = 3.5 * fl / (r["cuda_fwdbwd_ms"] * 1e-3) / 1e12
+            if "cuda_fwdbwd_ms" in r:
+                r["cuda_fwdbwd_tflops"] = 3.5 * fl / (r["cuda_fwdbwd_ms"] * 1e-3) / 1e12
         print(json.dumps(r), flush=True)
         rows.append(r)
         mx.clear_cache()

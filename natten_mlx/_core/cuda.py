@@ -24,6 +24,8 @@ Kernels (src/cuda):
                  in {32, 64, 128}
   na_bwd_tc.cuh  tensor-core fused backward (dq pass + dk/dv pass, no atomics)
                  for the same scope
+  na_fwd_f32.cuh tiled f32 fused forward (FMA units, IEEE f32) for f32 with
+                 D == Dv in {32, 64}, same other limits as the tensor-core path
 
 Importing this module never fails; on machines without MLX's CUDA backend
 ``is_available()`` is False and ``supports()`` always says no.
@@ -127,14 +129,23 @@ def supports(op: str, p: NAParams, dtype, device=None, **features) -> bool:
 # Kernel sources
 # ----------------------------------------------------------------------------
 
-_HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh", "na_bwd_tc.cuh")
+_HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh",
+                 "na_bwd_tc.cuh")
+# what each kind of kernel needs: MLX rebuilds the full source string (header
+# included) on every call, so a smaller header is less per-call host work
+_HEADER_SETS = {
+    "simple": ("window.cuh", "na_common.cuh", "na_simple.cuh"),
+    "fwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh"),
+    "fwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh"),
+    "bwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_bwd_tc.cuh"),
+}
 
 
-@lru_cache(maxsize=1)
-def _header() -> str:
+@lru_cache(maxsize=8)
+def _header(kind: str = "all") -> str:
     d = kernel_source_dir()
     parts = []
-    for name in _HEADER_FILES:
+    for name in _HEADER_SETS.get(kind, _HEADER_FILES):
         f = d / name
         if not f.is_file():
             continue
@@ -142,6 +153,10 @@ def _header() -> str:
         # local includes are pasted in order above; system includes are
         # guarded by __CUDACC_RTC__ inside the files.
         txt = re.sub(r'^\s*#include\s+"[^"]+"\s*$', "", txt, flags=re.M)
+        # comments and blank lines cost host time on every call (see above)
+        txt = re.sub(r"/\*.*?\*/", "", txt, flags=re.S)
+        txt = re.sub(r"(?m)^\s*//.*$", "", txt)
+        txt = re.sub(r"\n\s*\n+", "\n", txt)
         parts.append(f"// ---- {name}\n{txt}")
     return "\n".join(parts)
 
@@ -220,7 +235,13 @@ _SPECS = {
     "fwd_tc": (
         ["params", "q", "k", "v"],
         ["out", "lse"],
-        "na_fwd_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse);",
+        "na_fwd_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, NW>(params, q, k, v, out, lse);",
+    ),
+    # tiled f32 forward: one CTA of 128 threads per (query tile, b, h)
+    "fwd_f32": (
+        ["params", "q", "k", "v"],
+        ["out", "lse"],
+        "na_fwd_f32_entry<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse);",
     ),
     "bwd_dq_tc": (
         ["params", "q", "k", "v", "dout", "lse", "delta"],
@@ -238,7 +259,13 @@ _SPECS = {
         "na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv);",
     ),
 }
-_TC_NAMES = ("fwd_tc", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
+_TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
+
+
+def _header_kind(name: str) -> str:
+    if name in ("fwd_tc", "fwd_f32"):
+        return name
+    return "bwd_tc" if name in _TC_NAMES else "simple"
 
 _kernels: Dict[tuple, object] = {}
 
@@ -253,7 +280,7 @@ def _kernel(name: str, smem: int = 0):
             input_names=inputs,
             output_names=outputs,
             source=src,
-            header=_header(),
+            header=_header(_header_kind(name)),
             ensure_row_contiguous=True,
             shared_memory=int(smem),
         )
@@ -342,17 +369,37 @@ def _prod(t):
 # Fused op
 # ----------------------------------------------------------------------------
 
+# Debug / tuning switches, read once at import (refresh_env() re-reads them):
+#   NATTEN_CUDA_NO_TC=1     simple kernels only (no tensor-core or tiled f32 path)
+#   NATTEN_CUDA_SPLIT_BWD=1 the two tensor-core backward passes as two launches
+#   NATTEN_CUDA_TQ=128      128-query forward tiles, 2 m-tiles per warp (4 warps)
+#   NATTEN_CUDA_TQ=128w     128-query forward tiles, 1 m-tile per warp (8 warps)
+#   NATTEN_CUDA_TQ=64       64-query forward tiles (4 warps)
+_env: Dict[str, str] = {}
+
+
+def refresh_env():
+    """Re-read the NATTEN_CUDA_* switches (they are read once, at import)."""
+    _env.clear()
+    for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ"):
+        _env[name] = os.environ.get(name, "")
+    _fwd_plans.clear()
+
+
 def _tc_plan(p: NAParams, X, D, Dv, dtype, has_rpb, has_extra, has_varlen):
-    """Tile shape for the tensor-core forward, or None when it does not apply."""
-    if os.environ.get("NATTEN_CUDA_NO_TC"):
+    """Which tiled forward applies: "tc" (tensor cores, f16/bf16), "f32"
+    (tiled FMA kernel) or None (warp-per-row kernels)."""
+    if _env["NATTEN_CUDA_NO_TC"]:
         return None
-    if dtype not in (mx.float16, mx.bfloat16) or has_rpb or has_extra or has_varlen:
-        return None
-    if D != Dv or D not in (32, 64, 128):
+    if has_rpb or has_extra or has_varlen or D != Dv:
         return None
     if any(s != 1 for s in p.out_stride) or not p.scale > 0:
         return None
-    return True
+    if dtype in (mx.float16, mx.bfloat16) and D in (32, 64, 128):
+        return "tc"
+    if dtype == mx.float32 and D in (32, 64):
+        return "f32"
+    return None
 
 
 def _pow2_shapes(rank, total):
@@ -397,56 +444,76 @@ def _default_tiles(p: NAParams, X, tq_total=128):
     return _choose_tiles(p, tuple(int(x) for x in X), tq_total)
 
 
-def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
+def _fwd_tc_shape(B, H, ntok, D):
+    """(queries per tile, warps) of the tensor-core forward."""
+    mode = _env["NATTEN_CUDA_TQ"]
+    big = B * H * ntok >= 128 * 264  # enough 128-query tiles for 2 CTAs on each of 132 SMs
+    if mode == "128" and big and D <= 64:
+        return 128, 4  # 2 m-tiles per warp (registers: head_dim <= 64)
+    if mode == "128w" and big:
+        return 128, 8
+    return 64, 4
+
+
+# Per-signature launch plans of the fused forward: everything that depends only
+# on shapes, dtypes and parameters is computed once, so a call costs one dict
+# lookup and the kernel call (tiny problems are bound by this host work).
+_fwd_plans: Dict[tuple, tuple] = {}
+
+
+def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
     has_rpb, has_extra, has_varlen = flags
-    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
-    Hkv, Dv = k.shape[-2], v.shape[-1]
-    n_extra = ek.shape[1] if has_extra else 0
-    prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
-    _, O3 = _param_list(p, B, X, H, Hkv, D, Dv)
+    B, X, H, D = qs[0], tuple(qs[1:-2]), qs[-2], qs[-1]
+    Hkv, Dv = ks[-2], vs[-1]
+    n_extra = es[1] if has_extra else 0
+    vals, O3 = _param_list(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
     O = O3[: p.rank]
     out_shape = (B,) + tuple(O) + (H, Dv)
     lse_shape = (B,) + tuple(O) + (H,)
-    plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
-    if plan is not None:
-        prm = _params(p, B, X, H, Hkv, D, Dv)
-        # NATTEN_CUDA_TQ=128: 128-query tiles (2 m-tiles per warp; head_dim <= 64,
-        # enough tiles to fill the GPU).  Off by default: the H100 benchmark of
-        # 2026-11-27 ran with it, but its correctness test has not run on a GPU yet.
-        ntok = _prod(X)
-        tqn = 64
-        if os.environ.get("NATTEN_CUDA_TQ") == "128" and B * H * ntok >= 128 * 264 and D <= 64:
-            tqn = 128
-        res = _fwd_tc(prm, q, k, v, p, X, B, H, D, _default_tiles(p, X, tqn), out_shape, lse_shape)
-        if res is not None:
-            return res
+    kind = _tc_plan(p, X, D, Dv, dtype, has_rpb, has_extra, has_varlen)
+    if kind is not None and _prod(X) * H * D < 2**31:  # box offsets are 32-bit in the kernel
+        if kind == "tc":
+            tqn, warps = _fwd_tc_shape(B, H, _prod(X), D)
+            name, esize, pad = "fwd_tc", 2, 8
+        else:
+            tqn, warps, name, esize, pad = 64, 4, "fwd_f32", 4, 4
+        plan = _default_tiles(p, X, tqn)
+        if plan is not None:
+            tq, tk = plan
+            tiles = _tc_grid(X, p, tq)
+            smem = (_prod(tq) + 4 * _prod(tk)) * (D + pad) * esize + 8 * _prod(tk)
+            tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
+                    ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
+            if kind == "tc":
+                tmpl = [("T", dtype)] + tmpl + [("NW", warps)]
+            else:
+                smem += _prod(tk) * (_prod(tq) + 4) * 4  # P tile
+            if tiles < 2**31 // (32 * warps) and B * H < 65536:
+                kw = dict(template=tmpl, grid=(tiles * 32 * warps, B * H, 1), threadgroup=(32 * warps, 1, 1),
+                          output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
+                prm = mx.array(_param_list(p, B, X, H, Hkv, D, Dv)[0], dtype=mx.int32)
+                return _kernel(name, smem), kw, True, prm
+    prm = mx.array(vals, dtype=mx.int32)
     rows = B * _prod(O) * H
-    out, lse = _launch(
-        "fwd", [prm, q, k, v, rpb, ek, ev, vl], [out_shape, lse_shape], [q.dtype, mx.float32],
-        rows, q.dtype, _npl(D), _npl(Dv),
-    )
-    return out, lse
+    threads = int(rows) * 32
+    if threads >= 2**31:
+        raise ValueError("natten_mlx CUDA tier: problem too large for one launch")
+    tg = 32 * _WARPS_PER_BLOCK
+    kw = dict(template=[("T", dtype), ("NPL", _npl(D)), ("NVPL", _npl(Dv))],
+              grid=(max(tg, -(-threads // tg) * tg), 1, 1), threadgroup=(tg, 1, 1),
+              output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
+    return _kernel("fwd"), kw, False, prm
 
 
-def _fwd_tc(prm, q, k, v, p, X, B, H, D, plan, out_shape, lse_shape):
-    if plan is None or _prod(X) * H * D >= 2**31:  # box offsets are 32-bit in the kernel
-        return None
-    tq, tk = plan
-    # per axis: every dilation group gets ceil(ceil(X/d)/TQ) tiles
-    tiles = _tc_grid(X, p, tq)
-    warps = 4
-    smem = (_prod(tq) + 4 * _prod(tk)) * (D + 8) * 2 + 8 * _prod(tk)
-    if tiles >= 2**31 // (32 * warps) or B * H >= 65536:
-        return None
-    return _kernel("fwd_tc", smem)(
-        inputs=[prm, q, k, v],
-        template=[("T", q.dtype), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
-                  ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])],
-        grid=(tiles * 32 * warps, B * H, 1),
-        threadgroup=(32 * warps, 1, 1),
-        output_shapes=[out_shape, lse_shape],
-        output_dtypes=[q.dtype, mx.float32],
-    )
+def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
+    key = (p, flags, q.shape, k.shape, v.shape, ek.shape, q.dtype)
+    plan = _fwd_plans.get(key)
+    if plan is None:
+        if len(_fwd_plans) > 512:
+            _fwd_plans.clear()
+        plan = _fwd_plans[key] = _fwd_plan(p, flags, q.shape, k.shape, v.shape, ek.shape, q.dtype)
+    kern, kw, tiled, prm = plan
+    return kern(inputs=[prm, q, k, v] if tiled else [prm, q, k, v, rpb, ek, ev, vl], **kw)
 
 
 def _tc_grid(X, p, box):
@@ -469,7 +536,7 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
             ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
-    if not os.environ.get("NATTEN_CUDA_SPLIT_BWD"):
+    if not _env["NATTEN_CUDA_SPLIT_BWD"]:
         # one launch for both passes (dq tiles first, then dk/dv tiles)
         return _kernel("bwd_tc", smem + 4 * 64 * 4)(
             inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=((qt + kt) * 128, B * H, 1),
@@ -487,8 +554,7 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
     has_rpb, has_extra, has_varlen = flags
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
     Hkv, Dv = k.shape[-2], v.shape[-1]
-    plan = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
-    if plan is not None:
+    if _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen) == "tc":
         prm = _params(p, B, X, H, Hkv, D, Dv)
         res = _bwd_tc(prm, q, k, v, out, lse, dout.astype(q.dtype), dlse.astype(mx.float32), p,
                       _default_tiles(p, X, 64))
@@ -570,7 +636,10 @@ def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=
     if not _shape_ok(D, Dv, q.shape[1:-2]):
         return _fallback().na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
     T = q.dtype
-    k, v = k.astype(T), v.astype(T)
+    if k.dtype != T:
+        k = k.astype(T)
+    if v.dtype != T:
+        v = v.astype(T)
     flags = (rpb is not None, extra_k is not None, varlen is not None)
     rpb_a = rpb.astype(T) if rpb is not None else _dummy(T)
     ek = extra_k.astype(T) if extra_k is not None else _dummy(T)
@@ -688,3 +757,6 @@ def na_av(attn, v, p: NAParams):
     if not _shape_ok(v.shape[-1], v.shape[-1], v.shape[1:-2]):
         return _fallback().na_av(attn, v, p)
     return _av_fn(p)(attn.astype(v.dtype), v)
+
+
+refresh_env()

@@ -25,30 +25,6 @@
 
 #include "na_fwd_tc.cuh"
 
-/* Box tile geometry of one CTA along 3 axes: dilation group r, group size n,
- * first local index b0, last active local index blast.  Returns 0 when the
- * box holds nothing (a dilation group shorter than the others). */
-template <int T0, int T1, int T2>
-NA_DEV int na_box_of(const na_params &P, int tile, int r[3], int n[3], int b0[3], int blast[3]) {
-    const int Ta[3] = {T0, T1, T2};
-    int c[3];
-    for (int x = 2; x >= 0; --x) {
-        const int d = P.dil[x];
-        const int ntl = ((P.X[x] + d - 1) / d + Ta[x] - 1) / Ta[x];
-        c[x] = tile % (d * ntl);
-        tile /= d * ntl;
-    }
-    for (int x = 0; x < 3; ++x) {
-        const int d = P.dil[x];
-        r[x] = c[x] % d;
-        n[x] = (P.X[x] - r[x] + d - 1) / d;
-        b0[x] = (c[x] / d) * Ta[x];
-        if (b0[x] >= n[x]) return 0;
-        blast[x] = min(b0[x] + Ta[x] - 1, n[x] - 1);
-    }
-    return 1;
-}
-
 /* Queries (local indices in group r) whose windows meet keys [k0, k1]: [*lo, *hi]. */
 NA_DEV void na_query_range(int L, int K, int d, int s, int causal, int r, int k0, int k1, int *lo, int *hi) {
     const int n = (L - r + d - 1) / d;
@@ -65,34 +41,6 @@ NA_DEV void na_query_range(int L, int K, int d, int s, int causal, int r, int k0
         if (na_first_valid_local(L, K, d, s, causal, r, mid) > k1) b = mid; else a = mid + 1;
     }
     *hi = a - 1;
-}
-
-template <int T0, int T1, int T2>
-NA_DEV void na_tile_coords(int tt, const int nt[3], int kt[3]) {
-    kt[2] = tt % nt[2];
-    kt[1] = (tt / nt[2]) % nt[1];
-    kt[0] = tt / (nt[2] * nt[1]);
-}
-
-/* cp.async a box of 64 (or TQ) rows of HD channels: rows at local coords
- * base + u (u decomposed over the box shape), valid iff <= lim. */
-template <typename T, int HD, int S0, int S1, int S2, int NT>
-NA_DEV void na_load_box(T *dst, int LD, const T *src, long long heads, int head, int b, const na_params &P,
-                        const int r[3], const int base[3], const int lim[3], int tid) {
-    constexpr int CPR = HD / 8, ROWS = S0 * S1 * S2;
-    for (int c = tid; c < ROWS * CPR; c += NT) {
-        const int row = c / CPR, part = c % CPR;
-        const int u[3] = {row / (S1 * S2), (row / S2) % S1, row % S2};
-        int pos[3], ok = 1;
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            const int l = base[x] + u[x];
-            ok &= l <= lim[x];
-            pos[x] = ok ? l * P.dil[x] + r[x] : 0;
-        }
-        const long long g = ok ? (na_tok(b, pos, P.X) * heads + head) * (long long)HD + part * 8 : 0;
-        na_cp_async16(dst + row * LD + part * 8, src + g, ok);
-    }
 }
 
 /* ------------------------------------------------------------------ dQ */

@@ -99,7 +99,7 @@ NA_DEV void na_box_table(int *toff, int *tu, const na_params &P, int heads, int 
 template <typename T, int HD, int ROWS, int NT>
 NA_DEV void na_box_load(T *dst, int ld, const T *src, long long origin, const int *toff, const int *tu,
                         const int lim[3], int tid) {
-    constexpr int CPR = HD / 8;
+    constexpr int EPC = 16 / (int)sizeof(T), CPR = HD / EPC; /* 16-byte chunks per row */
     static_assert(NT % CPR == 0 && (ROWS * CPR) % NT == 0, "box load shape");
     const int part = tid % CPR;
 #pragma unroll
@@ -107,7 +107,7 @@ NA_DEV void na_box_load(T *dst, int ld, const T *src, long long origin, const in
         const int row = tid / CPR + i * (NT / CPR);
         const int uu = tu[row];
         const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
-        na_cp_async16(dst + row * ld + part * 8, src + (ok ? origin + toff[row] + part * 8 : 0), ok);
+        na_cp_async16(dst + row * ld + part * EPC, src + (ok ? origin + toff[row] + part * EPC : 0), ok);
     }
 }
 /* element offset of box origin (local coords base, group r) for one head */
@@ -119,15 +119,134 @@ NA_DEV long long na_box_origin(const na_params &P, int b, const int base[3], con
     return (na_tok(b, pos, P.X) * heads + head) * (long long)hd;
 }
 
-template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+/* Box tile geometry of one CTA along 3 axes: dilation group r, group size n,
+ * first local index b0, last active local index blast.  Returns 0 when the
+ * box holds nothing (a dilation group shorter than the others). */
+template <int T0, int T1, int T2>
+NA_DEV int na_box_of(const na_params &P, int tile, int r[3], int n[3], int b0[3], int blast[3]) {
+    const int Ta[3] = {T0, T1, T2};
+    int c[3];
+    for (int x = 2; x >= 0; --x) {
+        const int d = P.dil[x];
+        const int ntl = ((P.X[x] + d - 1) / d + Ta[x] - 1) / Ta[x];
+        c[x] = tile % (d * ntl);
+        tile /= d * ntl;
+    }
+    for (int x = 0; x < 3; ++x) {
+        const int d = P.dil[x];
+        r[x] = c[x] % d;
+        n[x] = (P.X[x] - r[x] + d - 1) / d;
+        b0[x] = (c[x] / d) * Ta[x];
+        if (b0[x] >= n[x]) return 0;
+        blast[x] = min(b0[x] + Ta[x] - 1, n[x] - 1);
+    }
+    return 1;
+}
+
+template <int T0, int T1, int T2>
+NA_DEV void na_tile_coords(int tt, const int nt[3], int kt[3]) {
+    kt[2] = tt % nt[2];
+    kt[1] = (tt / nt[2]) % nt[1];
+    kt[0] = tt / (nt[2] * nt[1]);
+}
+
+/* cp.async a box of 64 (or TQ) rows of HD channels: rows at local coords
+ * base + u (u decomposed over the box shape), valid iff <= lim. */
+template <typename T, int HD, int S0, int S1, int S2, int NT>
+NA_DEV void na_load_box(T *dst, int LD, const T *src, long long heads, int head, int b, const na_params &P,
+                        const int r[3], const int base[3], const int lim[3], int tid) {
+    constexpr int EPC = 16 / (int)sizeof(T), CPR = HD / EPC, ROWS = S0 * S1 * S2;
+    for (int c = tid; c < ROWS * CPR; c += NT) {
+        const int row = c / CPR, part = c % CPR;
+        const int u[3] = {row / (S1 * S2), (row / S2) % S1, row % S2};
+        int pos[3], ok = 1;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            const int l = base[x] + u[x];
+            ok &= l <= lim[x];
+            pos[x] = ok ? l * P.dil[x] + r[x] : 0;
+        }
+        const long long g = ok ? (na_tok(b, pos, P.X) * heads + head) * (long long)HD + part * EPC : 0;
+        na_cp_async16(dst + row * LD + part * EPC, src + g, ok);
+    }
+}
+
+/* Window bounds (group-local key coordinates) of query row `row` of a query
+ * box (shape TQ0 x TQ1 x TQ2 at q0, group r, group sizes n); an inactive row
+ * (outside the group) gets an empty window.  Returns whether it is active. */
+template <int TQ1, int TQ2>
+NA_DEV bool na_row_window(const na_params &P, const int r[3], const int n[3], const int q0[3], int row, int lo[3],
+                          int hi[3]) {
+    const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+    bool act = true;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) act = act && q0[x] + t[x] < n[x];
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        const int ql = q0[x] + t[x];
+        lo[x] = act ? na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql) : 1 << 30;
+        hi[x] = act ? na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql) : -(1 << 30);
+    }
+    return act;
+}
+/* Token row (b, position, head) of query row `row` of the box, or -1 when inactive. */
+template <int TQ1, int TQ2>
+NA_DEV long long na_row_token(const na_params &P, int b, int h, const int r[3], const int n[3], const int q0[3],
+                              int row) {
+    const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+    int pos[3];
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        if (q0[x] + t[x] >= n[x]) return -1;
+        pos[x] = (q0[x] + t[x]) * P.dil[x] + r[x];
+    }
+    return na_tok(b, pos, P.X) * P.H + h;
+}
+/* Does the key tile at base (shape TKa) lie inside the window [lo, hi] (full)
+ * or outside it (empty)?  Accumulated (&&) into *full and *empty. */
+NA_DEV void na_tile_state(const int lo[3], const int hi[3], const int base[3], const int TKa[3], bool *full,
+                          bool *empty) {
+    bool rowfull = true, rowempty = false;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        rowfull = rowfull && lo[x] <= base[x] && base[x] + TKa[x] - 1 <= hi[x];
+        rowempty = rowempty || hi[x] < base[x] || lo[x] > base[x] + TKa[x] - 1;
+    }
+    *full = *full && rowfull;
+    *empty = *empty && rowempty;
+}
+/* Key column `col` of a TK0 x TK1 x TK2 tile against per-axis window bit masks. */
+template <int TK1, int TK2>
+NA_DEV bool na_col_ok(const unsigned long long mk[3], int col) {
+    const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
+    return ((mk[0] >> u0) & (mk[1] >> u1) & (mk[2] >> u2) & 1ull) != 0ull;
+}
+/* Per-CTA setup shared by the forward kernels: query box of this tile and the
+ * box of key tiles covering the union of its windows.  False: no query here. */
+template <int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV bool na_fwd_box(const na_params &P, int tile, int r[3], int n[3], int q0[3], int kmin[3], int kmax[3],
+                       int nkt[3]) {
+    const int TKa[3] = {TK0, TK1, TK2};
+    int qlast[3];
+    if (!na_box_of<TQ0, TQ1, TQ2>(P, tile, r, n, q0, qlast)) return false;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        kmin[x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], q0[x]);
+        kmax[x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], qlast[x]);
+        nkt[x] = (kmax[x] - kmin[x] + TKa[x]) / TKa[x];
+    }
+    return true;
+}
+
+/* NW warps; each owns 16*MT query rows (MT = TQ / (16*NW) m-tiles). */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, int NW = 4>
 NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *v, T *out, float *lse) {
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
-    constexpr int NW = 4, NT = NW * 32;
-    constexpr int MT = TQ / (16 * NW); /* 16-row m-tiles per warp: 1 (TQ 64) or 2 (TQ 128) */
+    constexpr int NT = NW * 32;
+    constexpr int MT = TQ / (16 * NW); /* 16-row m-tiles per warp */
     constexpr int LD = HD + 8;         /* padded smem row (halves): ldmatrix rows hit distinct banks */
-    constexpr int CPR = HD / 8;        /* 16-byte chunks per row */
     static_assert(TK == 64, "key tile must hold 64 keys");
-    static_assert(MT * 16 * NW == TQ, "query tile must be 64 or 128 queries");
+    static_assert(MT >= 1 && MT * 16 * NW == TQ, "query tile must be 16*NW*MT queries");
     extern __shared__ __align__(16) unsigned char na_smem_raw[];
     T *sQ = reinterpret_cast<T *>(na_smem_raw);
     T *sK = sQ + TQ * LD; /* [2][TK][LD] */
@@ -139,56 +258,22 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int bh = blockIdx.y, b = bh / P.H, h = bh % P.H;
     const int kvh = h / (P.H / P.Hkv);
-    const int TQa[3] = {TQ0, TQ1, TQ2}, TKa[3] = {TK0, TK1, TK2};
-
-    /* tile -> (dilation group r, local tile) per axis */
-    int r[3], n[3], q0[3], qlast[3], kmin[3], kmax[3], nkt[3];
-    {
-        int rem = blockIdx.x;
-        int c[3];
-        for (int x = 2; x >= 0; --x) {
-            const int d = P.dil[x];
-            const int ntl = ((P.X[x] + d - 1) / d + TQa[x] - 1) / TQa[x];
-            c[x] = rem % (d * ntl);
-            rem /= d * ntl;
-        }
-        for (int x = 0; x < 3; ++x) {
-            const int d = P.dil[x];
-            r[x] = c[x] % d;
-            n[x] = (P.X[x] - r[x] + d - 1) / d;
-            q0[x] = (c[x] / d) * TQa[x];
-            if (q0[x] >= n[x]) return; /* whole CTA: no query here */
-            qlast[x] = min(q0[x] + TQa[x] - 1, n[x] - 1);
-            kmin[x] = na_first_valid_local(P.X[x], P.K[x], d, P.gs[x], P.causal[x], r[x], q0[x]);
-            kmax[x] = na_last_valid_local(P.X[x], P.K[x], d, P.gs[x], P.causal[x], r[x], qlast[x]);
-            nkt[x] = (kmax[x] - kmin[x] + TKa[x]) / TKa[x];
-        }
-    }
+    const int TKa[3] = {TK0, TK1, TK2};
+    int r[3], n[3], q0[3], kmin[3], kmax[3], nkt[3];
+    if (!na_fwd_box<TQ0, TQ1, TQ2, TK0, TK1, TK2>(P, blockIdx.x, r, n, q0, kmin, kmax, nkt)) return;
     const int ntiles = nkt[0] * nkt[1] * nkt[2];
     const long long HDl = HD;
 
     /* ---- Q tile -> smem (inactive queries zero) */
-    for (int c = tid; c < TQ * CPR; c += NT) {
-        const int row = c / CPR, part = c % CPR;
-        const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
-        int pos[3], ok = 1;
-        for (int x = 0; x < 3; ++x) {
-            const int ql = q0[x] + t[x];
-            ok &= ql < n[x];
-            pos[x] = ok ? ql * P.dil[x] + r[x] : 0;
-        }
-        const long long g = (na_tok(b, pos, P.X) * P.H + h) * HDl + part * 8;
-        na_cp_async16(sQ + row * LD + part * 8, q + (ok ? g : 0), ok);
-    }
+    const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
+    na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sQ, LD, q, P.H, h, b, P, r, q0, lastq, tid);
     na_cp_commit();
 
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     __syncthreads();
     auto load_kv = [&](int tt, int stage) {
         int kt[3], base[3], lim[3];
-        kt[2] = tt % nkt[2];
-        kt[1] = (tt / nkt[2]) % nkt[1];
-        kt[0] = tt / (nkt[2] * nkt[1]);
+        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
 #pragma unroll
         for (int x = 0; x < 3; ++x) {
             base[x] = kmin[x] + kt[x] * TKa[x];
@@ -204,24 +289,8 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
     const int g4 = lane >> 2, t4 = lane & 3;
     int rlo[2 * MT][3], rhi[2 * MT][3];
 #pragma unroll
-    for (int ri = 0; ri < 2 * MT; ++ri) {
-        const int row = warp * 16 * MT + (ri >> 1) * 16 + g4 + (ri & 1) * 8;
-        const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
-        bool act = true;
-#pragma unroll
-        for (int x = 0; x < 3; ++x) act = act && q0[x] + t[x] < n[x];
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            const int ql = q0[x] + t[x];
-            if (act) {
-                rlo[ri][x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
-                rhi[ri][x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], ql);
-            } else {
-                rlo[ri][x] = 1 << 30;
-                rhi[ri][x] = -(1 << 30);
-            }
-        }
-    }
+    for (int ri = 0; ri < 2 * MT; ++ri)
+        na_row_window<TQ1, TQ2>(P, r, n, q0, warp * 16 * MT + (ri >> 1) * 16 + g4 + (ri & 1) * 8, rlo[ri], rhi[ri]);
 
     const float sl2 = P.scale * 1.4426950408889634f;
     float o[MT][HD / 8][4];
@@ -249,25 +318,13 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
         __syncthreads();
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
         /* masks of this tile for my rows */
-        int kt[3];
-        kt[2] = tt % nkt[2];
-        kt[1] = (tt / nkt[2]) % nkt[1];
-        kt[0] = tt / (nkt[2] * nkt[1]);
-        int base[3];
+        int kt[3], base[3];
+        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
 #pragma unroll
         for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * TKa[x];
         bool full = true, empty = true;
 #pragma unroll
-        for (int ri = 0; ri < 2 * MT; ++ri) {
-            bool rowfull = true, rowempty = false;
-#pragma unroll
-            for (int x = 0; x < 3; ++x) {
-                rowfull = rowfull && rlo[ri][x] <= base[x] && base[x] + TKa[x] - 1 <= rhi[ri][x];
-                rowempty = rowempty || rhi[ri][x] < base[x] || rlo[ri][x] > base[x] + TKa[x] - 1;
-            }
-            full = full && rowfull;
-            empty = empty && rowempty;
-        }
+        for (int ri = 0; ri < 2 * MT; ++ri) na_tile_state(rlo[ri], rhi[ri], base, TKa, &full, &empty);
         full = __all_sync(0xffffffffu, full);
         empty = __all_sync(0xffffffffu, empty);
         if (!empty) {
@@ -303,10 +360,7 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
                     for (int j = 0; j < 8; ++j)
 #pragma unroll
                         for (int c = 0; c < 2; ++c) {
-                            const int col = j * 8 + t4 * 2 + c;
-                            const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
-                            const bool ok = ((mk[0] >> u0) & (mk[1] >> u1) & (mk[2] >> u2) & 1ull) != 0ull;
-                            if (!ok) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
+                            if (!na_col_ok<TK1, TK2>(mk, j * 8 + t4 * 2 + c)) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
                         }
                 }
             }
@@ -375,17 +429,8 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
             float lt = l[ri];
             lt += __shfl_xor_sync(0xffffffffu, lt, 1);
             lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-            const int row = warp * 16 * MT + mt * 16 + g4 + rr * 8;
-            const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
-            int pos[3];
-            bool act = true;
-#pragma unroll
-            for (int x = 0; x < 3; ++x) {
-                act = act && q0[x] + t[x] < n[x];
-                pos[x] = (q0[x] + t[x]) * P.dil[x] + r[x];
-            }
-            if (!act) continue;
-            const long long orow = na_tok(b, pos, P.X) * P.H + h;
+            const long long orow = na_row_token<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 * MT + mt * 16 + g4 + rr * 8);
+            if (orow < 0) continue;
             const float inv = 1.f / lt;
             T *dst = out + orow * HDl;
 #pragma unroll

@@ -6,8 +6,9 @@
  *   1. na_window_of (window.cuh) == natten_window_of (src/core/window.h) on a
  *      sweep of (L, K, d, s, causal, i): the mirror is exact;
  *   2. na_queries_of_key == brute force over all queries (inverse rule);
- *   3. the simple fused forward (f32) and the tensor-core forward (bf16)
- *      against a double-precision host brute force built on window.h.
+ *   3. the simple fused forward (f32), the tiled f32 forward and the
+ *      tensor-core forward (bf16) against a double-precision host brute
+ *      force built on window.h.
  * The Python tests (tests/python/test_cuda*.py) cover every op through MLX.
  * Exit status 0 = pass (or no GPU), 1 = failure.
  */
@@ -19,6 +20,7 @@
 
 #include "../../src/cuda/na_simple.cuh"
 #include "../../src/cuda/na_fwd_tc.cuh"
+#include "../../src/cuda/na_fwd_f32.cuh"
 #include "../../src/cuda/na_bwd_tc.cuh"
 #include "../../src/core/window.h"
 
@@ -87,6 +89,14 @@ __global__ void k_fwd_tc(const int *pa, const T *q, const T *k, const T *v, T *o
     na_fwd_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
 }
 
+template <int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_fwd_f32(const int *pa, const float *q, const float *k, const float *v, float *o, float *lse) {
+    na_fwd_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
+}
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int NW>
+__global__ void k_fwd_tc_nw(const int *pa, const T *q, const T *k, const T *v, T *o, float *lse) {
+    na_fwd_tc_entry<T, HD, A, B_, C, D, E, F, NW>(pa, q, k, v, o, lse);
+}
 template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
 __global__ void k_bwd_dq_tc(const int *pa, const T *q, const T *k, const T *v, const T *dout, const float *lse,
                             const float *delta, T *dq) {
@@ -152,6 +162,15 @@ template __global__ void k_fwd_tc<__nv_bfloat16, 128, 4, 4, 4, 4, 4, 4>(const in
                                                                         const __nv_bfloat16 *,
                                                                         const __nv_bfloat16 *, __nv_bfloat16 *,
                                                                         float *);
+
+template __global__ void k_fwd_f32<32, 8, 8, 1, 8, 8, 1>(const int *, const float *, const float *, const float *,
+                                                        float *, float *);
+template __global__ void k_fwd_f32<64, 4, 4, 4, 4, 4, 4>(const int *, const float *, const float *, const float *,
+                                                        float *, float *);
+template __global__ void k_fwd_tc_nw<__nv_bfloat16, 128, 8, 16, 1, 8, 8, 1, 8>(const int *, const __nv_bfloat16 *,
+                                                                              const __nv_bfloat16 *,
+                                                                              const __nv_bfloat16 *,
+                                                                              __nv_bfloat16 *, float *);
 
 /* ---- 1 + 2: window mirror and inverse rule */
 __global__ void k_windows(const int *cases, int n, int *res) {
@@ -299,7 +318,9 @@ template <typename T> static T *upload(const std::vector<float> &h) {
     return d;
 }
 
-static int test_fwd(const Prob &P, bool tc) {
+enum { SIMPLE_F32, TC_BF16, TILE_F32 };
+static int test_fwd(const Prob &P, int mode) {
+    const bool tc = mode == TC_BF16;
     const int ntok = P.X[0] * P.X[1] * P.X[2];
     const size_t nq = (size_t)P.B * ntok * P.H * P.D, nk = (size_t)P.B * ntok * P.Hkv * P.D;
     std::vector<float> q(nq), k(nk), v(nk);
@@ -320,7 +341,19 @@ static int test_fwd(const Prob &P, bool tc) {
     if (!tc) {
         float *dq = upload<float>(q), *dk = upload<float>(k), *dv = upload<float>(v), *dout;
         CK(cudaMalloc(&dout, nq * 4));
-        k_fwd<float, 1, 1><<<(unsigned)((rows * 32 + 127) / 128), 128>>>(dp, dq, dk, dv, dq, dq, dq, dp, dout, dl);
+        if (mode == SIMPLE_F32) {
+            k_fwd<float, 1, 1><<<(unsigned)((rows * 32 + 127) / 128), 128>>>(dp, dq, dk, dv, dq, dq, dq, dp, dout, dl);
+        } else { /* 8x8 query and key boxes over axes 0, 1 */
+            auto kern = k_fwd_f32<32, 8, 8, 1, 8, 8, 1>;
+            int tiles = 1;
+            for (int x = 0; x < 3; ++x) {
+                const int tq = x < 2 ? 8 : 1;
+                tiles *= P.dil[x] * (((P.X[x] + P.dil[x] - 1) / P.dil[x] + tq - 1) / tq);
+            }
+            const int smem = (64 + 4 * 64) * (32 + 4) * 4 + 64 * 68 * 4 + 8 * 64;
+            CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            kern<<<dim3(tiles, P.B * P.H), 128, smem>>>(dp, dq, dk, dv, dout, dl);
+        }
         CK(cudaGetLastError());
         CK(cudaMemcpy(go.data(), dout, nq * 4, cudaMemcpyDeviceToHost));
         cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout);
@@ -353,7 +386,7 @@ static int test_fwd(const Prob &P, bool tc) {
     const double tol = tc ? 2e-2 : 1e-5;
     const int bad = !(eo <= tol && el <= tol);
     printf("fwd %s X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d causal=%d%d%d: max|dout|=%.2e max|dlse|=%.2e %s\n",
-           tc ? "tc-bf16" : "simple-f32", P.X[0], P.X[1], P.X[2], P.K[0], P.K[1], P.K[2], P.dil[0], P.dil[1],
+           tc ? "tc-bf16" : mode == TILE_F32 ? "tile-f32" : "simple-f32", P.X[0], P.X[1], P.X[2], P.K[0], P.K[1], P.K[2], P.dil[0], P.dil[1],
            P.dil[2], P.causal[0], P.causal[1], P.causal[2], eo, el, bad ? "FAIL" : "ok");
     return bad;
 }
@@ -366,11 +399,14 @@ int main() {
     }
     int fails = test_windows();
     Prob a = {{9, 11, 1}, {3, 5, 1}, {2, 1, 1}, {1, 2, 1}, {1, 0, 0}, 4, 2, 32, 2};
-    fails += test_fwd(a, false);
+    fails += test_fwd(a, SIMPLE_F32);
+    fails += test_fwd(a, TILE_F32);
+    Prob a2 = {{20, 23, 1}, {7, 9, 1}, {1, 2, 1}, {1, 1, 1}, {0, 1, 0}, 4, 2, 32, 2};
+    fails += test_fwd(a2, TILE_F32);
     Prob c = {{150, 1, 1}, {13, 1, 1}, {2, 1, 1}, {1, 1, 1}, {0, 0, 0}, 4, 2, 32, 2};
-    fails += test_fwd(c, true);
+    fails += test_fwd(c, TC_BF16);
     Prob c2 = {{150, 1, 1}, {7, 1, 1}, {1, 1, 1}, {3, 1, 1}, {1, 0, 0}, 2, 1, 32, 1};
-    fails += test_fwd(c2, true);
+    fails += test_fwd(c2, TC_BF16);
     printf("%s\n", fails ? "FAILED" : "ALL OK");
     return fails ? 1 : 0;
 }

@@ -319,13 +319,47 @@ def test_tensor_core_forward_backward(case, dtype):
     _run_fused_case(case, _dt(dtype), seed=3)
 
 
+@pytest.fixture
+def cuda_env(monkeypatch):
+    """Set NATTEN_CUDA_* switches for one test (cuda.py reads them once)."""
+
+    def setenv(name, value):
+        monkeypatch.setenv(name, value)
+        cuda.refresh_env()
+
+    yield setenv
+    monkeypatch.undo()
+    cuda.refresh_env()
+
+
 @gpu
+@pytest.mark.parametrize("mode", ["128", "128w"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_tensor_core_forward_128_query_tiles(dtype, monkeypatch):
-    """The 2-m-tile forward (NATTEN_CUDA_TQ=128) on a problem big enough to use it."""
-    monkeypatch.setenv("NATTEN_CUDA_TQ", "128")
+def test_tensor_core_forward_128_query_tiles(dtype, mode, cuda_env):
+    """128-query forward tiles: 2 m-tiles per warp (NATTEN_CUDA_TQ=128, head_dim <= 64)
+    and 8 warps of one m-tile (NATTEN_CUDA_TQ=128w, any head_dim), on problems big
+    enough to use them."""
+    cuda_env("NATTEN_CUDA_TQ", mode)
     case = ((64, 80), (7, 9), (1, 2), 1, 1, (False, True), 8, 4, 32, 32)
     _run_fused_case(case, _dt(dtype), seed=4, grads=False)
+    if mode == "128w":
+        case = ((48, 50), (13, 9), (2, 1), 1, 1, (True, False), 8, 4, 128, 128)
+        _run_fused_case(case, _dt(dtype), seed=6, grads=False)
+
+
+@gpu
+@pytest.mark.parametrize("case", TC_CASES, ids=lambda c: "x".join(map(str, c[0])))
+def test_tiled_f32_forward_backward(case):
+    """The tiled f32 forward (na_fwd_f32.cuh; D in {32, 64}, else the simple kernels)
+    on the tensor-core shapes: key tiles full, partial and skipped."""
+    _run_fused_case(case, mx.float32, seed=3)
+
+
+@gpu
+def test_tiled_f32_forward_big():
+    """The tiled f32 forward on a larger 2-D problem (many CTAs, 4 key tiles each)."""
+    case = ((40, 36), (7, 7), (1, 1), 1, 1, (False, False), 4, 2, 32, 32)
+    _run_fused_case(case, mx.float32, seed=7, grads=False)
 
 
 SPLIT_CASES = [
