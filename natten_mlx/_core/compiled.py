@@ -33,7 +33,7 @@ import mlx.core as mx
 
 from natten_mlx._core.params import NAParams
 
-_FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16, mx.float64)
+_FLOAT_DTYPES = frozenset((mx.float32, mx.float16, mx.bfloat16, mx.float64))
 
 _ext_mod = None
 _ext_error: Optional[str] = None
@@ -91,7 +91,7 @@ def _is_cpu(device) -> bool:
     if device is None:
         device = mx.default_device()
     try:
-        return device.type == mx.cpu
+        return device.type is mx.cpu  # enum members are singletons; `==` costs 0.5 us
     except Exception:
         return False
 

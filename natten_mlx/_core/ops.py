@@ -159,11 +159,12 @@ def select_tier(op: str, p: NAParams, dtype, **features) -> str:
     """Name of the tier that will run ``op`` for this problem."""
     feats = {"rpb": False, "extra_kv": False, "varlen": False, "gqa": False}
     feats.update(features)
-    return _select(op, p, dtype, feats)
+    return _select(op, p, dtype, feats)[0]
 
 
 def _select(op, p, dtype, feats):
-    """select_tier with every feature given (the per-call path: no keyword copies)."""
+    """(name, module) of select_tier's choice; every feature given (the per-call path:
+    no keyword copies, no second module lookup)."""
     dev = _device()
     if feats["rpb"] and any(s != 1 for s in p.gna_stride):
         # Undefined (the C API rejects it too): the bias index of a slot would
@@ -180,11 +181,12 @@ def _select(op, p, dtype, feats):
         except Exception:
             ok = False
         if ok:
-            return name
+            return name, mod
     # Every chain ends with pure; if even pure says no, the problem is invalid.
-    if not tier_module("pure").supports(op, p, dtype, dev, **feats):
+    pure = tier_module("pure")
+    if not pure.supports(op, p, dtype, dev, **feats):
         raise ValueError(f"no tier supports op '{op}' for {p}")
-    return "pure"
+    return "pure", pure
 
 
 def _features(q_heads, kv_heads, rpb=None, extra_k=None, varlen=None):
@@ -202,8 +204,8 @@ def _features(q_heads, kv_heads, rpb=None, extra_k=None, varlen=None):
 
 
 def _fused_tier(q, k, p, rpb, extra_k, varlen):
-    name = _select("fused", p, q.dtype, _features(q.shape[-2], k.shape[-2], rpb, extra_k, varlen))
-    return tier_module(name) or tier_module("pure")
+    return _select("fused", p, q.dtype,
+                   _features(q.shape[-2], k.shape[-2], rpb, extra_k, varlen))[1]
 
 
 def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
