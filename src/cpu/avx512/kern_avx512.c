@@ -12,6 +12,7 @@
 #include <math.h>
 
 #include "cpu/cpu_internal.h"
+#include "cpu/avx512/simd_avx512.h"
 
 static inline __mmask16 tail_mask(int64_t len) {
     return len >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << len) - 1u);
@@ -127,24 +128,6 @@ static void wsum_avx512(const float *w, const float *const *rows, int64_t n, int
         default: WSUM_BODY(4); break;
         }
     }
-}
-
-/* exp(x) for x <= ~88: 2^n * p(r), r = x - n ln2, degree-6 Taylor on |r| <= ln2/2. */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-    x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.3888889e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3333333e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1666667e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666667e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
 }
 
 static float expsum_avx512(float *s, int64_t n, float m) {
