@@ -333,7 +333,7 @@ int build_rpb_all(common *c) {
 int build_wlast(common *c) {
     const geom *g = &c->g;
     const int a = g->rank - 1;
-    if (g->varlen) return 1; /* extents differ per sample: computed per query */
+    if (g->varlen || c->wlast) return 1; /* varlen: extents differ per sample, computed per query */
     c->wlast = malloc((size_t)g->L[a] * sizeof(natten_window));
     if (!c->wlast) return 0;
     for (int64_t i = 0; i < g->L[a]; ++i)

@@ -155,6 +155,13 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     /* tiles pay for repacking Q, K and V; worth it from ~16 neighbours up */
     const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 && g->KK >= NATTEN_TILE_MIN_KK &&
                          tiles_enabled();
+    if (!use_tile) {
+        const natten_status st = fwd_block_run(&c, q, k, v, out, lse, nt);
+        if (st == NATTEN_STATUS_SUCCESS) {
+            common_free(&c);
+            return st;
+        }
+    }
     tile_common tc;
     memset(&tc, 0, sizeof tc);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&

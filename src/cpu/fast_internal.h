@@ -329,6 +329,11 @@ static inline void tile_rows_out(const common *c, qscratch *sc, natten_tensor *t
     }
 }
 
+/* The blocked forward (fast_fwd_block.c) on the caller's tensors: SUCCESS, or
+ * UNSUPPORTED (nothing written) for problems it leaves to the generic path. */
+natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tensor *k, const natten_tensor *v,
+                            natten_tensor *out, natten_tensor *lse, int nt);
+
 /* ------------------------------------------------------------------------ */
 /* Inverse neighbourhoods and the key pass (fast_inverse.c)                  */
 /* ------------------------------------------------------------------------ */

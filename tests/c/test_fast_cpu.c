@@ -320,19 +320,39 @@ static const cfg configs[] = {
     {"1d bf16", 1, 1, 2, 2, 32, 32, {40}, {7}, {1}, {1}, {1}, {0}, 2, 1, 0, BF16, T_CONTIG},
     {"2d bf16 padded", 2, 1, 2, 1, 24, 24, {9, 10}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, 0, BF16, T_PADDED},
     {"1d f16", 1, 1, 2, 2, 33, 33, {21}, {5}, {2}, {1}, {1}, {0}, 0, 1, 0, F16, T_CONTIG},
+    /* blocked forward (no rpb, no extra KV, out stride 1 on the last axis): 16-lane tiles
+     * cut at multiples of 16 local indices, runs of 1..17 queries, border and causal-prefix
+     * tiles (per-lane offsets, masks), unequal dilation groups, K up to 17 (18: generic) */
+    {"blk 1d runs 16+16+16+1", 1, 1, 2, 2, 16, 16, {49}, {7}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"blk 1d L17 D64", 1, 2, 1, 1, 64, 64, {17}, {7}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"blk 1d K17 L18", 1, 1, 2, 1, 8, 8, {18}, {17}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"blk 1d K17 causal", 1, 1, 1, 1, 8, 9, {40}, {17}, {1}, {1}, {1}, {1}, 0, 0, 0, F32, T_PADDED},
+    {"blk 1d K18 generic", 1, 1, 2, 2, 8, 8, {40}, {18}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"blk 1d causal dil 3", 1, 2, 2, 1, 8, 8, {53}, {5}, {3}, {1}, {1}, {1}, 0, 0, 0, F32, T_PADDED},
+    {"blk 1d dil 5 short groups", 1, 1, 2, 2, 8, 8, {23}, {4}, {5}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"blk 2d lead out stride causal 0", 2, 1, 2, 2, 8, 8, {9, 35}, {3, 7}, {2, 1}, {1, 1}, {2, 1}, {1, 0}, 0, 0, 0, F32, T_PERMUTED},
+    {"blk 2d varlen GQA causal 1", 2, 3, 4, 2, 16, 24, {8, 40}, {3, 5}, {1, 2}, {1, 1}, {1, 1}, {0, 1}, 0, 0, 1, F32, T_CONTIG},
+    {"blk 2d gna", 2, 1, 2, 2, 16, 16, {7, 37}, {3, 7}, {1, 1}, {2, 3}, {1, 1}, {0, 0}, 0, 0, 0, F32, T_CONTIG},
+    {"blk 3d causal bf16", 3, 1, 2, 2, 32, 32, {4, 5, 20}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 1, 1}, 0, 0, 0, BF16, T_PADDED},
+    {"blk 3d gna dil f16", 3, 1, 2, 1, 16, 16, {5, 4, 33}, {3, 3, 5}, {1, 1, 2}, {2, 1, 2}, {1, 1, 1}, {0, 0, 0}, 0, 0, 0, F16, T_PERMUTED},
+    {"blk 3d varlen f16", 3, 2, 2, 2, 8, 8, {4, 6, 19}, {3, 3, 3}, {1, 2, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 0, 1, F16, T_CONTIG},
     {"3d f16 permuted", 3, 1, 2, 2, 16, 16, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 0, 0, F16, T_PERMUTED},
 };
 
 int main(void) {
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
     printf("test_fast_cpu: best ISA %s\n", natten_cpu_isa_name(isa0));
-    /* both forward/backward strategies: generic lists (default) and lane-major tiles */
-    for (int tiles = 0; tiles < 2; ++tiles) {
-        setenv("NATTEN_CPU_TILES", tiles ? "1" : "0", 1);
-        printf("test_fast_cpu: NATTEN_CPU_TILES=%d\n", tiles);
+    /* every forward strategy: blocked (default), generic lists (NATTEN_CPU_FWD_BLOCK=0) and
+     * lane-major tiles (NATTEN_CPU_TILES=1; the backward's generic and tile paths with them) */
+    static const char *const modes[3][2] = {{"0", "1"}, {"0", "0"}, {"1", "1"}};
+    for (int m = 0; m < 3; ++m) {
+        setenv("NATTEN_CPU_TILES", modes[m][0], 1);
+        setenv("NATTEN_CPU_FWD_BLOCK", modes[m][1], 1);
+        printf("test_fast_cpu: NATTEN_CPU_TILES=%s NATTEN_CPU_FWD_BLOCK=%s\n", modes[m][0], modes[m][1]);
         for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 1000 + i);
     }
     unsetenv("NATTEN_CPU_TILES");
+    unsetenv("NATTEN_CPU_FWD_BLOCK");
 
     /* API of the runtime */
     t_check(natten_num_threads_set(0) == NATTEN_STATUS_INVALID_ARGUMENT, "num_threads_set(0) must fail");
@@ -389,6 +409,6 @@ int main(void) {
         tbuf_free(&o);
     }
     printf("test_fast_cpu: %d of %d configuration runs also compared with the reference kernels\n",
-           n_ref_compared, 2 * (int)(sizeof configs / sizeof configs[0]));
+           n_ref_compared, 3 * (int)(sizeof configs / sizeof configs[0]));
     return t_summary("test_fast_cpu");
 }

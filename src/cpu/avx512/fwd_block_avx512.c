@@ -1,0 +1,263 @@
+/*
+ * fwd_block_avx512.c -- AVX-512 blocked-forward tile, 16 queries on lanes
+ * (contract in cpu/fwd_block.h).
+ *
+ * QK: per channel, lane l of slot k needs key position off[l] + k of a
+ * lane-major row.  Uniform tiles (off[l] == l) load that vector directly
+ * (unaligned); other tiles (borders, causal prefixes, GNA groups) load the
+ * 32 positions [0, 32) once and build each slot's vector with one two-source
+ * permute.  Several leading rows go in one pass when K is small, so at least
+ * ~8 FMA chains are in flight.  Softmax runs on whole vectors (16 queries per
+ * instruction).  AV: two lanes at a time, each lane's output row in
+ * registers, value rows (row-major) as memory operands of the FMAs.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "cpu/avx512/simd_avx512.h"
+#include "cpu/fwd_block.h"
+
+#define AI static inline __attribute__((always_inline))
+
+/* Positions [k, k+16) of the 32 in lo:hi (k a compile-time constant after inlining). */
+AI __m512 alignr(__m512 hi, __m512 lo, const int k) {
+    switch (k) {
+    case 1: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 1));
+    case 2: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 2));
+    case 3: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 3));
+    case 4: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 4));
+    case 5: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 5));
+    case 6: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 6));
+    case 7: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 7));
+    case 8: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 8));
+    case 9: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 9));
+    case 10: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 10));
+    case 11: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 11));
+    case 12: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 12));
+    case 13: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 13));
+    case 14: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 14));
+    default: return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), 15));
+    }
+}
+
+/* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC) into sbuf. */
+AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64_t k0, const __m512i *idx,
+                const int UNI) {
+    __m512 acc[NR * KC];
+    const float *p[NR];
+    for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
+    for (int rr = 0; rr < NR; ++rr) p[rr] = a->kr[i0 + rr];
+    const int64_t ld = a->kld;
+    for (int64_t c = 0; c < a->D; ++c) {
+        const __m512 qv = _mm512_load_ps(a->qt + c * 16);
+        for (int rr = 0; rr < NR; ++rr) {
+            const float *kc = p[rr] + c * ld;
+            if (UNI) {
+                /* slot k = positions [k, k+16): even k from the two vectors
+                 * [0, 32) with valignd (p5), odd k as (split) memory operands:
+                 * balances the shuffle port against the load ports */
+                const __m512 lo = _mm512_loadu_ps(kc), hi = _mm512_loadu_ps(kc + 16);
+                for (int t = 0; t < KC; ++t) {
+                    const int k = (int)k0 + t;
+                    __m512 kv;
+                    if (k == 0) kv = lo;
+                    else if (k == 16) kv = hi;
+                    else if (k & 1) kv = _mm512_loadu_ps(kc + k);
+                    else kv = alignr(hi, lo, k);
+                    acc[rr * KC + t] = _mm512_fmadd_ps(qv, kv, acc[rr * KC + t]);
+                }
+            } else {
+                const __m512 lo = _mm512_loadu_ps(kc), hi = _mm512_loadu_ps(kc + 16);
+                for (int t = 0; t < KC; ++t)
+                    acc[rr * KC + t] =
+                        _mm512_fmadd_ps(qv, _mm512_permutex2var_ps(lo, idx[k0 + t], hi), acc[rr * KC + t]);
+            }
+        }
+    }
+    for (int rr = 0; rr < NR; ++rr)
+        for (int t = 0; t < KC; ++t) _mm512_store_ps(a->sbuf + ((i0 + rr) * a->K + k0 + t) * 16, acc[rr * KC + t]);
+}
+
+/* Rows in steps of NRM (then one by one), all K <= 8 slots at once. */
+#define QK_SMALL(KC, NRM)                                                                          \
+    case KC: {                                                                                     \
+        int64_t i = 0;                                                                             \
+        for (; i + NRM <= a->nrow; i += NRM) qk_rows(a, i, NRM, KC, 0, idx, UNI);                  \
+        for (; i < a->nrow; ++i) qk_rows(a, i, 1, KC, 0, idx, UNI);                                \
+    } break
+
+#define QK_CHUNK(KC) \
+    case KC: qk_rows(a, i, 1, KC, k0, idx, UNI); break
+
+AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI) {
+    switch (a->K) {
+        QK_SMALL(1, 8);
+        QK_SMALL(2, 4);
+        QK_SMALL(3, 4);
+        QK_SMALL(4, 3);
+        QK_SMALL(5, 2);
+        QK_SMALL(6, 2);
+        QK_SMALL(7, 1);
+        QK_SMALL(8, 1);
+    default:
+        for (int64_t i = 0; i < a->nrow; ++i)
+            for (int64_t k0 = 0; k0 < a->K; k0 += 8) {
+                switch (a->K - k0 < 8 ? a->K - k0 : 8) {
+                    QK_CHUNK(1);
+                    QK_CHUNK(2);
+                    QK_CHUNK(3);
+                    QK_CHUNK(4);
+                    QK_CHUNK(5);
+                    QK_CHUNK(6);
+                    QK_CHUNK(7);
+                    QK_CHUNK(8);
+                }
+            }
+    }
+}
+
+/* Lanes l and l+1 (TWO) over channels [c0, c0 + 16*NV): weights from sbuf,
+ * rows from vr.  Slots alternate between two accumulator sets (A, B) so
+ * that >= 8 FMA chains are in flight; named arrays keep them in registers. */
+AI void av_pair(const blk_args *a, int64_t l, const int TWO, int64_t c0, const int NV, const float *inv) {
+    __m512 A0[NV], B0[NV], A1[NV], B1[NV];
+    for (int v = 0; v < NV; ++v) A0[v] = B0[v] = A1[v] = B1[v] = _mm512_setzero_ps();
+    const int64_t K = a->K, vld = a->vld;
+    const float *w = a->sbuf + l;
+#define AV_STEP(X0, X1, KK)                                                                        \
+    do {                                                                                           \
+        const __m512 w0 = _mm512_set1_ps(wi[(KK) * 16]);                                           \
+        for (int v = 0; v < NV; ++v) X0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(r0 + (KK) * vld + 16 * v), X0[v]); \
+        if (TWO) {                                                                                 \
+            const __m512 w1 = _mm512_set1_ps(wi[(KK) * 16 + 1]);                                   \
+            for (int v = 0; v < NV; ++v)                                                           \
+                X1[v] = _mm512_fmadd_ps(w1, _mm512_load_ps(r1 + (KK) * vld + 16 * v), X1[v]);      \
+        }                                                                                          \
+    } while (0)
+    for (int64_t i = 0; i < a->nrow; ++i) {
+        const float *r0 = a->vr[i] + a->off[l] * vld + c0;
+        const float *r1 = a->vr[i] + a->off[TWO ? l + 1 : l] * vld + c0;
+        const float *wi = w + i * K * 16;
+        int64_t k = 0;
+        for (; k + 2 <= K; k += 2) {
+            AV_STEP(A0, A1, k);
+            AV_STEP(B0, B1, k + 1);
+        }
+        if (k < K) AV_STEP(A0, A1, k);
+    }
+#undef AV_STEP
+    for (int u = 0; u < 1 + TWO; ++u) {
+        const __m512 sc = _mm512_set1_ps(inv[l + u]);
+        for (int v = 0; v < NV; ++v) {
+            const __m512 o = u == 0 ? _mm512_add_ps(A0[v], B0[v]) : _mm512_add_ps(A1[v], B1[v]);
+            const int64_t rem = a->Dv - c0 - 16 * v;
+            const __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+            _mm512_mask_storeu_ps(a->out[l + u] + c0 + 16 * v, m, _mm512_mul_ps(o, sc));
+        }
+    }
+}
+
+/* Uniform tiles: value position m of a row is slot m - l of lane l, so each
+ * 16-channel chunk of a value row is loaded once and FMA'd into every lane
+ * that uses it (all 16 lanes' accumulators in registers, weights as
+ * broadcast memory operands).  Keeps the value rows' reads at one per ~K
+ * FMAs instead of one per FMA (they do not fit in L1 with their keys). */
+AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv) {
+    __m512 acc[16];
+    for (int l = 0; l < 16; ++l) acc[l] = _mm512_setzero_ps();
+    const int64_t vld = a->vld;
+    for (int64_t i = 0; i < a->nrow; ++i) {
+        const float *vrow = a->vr[i] + c0;
+        const float *w = a->sbuf + i * K * 16;
+#pragma GCC unroll 32
+        for (int m = 0; m < 15 + K; ++m) {
+            const __m512 v = _mm512_load_ps(vrow + m * vld);
+#pragma GCC unroll 17
+            for (int k = 0; k < K; ++k) {
+                const int l = m - k;
+                if (l >= 0 && l < 16) acc[l] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * 16 + l]), v, acc[l]);
+            }
+        }
+    }
+    const int64_t rem = a->Dv - c0;
+    const __mmask16 mk = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+    for (int l = 0; l < 16; ++l)
+        if (l < a->nl) _mm512_mask_storeu_ps(a->out[l] + c0, mk, _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l])));
+}
+
+#define AV_UNI(KC)                                                          \
+    case KC:                                                                \
+        for (int64_t c0 = 0; c0 < a->Dv; c0 += 16) av_uniform(a, KC, c0, inv); \
+        break
+
+#define AV_NV(NVC)                                 \
+    case NVC:                                      \
+        if (two) av_pair(a, l, 1, c0, NVC, inv);   \
+        else av_pair(a, l, 0, c0, NVC, inv);       \
+        break
+
+static void blk_fwd_avx512(const blk_args *a) {
+    const int64_t K = a->K, n = a->nrow * K;
+    __m512i idx[32];
+    const __m512i off = _mm512_loadu_si512(a->off);
+    for (int64_t k = 0; k < K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
+    if (a->uniform) qk_all(a, idx, 1);
+    else qk_all(a, idx, 0);
+    const __m512 sc = _mm512_set1_ps(a->scale), ninf = _mm512_set1_ps(-INFINITY);
+    __m512 mx = ninf;
+    for (int64_t j = 0; j < n; ++j) {
+        __m512 s = _mm512_mul_ps(_mm512_load_ps(a->sbuf + j * 16), sc);
+        if (a->bias) s = _mm512_add_ps(s, _mm512_set1_ps(a->bias[j]));
+        if (a->vmask) s = _mm512_mask_mov_ps(ninf, (__mmask16)a->vmask[j % K], s);
+        _mm512_store_ps(a->sbuf + j * 16, s);
+        mx = _mm512_max_ps(mx, s);
+    }
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_load_ps(a->sbuf + j * 16), mx));
+        if (a->vmask) e = _mm512_maskz_mov_ps((__mmask16)a->vmask[j % K], e);
+        _mm512_store_ps(a->sbuf + j * 16, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    float inv[16], m[16], su[16];
+    _mm512_storeu_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), sum));
+    _mm512_storeu_ps(m, mx);
+    _mm512_storeu_ps(su, sum);
+    for (int l = 0; l < 16; ++l) a->lse[l] = m[l] + logf(su[l]);
+    if (a->uniform && K <= 17) {
+        switch (K) {
+            AV_UNI(1);
+            AV_UNI(2);
+            AV_UNI(3);
+            AV_UNI(4);
+            AV_UNI(5);
+            AV_UNI(6);
+            AV_UNI(7);
+            AV_UNI(8);
+            AV_UNI(9);
+            AV_UNI(10);
+            AV_UNI(11);
+            AV_UNI(12);
+            AV_UNI(13);
+            AV_UNI(14);
+            AV_UNI(15);
+            AV_UNI(16);
+            AV_UNI(17);
+        }
+        return;
+    }
+    for (int64_t l = 0; l < a->nl; l += 2) {
+        const int two = l + 1 < a->nl;
+        for (int64_t c0 = 0; c0 < a->Dv; c0 += 64) {
+            const int64_t nv = (a->Dv - c0 + 15) / 16;
+            switch (nv > 4 ? 4 : nv) {
+                AV_NV(1);
+                AV_NV(2);
+                AV_NV(3);
+                AV_NV(4);
+            }
+        }
+    }
+}
+
+const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32};

@@ -1,0 +1,449 @@
+/*
+ * fast_fwd_block.c -- the blocked fused forward: tiles of consecutive
+ * queries of one dilation group of the last axis, queries on vector lanes
+ * (cpu/fwd_block.h).
+ *
+ * Why: the generic path spends ~2500 cycles per query-head on 49x64 work
+ * (pointer lists, one horizontal reduction per neighbour, keys strided H*D
+ * apart).  Here each task (batch, head, run of lines) keeps, per thread, the
+ * key rows it needs packed lane-major ([channel][position], for the QK
+ * tiles) and the value rows packed row-major ([position][channel], for the
+ * AV sums), converted from the caller's dtype and layout once per row and
+ * reused by every line whose window covers it.  Packed rows live in a small
+ * direct-mapped cache indexed by the leading positions modulo the window
+ * span, so the working set stays in L2 and nothing is staged per call.
+ *
+ * Tiles: lane l of a tile reads key positions off[l] + k of each leading
+ * row, so interior runs (the same window shift), border runs (the same
+ * clamped start), causal prefixes (masked slots) and GNA groups share one
+ * kernel as long as off[l] + K fits the kernel's span.
+ *
+ * Declined (generic path): rpb, extra KV, out stride on the last axis, a last
+ * kernel size over the span, or packs over NATTEN_BLK_MAX_BYTES per thread.
+ * Each output row and lse entry is written by exactly one task, and a tile's
+ * result does not depend on the thread: thread-count independent bits.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/fast_internal.h"
+#include "cpu/fwd_block.h"
+
+#define BLK_LINES 16   /* output lines per task */
+#define BLK_SEGQ 256   /* last-axis (group-major) positions per task */
+#define NATTEN_BLK_MAX_BYTES ((size_t)64 << 20)
+
+typedef struct blk_ctx {
+    const common *c;
+    const blk_kernel *bk;
+    const natten_tensor *q, *k, *v;
+    natten_tensor *out, *lse;
+    int64_t XP, vld, NS, S0, S1, nR, nchunk, nseg;
+    int64_t *goff;    /* dilation groups of the last axis (full extent), d+1 entries */
+    int64_t *gpos;    /* pack position of each group's local index 0 (d entries) */
+    size_t per_thread; /* bytes */
+    char *scratch;
+} blk_ctx;
+
+typedef struct blk_scratch {
+    int64_t *tags;
+    const float **kr, **vr;
+    int32_t *off;
+    uint32_t *vmask;
+    natten_window *wl;
+    float *qt, *sbuf, *orow, *lse, *cvt, *pack;
+    float **optr;
+} blk_scratch;
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Carve (or size, when base is NULL) one thread's scratch. */
+static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
+    const geom *g = &x->c->g;
+    const int64_t LN = x->bk->lanes, Kl = g->K[g->rank - 1], nrow = g->KK / Kl;
+    const int64_t cmax = g->D > g->Dv ? g->D : g->Dv;
+    size_t o = 0;
+#define CARVE(field, type, count)                                      \
+    do {                                                               \
+        if (base) s->field = (type *)(base + o);                       \
+        o = align64(o + (size_t)(count) * sizeof(type));               \
+    } while (0)
+    CARVE(tags, int64_t, x->NS);
+    CARVE(kr, const float *, nrow);
+    CARVE(vr, const float *, nrow);
+    CARVE(off, int32_t, LN);
+    CARVE(vmask, uint32_t, Kl);
+    CARVE(wl, natten_window, LN);
+    CARVE(optr, float *, LN);
+    CARVE(qt, float, g->D * LN);
+    CARVE(sbuf, float, nrow * Kl * LN);
+    CARVE(orow, float, LN * g->Dv);
+    CARVE(lse, float, LN);
+    CARVE(cvt, float, LN * cmax);
+    CARVE(pack, float, x->NS * (g->D * x->XP + x->XP * x->vld));
+#undef CARVE
+    return o;
+}
+
+/* n channels of one row (element offset off, channel stride cs) as f32. */
+static void row_f32(const common *c, const natten_tensor *t, int64_t off, int64_t cs, int64_t n, float *dst) {
+    const natten_dtype dt = c->p->dtype;
+    if (dt == NATTEN_DTYPE_F32) {
+        const float *s = (const float *)t->data + off;
+        if (cs == 1) memcpy(dst, s, (size_t)n * sizeof(float));
+        else
+            for (int64_t i = 0; i < n; ++i) dst[i] = s[i * cs];
+    } else if (dt == NATTEN_DTYPE_F16 && cs == 1) {
+        c->kern->f16_to_f32((const uint16_t *)t->data + off, dst, n);
+    } else if (dt == NATTEN_DTYPE_BF16) {
+        const uint16_t *s = (const uint16_t *)t->data + off;
+        for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(s[i * cs]);
+    } else {
+        for (int64_t i = 0; i < n; ++i) dst[i] = (float)natten_load(t->data, off + i * cs, dt);
+    }
+}
+
+/* nr rows (offsets off0 + i*rs) of C channels, lane-major into dst[c*ld + i]. */
+static void rows_lane_major(const common *c, const natten_tensor *t, int64_t off0, int64_t rs, int64_t nr,
+                            int64_t C, float *cvt, float *dst, int64_t ld) {
+    const int r = c->g.rank;
+    const int64_t cs = t->stride[r + 2];
+    if (c->p->dtype == NATTEN_DTYPE_F32 && cs == 1) {
+        c->kern->transpose((const float *)t->data + off0, rs, dst, ld, nr, C);
+        return;
+    }
+    for (int64_t i0 = 0; i0 < nr; i0 += 16) {
+        const int64_t nb = nr - i0 < 16 ? nr - i0 : 16;
+        for (int64_t i = 0; i < nb; ++i) row_f32(c, t, off0 + (i0 + i) * rs, cs, C, cvt + i * C);
+        c->kern->transpose(cvt, C, dst + i0, ld, nb, C);
+    }
+}
+
+/* Pack key and value row (b, hk, leading position lead[]) of sample extent e
+ * into slot memory.  Pads were zeroed once per call (masked and idle lanes
+ * read them, and 0 * x must stay 0); positions past a varlen sample are
+ * zeroed here. */
+static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int64_t hk, const int64_t lead[2],
+                     const int64_t e[3]) {
+    const common *c = x->c;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t d = g->dil[r - 1], XP = x->XP, vld = x->vld, Dv = g->Dv;
+    float *vp = kp + g->D * XP;
+    int64_t kb = b * x->k->stride[0] + hk * x->k->stride[r + 1];
+    int64_t vb = b * x->v->stride[0] + hk * x->v->stride[r + 1];
+    for (int a = 0; a < r - 1; ++a) {
+        kb += lead[a] * x->k->stride[a + 1];
+        vb += lead[a] * x->v->stride[a + 1];
+    }
+    const int64_t ksx = x->k->stride[r], vsx = x->v->stride[r], vcs = x->v->stride[r + 2];
+    const int vdirect = c->p->dtype == NATTEN_DTYPE_F32 && vcs == 1;
+    for (int64_t rr = 0; rr < d; ++rr) {
+        const int64_t u0 = x->gpos[rr], nfull = x->goff[rr + 1] - x->goff[rr];
+        const int64_t n = rr < e[r - 1] ? (e[r - 1] - rr - 1) / d + 1 : 0;
+        if (n > 0) rows_lane_major(c, x->k, kb + rr * ksx, d * ksx, n, g->D, s->cvt, kp + u0, XP);
+        for (int64_t p = 0; p < n; ++p) {
+            float *dst = vp + (u0 + p) * vld;
+            if (vdirect) {
+                const float *src = (const float *)x->v->data + vb + (rr + d * p) * vsx;
+                for (int64_t ch = 0; ch < Dv; ++ch) dst[ch] = src[ch];
+            } else {
+                row_f32(c, x->v, vb + (rr + d * p) * vsx, vcs, Dv, dst);
+            }
+        }
+        if (nfull > n) { /* varlen */
+            for (int64_t ch = 0; ch < g->D; ++ch)
+                for (int64_t p = n; p < nfull; ++p) kp[ch * XP + u0 + p] = 0.f;
+            memset(vp + (u0 + n) * vld, 0, (size_t)((nfull - n) * vld) * sizeof(float));
+        }
+    }
+}
+
+/* Prefetch n rows of C channels (contiguous) at element offsets off + i*rs of t. */
+static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C) {
+    const int r = c->g.rank;
+    if (t->stride[r + 2] != 1) return;
+    const size_t es = natten_dtype_size(c->p->dtype);
+    const char *base = (const char *)t->data;
+    for (int64_t i = 0; i < n; ++i) {
+        const char *row = base + (size_t)(off + i * rs) * es;
+        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) __builtin_prefetch(row + bo);
+    }
+}
+
+/* Leading rows of a line (slot order); returns their count, or -1 when the
+ * line is outside the sample.  pack: pack the rows not in the cache (and
+ * set s->kr, s->vr); else only prefetch their source rows -- called for the
+ * next line before this line's tiles, so the strided reads of the caller's
+ * layout overlap the arithmetic instead of stalling the packing. */
+static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk, const int64_t o[3],
+                         const int64_t e[3], int pack) {
+    const geom *g = &x->c->g;
+    const int r = g->rank;
+    natten_window w[2];
+    int64_t n0 = 1, n1 = 1, b0 = 0, b1 = 0;
+    for (int a = 0; a < r - 1; ++a) {
+        const int64_t pos = o[a] * g->os[a];
+        if (pos >= e[a]) return -1;
+        w[a] = natten_window_of(e[a], g->K[a], g->dil[a], g->gs[a], g->causal[a], pos);
+    }
+    if (r >= 2) {
+        b0 = w[0].valid_begin;
+        n0 = w[0].valid_end;
+    }
+    if (r == 3) {
+        b1 = w[1].valid_begin;
+        n1 = w[1].valid_end;
+    }
+    const size_t slot_floats = (size_t)(g->D * x->XP + x->XP * x->vld);
+    int64_t n = 0;
+    for (int64_t k0 = b0; k0 < n0; ++k0)
+        for (int64_t k1 = b1; k1 < n1; ++k1) {
+            int64_t lead[2] = {0, 0}, slot = 0, R = 0;
+            if (r >= 2) lead[0] = w[0].start + k0 * w[0].step;
+            if (r == 3) lead[1] = w[1].start + k1 * w[1].step;
+            if (r == 2) {
+                slot = lead[0] % x->S0;
+                R = lead[0];
+            } else if (r == 3) {
+                slot = (lead[0] % x->S0) * x->S1 + lead[1] % x->S1;
+                R = lead[0] * g->L[1] + lead[1];
+            }
+            const int64_t tag = (b * g->Hkv + hk) * x->nR + R;
+            float *kp = s->pack + (size_t)slot * slot_floats;
+            if (!pack) {
+                if (s->tags[slot] != tag) {
+                    int64_t kb = b * x->k->stride[0] + hk * x->k->stride[r + 1];
+                    int64_t vb = b * x->v->stride[0] + hk * x->v->stride[r + 1];
+                    for (int a = 0; a < r - 1; ++a) {
+                        kb += lead[a] * x->k->stride[a + 1];
+                        vb += lead[a] * x->v->stride[a + 1];
+                    }
+                    prefetch_rows(x->c, x->k, kb, x->k->stride[r], e[r - 1], g->D);
+                    prefetch_rows(x->c, x->v, vb, x->v->stride[r], e[r - 1], g->Dv);
+                }
+                continue;
+            }
+            if (s->tags[slot] != tag) {
+                pack_row(x, s, kp, b, hk, lead, e);
+                s->tags[slot] = tag;
+            }
+            s->kr[n] = kp;
+            s->vr[n] = kp + g->D * x->XP;
+            ++n;
+        }
+    return n;
+}
+
+/* Zero output row and -inf lse of query (b, h, o) (outside the sample). */
+static void zero_query(const blk_ctx *x, int64_t b, int64_t h, const int64_t o[3]) {
+    const common *c = x->c;
+    const int r = c->g.rank;
+    store_zero_row(x->out->data, row_off(x->out->stride, r, b, o, h), x->out->stride[r + 2], c->p->dtype, c->g.Dv);
+    if (x->lse) ((float *)x->lse->data)[row_off(x->lse->stride, r, b, o, 0) + h * x->lse->stride[r + 1]] = -INFINITY;
+}
+
+/* One tile: group rr, local indices p0..p0+nl-1 of line o, windows in s->wl. */
+static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int64_t o[3], int64_t rr, int64_t p0,
+                     int64_t nl, int64_t nrow) {
+    const common *c = x->c;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int LN = x->bk->lanes;
+    const int64_t d = g->dil[r - 1], K = g->K[r - 1];
+    /* local start of lane 0 (negative: causal prefix) */
+    const int64_t base = d == 1 ? s->wl[0].start : (s->wl[0].start - rr) / d;
+    int uniform = 1, allvalid = 1;
+    for (int64_t l = 0; l < LN; ++l) {
+        if (l < nl) s->off[l] = (int32_t)((d == 1 ? s->wl[l].start : (s->wl[l].start - rr) / d) - base);
+        else s->off[l] = uniform && l + K <= x->bk->span ? (int32_t)l : s->off[nl - 1];
+        uniform &= s->off[l] == l;
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        uint32_t m = 0;
+        for (int64_t l = 0; l < LN; ++l)
+            if (l >= nl || (k >= s->wl[l].valid_begin && k < s->wl[l].valid_end)) m |= 1u << l;
+        s->vmask[k] = m;
+        allvalid &= m == (LN == 32 ? 0xffffffffu : (1u << LN) - 1u);
+    }
+    const int64_t shift = x->gpos[rr] + base;
+    for (int64_t i = 0; i < nrow; ++i) {
+        s->kr[i] += shift;
+        s->vr[i] += shift * x->vld;
+    }
+    /* queries, lane-major */
+    o[r - 1] = rr + d * p0;
+    int64_t pos[3]; /* query position (out strides apply to the leading axes) */
+    for (int a = 0; a < r; ++a) pos[a] = o[a] * g->os[a];
+    const int64_t qoff = row_off(x->q->stride, r, b, pos, h);
+    if (nl < LN) memset(s->qt, 0, (size_t)(g->D * LN) * sizeof(float));
+    rows_lane_major(c, x->q, qoff, d * x->q->stride[r], nl, g->D, s->cvt, s->qt, LN);
+    const int direct = c->p->dtype == NATTEN_DTYPE_F32 && x->out->stride[r + 2] == 1;
+    const int64_t ooff = row_off(x->out->stride, r, b, o, h), ostep = d * x->out->stride[r];
+    for (int64_t l = 0; l < nl; ++l)
+        s->optr[l] = direct ? (float *)x->out->data + ooff + l * ostep : s->orow + l * g->Dv;
+    blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform,
+                  allvalid ? NULL : s->vmask, NULL, g->scale, s->sbuf, s->optr, s->lse};
+    x->bk->fwd(&a);
+    for (int64_t i = 0; i < nrow; ++i) {
+        s->kr[i] -= shift;
+        s->vr[i] -= shift * x->vld;
+    }
+    if (!direct)
+        for (int64_t l = 0; l < nl; ++l)
+            store_row(x->out->data, ooff + l * ostep, x->out->stride[r + 2], c->p->dtype, s->optr[l], g->Dv);
+    if (x->lse) {
+        const int64_t loff = row_off(x->lse->stride, r, b, o, 0) + h * x->lse->stride[r + 1];
+        for (int64_t l = 0; l < nl; ++l) ((float *)x->lse->data)[loff + l * d * x->lse->stride[r]] = s->lse[l];
+    }
+}
+
+/* Task (b, h, chunk of BLK_LINES lines, segment of BLK_SEGQ group-major positions). */
+static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    const blk_ctx *x = vctx;
+    const common *c = x->c;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int LN = x->bk->lanes;
+    const int64_t d = g->dil[r - 1], K = g->K[r - 1], span = x->bk->span;
+    blk_scratch s;
+    blk_layout(x, x->scratch + (size_t)tid * x->per_thread, &s);
+    for (int64_t task = begin; task < end; ++task) {
+        const int64_t seg = task % x->nseg, chunk = (task / x->nseg) % x->nchunk;
+        const int64_t h = (task / (x->nseg * x->nchunk)) % g->H, b = task / (x->nseg * x->nchunk * g->H);
+        const int64_t hk = h / g->G;
+        int64_t e[3];
+        sample_extent(g, b, e);
+        const int64_t u0 = seg * BLK_SEGQ, u1 = u0 + BLK_SEGQ < g->L[r - 1] ? u0 + BLK_SEGQ : g->L[r - 1];
+        const int64_t l1 = (chunk + 1) * BLK_LINES < g->lines ? (chunk + 1) * BLK_LINES : g->lines;
+        for (int64_t line = chunk * BLK_LINES; line < l1; ++line) {
+            int64_t o[3] = {0, 0, 0};
+            line_index(g, line, o);
+            const int64_t nrow = line_rows(x, &s, b, hk, o, e, 1);
+            if (line + 1 < l1) {
+                int64_t on[3] = {0, 0, 0};
+                line_index(g, line + 1, on);
+                if (line_rows(x, &s, b, hk, on, e, 0) >= 0) {
+                    for (int a = 0; a < r - 1; ++a) on[a] *= g->os[a];
+                    prefetch_rows(c, x->q, row_off(x->q->stride, r, b, on, h), x->q->stride[r], e[r - 1], g->D);
+                }
+            }
+            for (int64_t rr = 0; rr < d; ++rr) {
+                const int64_t ga = x->goff[rr] > u0 ? x->goff[rr] : u0;
+                const int64_t gb = x->goff[rr + 1] < u1 ? x->goff[rr + 1] : u1;
+                /* local indices [pa, pb) of group rr in this segment; queries past the sample extent: zero */
+                const int64_t pa = ga - x->goff[rr], pb = gb - x->goff[rr];
+                const int64_t pe = nrow < 0 ? pa : rr < e[r - 1] ? (e[r - 1] - rr - 1) / d + 1 : 0;
+                for (int64_t p = pa; p < pb;) {
+                    if (p >= pe) {
+                        o[r - 1] = rr + d * p;
+                        zero_query(x, b, h, o);
+                        ++p;
+                        continue;
+                    }
+                    const int64_t pmax = pb < pe ? pb : pe;
+                    s.wl[0] = last_window(c, e[r - 1], rr + d * p);
+                    const int64_t st0 = d == 1 ? s.wl[0].start : (s.wl[0].start - rr) / d;
+                    /* tiles end at multiples of 16 local indices: interior tiles then
+                     * start at aligned pack positions (see gpos) */
+                    const int64_t pcut = (p / 16 + 1) * 16 < pmax ? (p / 16 + 1) * 16 : pmax;
+                    int64_t nl = 1;
+                    while (nl < LN && p + nl < pcut) {
+                        const natten_window w = last_window(c, e[r - 1], rr + d * (p + nl));
+                        const int64_t of = (d == 1 ? w.start : (w.start - rr) / d) - st0;
+                        if (of < 0 || of + K > span) break;
+                        s.wl[nl++] = w;
+                    }
+                    run_tile(x, &s, b, h, o, rr, p, nl, nrow);
+                    p += nl;
+                }
+            }
+        }
+    }
+}
+
+/* The blocked kernel for the active ISA, or NULL. */
+static const blk_kernel *blk_kernel_of(const natten_cpu_kernels *kern) {
+    switch (kern->isa) {
+#if defined(NATTEN_HAVE_X86)
+    case NATTEN_CPU_ISA_AVX512: return &natten_blk_avx512;
+#endif
+    case NATTEN_CPU_ISA_SCALAR: return &natten_blk_scalar;
+    default: return NULL;
+    }
+}
+
+/* NATTEN_CPU_FWD_BLOCK=0 forces the generic path (tests compare both). */
+static int block_enabled(void) {
+    const char *e = getenv("NATTEN_CPU_FWD_BLOCK");
+    return e == NULL || e[0] != '0';
+}
+
+natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tensor *k, const natten_tensor *v,
+                            natten_tensor *out, natten_tensor *lse, int nt) {
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const blk_kernel *bk = blk_kernel_of(c->kern);
+    if (!bk || !block_enabled() || c->rpb || g->NE > 0 || g->os[r - 1] != 1 || g->K[r - 1] > bk->span - bk->lanes + 1)
+        return NATTEN_STATUS_UNSUPPORTED;
+    blk_ctx x;
+    memset(&x, 0, sizeof x);
+    x.c = c;
+    x.bk = bk;
+    x.q = q;
+    x.k = k;
+    x.v = v;
+    x.out = out;
+    x.lse = lse;
+    const int64_t L = g->L[r - 1], d = g->dil[r - 1];
+    if (!(x.goff = malloc((size_t)(2 * d + 1) * sizeof(int64_t)))) return NATTEN_STATUS_UNSUPPORTED;
+    x.gpos = x.goff + d + 1;
+    x.goff[0] = 0;
+    for (int64_t rr = 0; rr < d; ++rr) x.goff[rr + 1] = x.goff[rr] + (rr < L ? (L - rr + d - 1) / d : 0);
+    /* Pack positions: a front pad so that an interior tile (16 lanes from a
+     * multiple of 16, window shift -K/2, or -(K-1) causal) starts on a
+     * 64-byte boundary: its two key vectors are then aligned loads.  The pad
+     * (>= 16 >= K-1) also holds causal prefixes' masked positions.  Groups
+     * are padded to multiples of 16 unless that costs over half the extent. */
+    const int64_t Kl = g->K[r - 1], sh = g->causal[r - 1] ? Kl - 1 : Kl / 2;
+    const int64_t FP = 16 + sh % 16;
+    int64_t padded = 0;
+    for (int64_t rr = 0; rr < d; ++rr) padded += (x.goff[rr + 1] - x.goff[rr] + 15) / 16 * 16;
+    const int pad_groups = padded <= L + L / 2;
+    int64_t pos = FP;
+    for (int64_t rr = 0; rr < d; ++rr) {
+        x.gpos[rr] = pos;
+        pos += pad_groups ? (x.goff[rr + 1] - x.goff[rr] + 15) / 16 * 16 : x.goff[rr + 1] - x.goff[rr];
+    }
+    x.XP = (pos + bk->span + 15) / 16 * 16;
+    if (x.XP % 256 == 0) x.XP += 16; /* keep channel rows off multiples of 1 KiB (L1 set aliasing) */
+    x.vld = (g->Dv + 15) / 16 * 16;
+    x.S0 = r >= 2 ? (g->K[0] - 1) * g->dil[0] + 1 : 1;
+    x.S1 = r == 3 ? (g->K[1] - 1) * g->dil[1] + 1 : 1;
+    x.NS = x.S0 * x.S1;
+    x.nR = r == 1 ? 1 : r == 2 ? g->L[0] : g->L[0] * g->L[1];
+    x.nchunk = (g->lines + BLK_LINES - 1) / BLK_LINES;
+    x.nseg = (L + BLK_SEGQ - 1) / BLK_SEGQ;
+    x.per_thread = blk_layout(&x, NULL, NULL);
+    if (x.per_thread > NATTEN_BLK_MAX_BYTES) {
+        free(x.goff);
+        return NATTEN_STATUS_UNSUPPORTED;
+    }
+    natten_status st = NATTEN_STATUS_UNSUPPORTED;
+    char *mem = natten_cpu_ws_get(x.per_thread * (size_t)nt + 64);
+    x.scratch = mem ? (char *)(((uintptr_t)mem + 63) & ~(uintptr_t)63) : NULL; /* aligned vector loads */
+    if (mem && build_wlast(c)) {
+        for (int t = 0; t < nt; ++t) {
+            blk_scratch s;
+            blk_layout(&x, x.scratch + (size_t)t * x.per_thread, &s);
+            for (int64_t i = 0; i < x.NS; ++i) s.tags[i] = -1;
+            memset(s.pack, 0, (size_t)(x.NS * (g->D * x.XP + x.XP * x.vld)) * sizeof(float));
+        }
+        natten_parallel_for(nt, g->B * g->H * x.nchunk * x.nseg, 1, blk_task, &x);
+        st = NATTEN_STATUS_SUCCESS;
+    }
+    natten_cpu_ws_put(mem);
+    free(x.goff);
+    return st;
+}
