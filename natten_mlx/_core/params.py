@@ -22,8 +22,9 @@ class NAParams:
     scale: float                   # already resolved (default D**-0.5 applied)
 
     def __hash__(self):
-        # Cached: the per-call path hashes the same instance for its lru_caches
-        # (0.5 us a time otherwise).  dataclass keeps an explicit __hash__.
+        # Cached: every call hashes its (usually reused) instance for the
+        # compiled tier's per-problem cache (0.34 us a time otherwise).
+        # dataclass keeps an explicit __hash__; eq still compares the fields.
         h = self.__dict__.get("_hash")
         if h is None:
             h = hash((self.rank, self.kernel, self.dilation, self.out_stride, self.gna_stride,
