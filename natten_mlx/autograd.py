@@ -2,7 +2,8 @@
 
 natten-mlx routed its public functions through these; here they are thin,
 unvalidated wrappers over the dispatcher (every tier is differentiable: pure
-by MLX autodiff, compiled tiers by ``mx.custom_function`` VJPs).  Arguments are
+by MLX autodiff, the C extension by its primitives' own VJPs, the CUDA tier by
+``mx.custom_function`` VJPs).  Arguments are
 already-normalised tuples: kernel_size, stride, dilation, is_causal, scale.
 """
 
