@@ -24,8 +24,9 @@ Kernels (src/cuda):
                  in {32, 64, 128}
   na_bwd_tc.cuh  tensor-core fused backward (dq pass + dk/dv pass, no atomics)
                  for the same scope
-  na_fwd_f32.cuh tiled f32 fused forward (FMA units, IEEE f32) for f32 with
-                 D == Dv in {32, 64}, same other limits as the tensor-core path
+  na_fwd_f32.cuh tiled f32 fused forward and backward dq pass (FMA units,
+                 IEEE f32) for f32 with D == Dv in {32, 64}, same other limits
+                 as the tensor-core path
 
 Importing this module never fails; on machines without MLX's CUDA backend
 ``is_available()`` is False and ``supports()`` always says no.
@@ -191,6 +192,11 @@ _SPECS = {
         ["dk", "dv"],
         "na_bwd_dkdv_simple<T, NPL, NVPL>(P, q, k, v, rpb, varlen, lse, dout, delta, dk, dv, gw, lane);",
     ),
+    "delta": (
+        ["params", "out", "dout", "dlse"],
+        ["delta"],
+        "na_delta_simple<T, NVPL>(P, out, dout, dlse, delta, gw, lane);",
+    ),
     "bwd_extra": (
         ["params", "q", "ek", "ev", "varlen", "lse", "dout", "delta"],
         ["dek", "dev"],
@@ -243,6 +249,12 @@ _SPECS = {
         ["out", "lse"],
         "na_fwd_f32_entry<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse);",
     ),
+    # tiled f32 dq pass (+ delta for the warp-per-row dk/dv pass)
+    "bwd_dq_f32": (
+        ["params", "q", "k", "v", "out", "lse", "dout", "dlse"],
+        ["dq", "delta"],
+        "na_bwd_dq_f32_entry<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse, dout, dlse, dq, delta);",
+    ),
     "bwd_dq_tc": (
         ["params", "q", "k", "v", "dout", "lse", "delta"],
         ["dq"],
@@ -259,12 +271,14 @@ _SPECS = {
         "na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv);",
     ),
 }
-_TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
+_TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_f32", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
 
 
 def _header_kind(name: str) -> str:
     if name in ("fwd_tc", "fwd_f32"):
         return name
+    if name == "bwd_dq_f32":
+        return "fwd_f32"
     return "bwd_tc" if name in _TC_NAMES else "simple"
 
 _kernels: Dict[tuple, object] = {}
@@ -487,7 +501,7 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
             if kind == "tc":
                 tmpl = [("T", dtype)] + tmpl + [("NW", warps)]
             else:
-                smem += _prod(tk) * (_prod(tq) + 4) * 4  # P tile
+                smem = _f32_smem(D, 1)
             if tiles < 2**31 // (32 * warps) and B * H < 65536:
                 kw = dict(template=tmpl, grid=(tiles * 32 * warps, B * H, 1), threadgroup=(32 * warps, 1, 1),
                           output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
@@ -503,6 +517,29 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
               grid=(max(tg, -(-threads // tg) * tg), 1, 1), threadgroup=(tg, 1, 1),
               output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
     return _kernel("fwd"), kw, False, prm
+
+
+def _f32_smem(D, n_query_tiles):
+    """Dynamic shared memory of the tiled f32 kernels (na_fwd_f32.cuh): query
+    tiles (Q; Q and dO), two K and two V stages, the P / dS tile, the table."""
+    return (64 * n_query_tiles + 4 * 64) * (D + 4) * 4 + 64 * 68 * 4 + 8 * 64
+
+
+def _bwd_dq_f32(prm, q, k, v, out, lse, dout, dlse, p):
+    """Tiled f32 dq pass: (dq, delta), or None when the launch does not fit."""
+    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    plan = _default_tiles(p, X, 64)
+    if plan is None or _prod(X) * H * D >= 2**31 or B * H >= 65536:
+        return None
+    tq, tk = plan
+    tiles = _tc_grid(X, p, tq)
+    if tiles >= 2**31 // 128:
+        return None
+    tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
+            ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
+    return _kernel("bwd_dq_f32", _f32_smem(D, 2))(
+        inputs=[prm, q, k, v, out, lse, dout, dlse], template=tmpl, grid=(tiles * 128, B * H, 1),
+        threadgroup=(128, 1, 1), output_shapes=[q.shape, lse.shape], output_dtypes=[mx.float32, mx.float32])
 
 
 def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
@@ -531,8 +568,9 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     qt, kt = _tc_grid(X, p, tq), _tc_grid(X, p, tk)
     if (qt + kt) * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
         return None
-    delta = (dout.astype(mx.float32) * out.astype(mx.float32)).sum(-1) - dlse
     T = q.dtype
+    (delta,) = _launch("delta", [prm, out, dout, dlse], [lse.shape], [mx.float32], _prod(lse.shape), T, 1,
+                       _npl(D))
     tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
             ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
@@ -554,7 +592,8 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
     has_rpb, has_extra, has_varlen = flags
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
     Hkv, Dv = k.shape[-2], v.shape[-1]
-    if _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen) == "tc":
+    kind = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
+    if kind == "tc":
         prm = _params(p, B, X, H, Hkv, D, Dv)
         res = _bwd_tc(prm, q, k, v, out, lse, dout.astype(q.dtype), dlse.astype(mx.float32), p,
                       _default_tiles(p, X, 64))
@@ -569,7 +608,11 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
     dout = dout.astype(T)
     dlse = dlse.astype(mx.float32)
     ins = [prm, q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse]
-    if has_rpb:
+    res = _bwd_dq_f32(prm, q, k, v, out, lse, dout, dlse, p) if kind == "f32" else None
+    if res is not None:
+        dq, delta = res
+        drpb = mx.zeros_like(rpb)
+    elif has_rpb:
         dq, delta, drpb = _launch(
             "bwd_dq_rpb", ins, [q.shape, lse.shape, rpb.shape], [T, mx.float32, mx.float32],
             B * ntok * H, T, NPL, NVPL, init=0.0,

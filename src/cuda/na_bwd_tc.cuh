@@ -108,16 +108,8 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     __syncthreads();
     auto load_kv = [&](int tt, int stage) {
-        int kt[3], base[3], lim[3];
-        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            base[x] = kmin[x] + kt[x] * TKa[x];
-            lim[x] = kmax[x] - base[x];
-        }
-        const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
-        na_box_load<T, HD, TK, NT>(sK + stage * TK * LD, LD, k, org, tOff, tU, lim, tid);
-        na_box_load<T, HD, TK, NT>(sV + stage * TK * LD, LD, v, org, tOff, tU, lim, tid);
+        na_load_kv_tile<T, HD, TK0, TK1, TK2, NT>(P, b, r, kvh, kmin, kmax, nkt, tt, k, v, sK + stage * TK * LD,
+                                                  sV + stage * TK * LD, LD, tOff, tU, tid);
     };
 
     unsigned qf[HD / 16][4]; /* dO fragments are re-read from shared memory (register budget) */
@@ -128,14 +120,7 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
     load_kv(0, 0);
     na_cp_commit();
     for (int tt = 0; tt < ntiles; ++tt) {
-        if (tt + 1 < ntiles) {
-            load_kv(tt + 1, (tt + 1) & 1);
-            na_cp_commit();
-            na_cp_wait<1>();
-        } else {
-            na_cp_wait<0>();
-        }
-        __syncthreads();
+        na_pipe_step(tt, ntiles, load_kv);
         if (tt == 0) {
 #pragma unroll
             for (int kk = 0; kk < HD / 16; ++kk) {
@@ -216,7 +201,6 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
                 }
             }
         }
-        __syncthreads();
     }
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
@@ -325,14 +309,7 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
         na_cp_commit();
     }
     for (int tt = 0; tt < ntiles; ++tt) {
-        if (tt + 1 < ntiles) {
-            load_q(tt + 1, (tt + 1) & 1);
-            na_cp_commit();
-            na_cp_wait<1>();
-        } else {
-            na_cp_wait<0>();
-        }
-        __syncthreads();
+        na_pipe_step(tt, ntiles, load_q);
         const int st = tt & 1;
         const T *cQ = sQ + st * TQ * LD, *cO = sO + st * TQ * LD;
         const float *cL = sL + st * TQ, *cD = sD + st * TQ;
@@ -419,9 +396,7 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
                 }
             }
         }
-        __syncthreads();
     }
-    na_cp_wait<0>();
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
         if (!ract[rr]) continue;

@@ -238,6 +238,47 @@ NA_DEV bool na_fwd_box(const na_params &P, int tile, int r[3], int n[3], int q0[
     return true;
 }
 
+/* Load key tile tt (of the nkt box of tiles from kmin, clipped at kmax) of K
+ * and V of kv head kvh into sK / sV (rows of LD elements) with cp.async. */
+template <typename T, int HD, int TK0, int TK1, int TK2, int NT>
+NA_DEV void na_load_kv_tile(const na_params &P, int b, const int r[3], int kvh, const int kmin[3],
+                            const int kmax[3], const int nkt[3], int tt, const T *k, const T *v, T *sK, T *sV,
+                            int LD, const int *tOff, const int *tU, int tid) {
+    const int TKa[3] = {TK0, TK1, TK2};
+    int kt[3], base[3], lim[3];
+    na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        base[x] = kmin[x] + kt[x] * TKa[x];
+        lim[x] = kmax[x] - base[x];
+    }
+    const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
+    na_box_load<T, HD, TK0 * TK1 * TK2, NT>(sK, LD, k, org, tOff, tU, lim, tid);
+    na_box_load<T, HD, TK0 * TK1 * TK2, NT>(sV, LD, v, org, tOff, tU, lim, tid);
+}
+/* Two-stage pipeline step at tile tt (one barrier per tile): wait for tile
+ * tt (issued one step earlier), barrier (its copies are visible to all, and
+ * every warp is done with tile tt-1, whose stage tile tt+1 reuses), then
+ * issue tile tt+1 (load(tt+1, stage)) to overlap with the work on tile tt. */
+template <class F>
+NA_DEV void na_pipe_step(int tt, int ntiles, F &&load) {
+    na_cp_wait<0>();
+    __syncthreads();
+    if (tt + 1 < ntiles) {
+        load(tt + 1, (tt + 1) & 1);
+        na_cp_commit();
+    }
+}
+/* Origin (group-local key coordinates) of key tile tt. */
+template <int TK0, int TK1, int TK2>
+NA_DEV void na_ktile_base(int tt, const int nkt[3], const int kmin[3], int base[3]) {
+    const int TKa[3] = {TK0, TK1, TK2};
+    int kt[3];
+    na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
+#pragma unroll
+    for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * TKa[x];
+}
+
 /* NW warps; each owns 16*MT query rows (MT = TQ / (16*NW) m-tiles). */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, int NW = 4>
 NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *v, T *out, float *lse) {
@@ -272,16 +313,8 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     __syncthreads();
     auto load_kv = [&](int tt, int stage) {
-        int kt[3], base[3], lim[3];
-        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            base[x] = kmin[x] + kt[x] * TKa[x];
-            lim[x] = kmax[x] - base[x];
-        }
-        const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
-        na_box_load<T, HD, TK, NT>(sK + stage * TK * LD, LD, k, org, tOff, tU, lim, tid);
-        na_box_load<T, HD, TK, NT>(sV + stage * TK * LD, LD, v, org, tOff, tU, lim, tid);
+        na_load_kv_tile<T, HD, TK0, TK1, TK2, NT>(P, b, r, kvh, kmin, kmax, nkt, tt, k, v, sK + stage * TK * LD,
+                                                  sV + stage * TK * LD, LD, tOff, tU, tid);
     };
 
     /* ---- per-row window bounds (group-local key coordinates); row index
@@ -308,20 +341,11 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
     load_kv(0, 0);
     na_cp_commit();
     for (int tt = 0; tt < ntiles; ++tt) {
-        if (tt + 1 < ntiles) {
-            load_kv(tt + 1, (tt + 1) & 1);
-            na_cp_commit();
-            na_cp_wait<1>();
-        } else {
-            na_cp_wait<0>();
-        }
-        __syncthreads();
+        na_pipe_step(tt, ntiles, load_kv);
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
         /* masks of this tile for my rows */
-        int kt[3], base[3];
-        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
-#pragma unroll
-        for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * TKa[x];
+        int base[3];
+        na_ktile_base<TK0, TK1, TK2>(tt, nkt, kmin, base);
         bool full = true, empty = true;
 #pragma unroll
         for (int ri = 0; ri < 2 * MT; ++ri) na_tile_state(rlo[ri], rhi[ri], base, TKa, &full, &empty);
@@ -417,7 +441,6 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
                 }
             }
         }
-        __syncthreads();
     }
 
     /* ---- epilogue */

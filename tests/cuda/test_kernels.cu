@@ -60,6 +60,10 @@ __global__ void k_bwd_extra(const int *pa, const T *q, const T *ek, const T *ev,
     na_bwd_extra_simple<T, NPL, NVPL, 64>(na_load_params(pa), q, ek, ev, vl, lse, dout, delta, dek, dev, GW,
                                           LANE);
 }
+template <typename T, int NVPL>
+__global__ void k_delta(const int *pa, const T *o, const T *dout, const float *dlse, float *delta) {
+    na_delta_simple<T, NVPL>(na_load_params(pa), o, dout, dlse, delta, GW, LANE);
+}
 template <typename T, int NPL>
 __global__ void k_qk(const int *pa, const T *q, const T *k, const T *rpb, T *lg) {
     na_qk_simple<T, NPL>(na_load_params(pa), q, k, rpb, lg, GW, LANE);
@@ -92,6 +96,11 @@ __global__ void k_fwd_tc(const int *pa, const T *q, const T *k, const T *v, T *o
 template <int HD, int A, int B_, int C, int D, int E, int F>
 __global__ void k_fwd_f32(const int *pa, const float *q, const float *k, const float *v, float *o, float *lse) {
     na_fwd_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
+}
+template <int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_bwd_dq_f32(const int *pa, const float *q, const float *k, const float *v, const float *o,
+                             const float *lse, const float *dout, const float *dlse, float *dq, float *delta) {
+    na_bwd_dq_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse, dout, dlse, dq, delta);
 }
 template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int NW>
 __global__ void k_fwd_tc_nw(const int *pa, const T *q, const T *k, const T *v, T *o, float *lse) {
@@ -139,6 +148,7 @@ INST_BWD_TC(__nv_bfloat16, 32, 4, 4, 4, 4, 4, 4)
                                                  const int *, const float *, const T *, const float *, T *, T *); \
     template __global__ void k_bwd_extra<T, 1, 1>(const int *, const T *, const T *, const T *, const int *, \
                                                   const float *, const T *, const float *, float *, float *); \
+    template __global__ void k_delta<T, 2>(const int *, const T *, const T *, const float *, float *); \
     template __global__ void k_qk<T, 1>(const int *, const T *, const T *, const T *, T *);        \
     template __global__ void k_av<T, 1>(const int *, const T *, const T *, T *);                     \
     template __global__ void k_qk_dq<T, 1>(const int *, const T *, const T *, T *, float *);        \
@@ -167,6 +177,12 @@ template __global__ void k_fwd_f32<32, 8, 8, 1, 8, 8, 1>(const int *, const floa
                                                         float *, float *);
 template __global__ void k_fwd_f32<64, 4, 4, 4, 4, 4, 4>(const int *, const float *, const float *, const float *,
                                                         float *, float *);
+template __global__ void k_bwd_dq_f32<32, 8, 8, 1, 8, 8, 1>(const int *, const float *, const float *,
+                                                           const float *, const float *, const float *,
+                                                           const float *, const float *, float *, float *);
+template __global__ void k_bwd_dq_f32<64, 64, 1, 1, 64, 1, 1>(const int *, const float *, const float *,
+                                                             const float *, const float *, const float *,
+                                                             const float *, const float *, float *, float *);
 template __global__ void k_fwd_tc_nw<__nv_bfloat16, 128, 8, 16, 1, 8, 8, 1, 8>(const int *, const __nv_bfloat16 *,
                                                                               const __nv_bfloat16 *,
                                                                               const __nv_bfloat16 *,
