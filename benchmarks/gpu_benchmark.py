@@ -9,6 +9,7 @@ numbers instead (marked "anchor" in the table).
 
     python benchmarks/gpu_benchmark.py [--cases tag,tag] [--dtype fp32,bf16]
                                        [--no-flex] [--no-pure] [--fwd-only] [--out DIR]
+    python benchmarks/gpu_benchmark.py --summarise results/gpu_benchmark_X.json   (no GPU needed)
 
 Timing: wall clock around mx.eval of the op (graph building included, as a
 user sees it), median of 5 batches after warm-up.  FLOPs: forward
@@ -128,6 +129,43 @@ def run_flex(tags, dtypes):
     return out
 
 
+# issue 5's targets: faster than FlexAttention everywhere, >= 10x over the pure
+# tier, flux-2d-256-w80 bf16 forward <= 24 ms and forward+backward <= 100 ms
+FLUX_TARGET_MS = {"fwd": 24.0, "fwdbwd": 100.0}
+
+
+def summarise(rows):
+    """Lines saying how a run stands against the targets."""
+    won, lost, pure_ok, pure_low = 0, [], 0, []
+    for r in rows:
+        for k, name in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd")):
+            c, f, pu = r.get("cuda_%s_ms" % k), r.get("flex_%s_ms" % k), r.get("pure_%s_ms" % k)
+            if c is None:
+                continue
+            if f is not None:
+                if f > c:
+                    won += 1
+                else:
+                    lost.append("%s %s %s %.2fx" % (r["tag"], r["dtype"], name, f / c))
+            if pu is not None:
+                if pu >= 10 * c:
+                    pure_ok += 1
+                else:
+                    pure_low.append("%s %s %s %.1fx" % (r["tag"], r["dtype"], name, pu / c))
+    out = ["Against FlexAttention: %d of %d comparisons won%s" % (
+        won, won + len(lost), "; lost: " + ", ".join(lost) if lost else "")]
+    out.append("Against the pure tier (>= 10x): %d of %d%s" % (
+        pure_ok, pure_ok + len(pure_low), "; below: " + ", ".join(pure_low) if pure_low else ""))
+    for r in rows:
+        if r["tag"] == "flux-2d-256-w80" and r["dtype"] == "bf16":
+            for k, name in (("fwd", "forward"), ("fwdbwd", "forward+backward")):
+                c = r.get("cuda_%s_ms" % k)
+                if c is not None:
+                    out.append("flux-2d-256-w80 bf16 %s: %.1f ms (target %.0f ms: %s)" % (
+                        name, c, FLUX_TARGET_MS[k], "met" if c <= FLUX_TARGET_MS[k] else "not met"))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="")
@@ -136,7 +174,11 @@ def main():
     ap.add_argument("--no-pure", action="store_true")
     ap.add_argument("--fwd-only", action="store_true", help="forward timings only (tuning runs)")
     ap.add_argument("--out", default=os.environ.get("OUT", os.path.join(HERE, "results")))
+    ap.add_argument("--summarise", default="", help="print the targets summary of a results JSON and exit")
     args = ap.parse_args()
+    if args.summarise:
+        print("\n".join(summarise(json.load(open(args.summarise))["rows"])))
+        return
     tags = [t for t in args.cases.split(",") if t]
     dtypes = args.dtype.split(",")
     anchors = {(r["tag"], r["dtype"]): r for r in json.load(open(ANCHOR_JSON))}
@@ -213,6 +255,7 @@ def main():
             f"{ratio(g('pure_fwd_ms'), g('cuda_fwd_ms'))} | {ratio(g('pure_fwdbwd_ms'), g('cuda_fwdbwd_ms'))} | "
             f"{fmt(g('cuda_fwd_tflops'))} | {r['flex_src']} |"
         )
+    lines += [""] + ["- " + x for x in summarise(rows)]
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)
