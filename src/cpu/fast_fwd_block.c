@@ -40,6 +40,7 @@ typedef struct blk_ctx {
     const natten_tensor *q, *k, *v;
     natten_tensor *out, *lse;
     int64_t XP, vld, NS, S0, S1, nR, nchunk, nseg;
+    int64_t slot_floats; /* pitch of one packed row (keys then values) */
     int64_t *goff;    /* dilation groups of the last axis (full extent), d+1 entries */
     int64_t *gpos;    /* pack position of each group's local index 0 (d entries) */
     size_t per_thread; /* bytes */
@@ -81,7 +82,7 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
     CARVE(orow, float, LN * g->Dv);
     CARVE(lse, float, LN);
     CARVE(cvt, float, LN * cmax);
-    CARVE(pack, float, x->NS * (g->D * x->XP + x->XP * x->vld));
+    CARVE(pack, float, x->NS * x->slot_floats);
 #undef CARVE
     return o;
 }
@@ -196,7 +197,7 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
         b1 = w[1].valid_begin;
         n1 = w[1].valid_end;
     }
-    const size_t slot_floats = (size_t)(g->D * x->XP + x->XP * x->vld);
+    const size_t slot_floats = (size_t)x->slot_floats;
     int64_t n = 0;
     for (int64_t k0 = b0; k0 < n0; ++k0)
         for (int64_t k1 = b1; k1 < n1; ++k1) {
@@ -260,12 +261,12 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
         else s->off[l] = uniform && l + K <= x->bk->span ? (int32_t)l : s->off[nl - 1];
         uniform &= s->off[l] == l;
     }
-    for (int64_t k = 0; k < K; ++k) {
+    for (int64_t l = 0; l < nl; ++l) allvalid &= s->wl[l].valid_begin == 0 && s->wl[l].valid_end == K;
+    for (int64_t k = 0; k < K && !allvalid; ++k) {
         uint32_t m = 0;
         for (int64_t l = 0; l < LN; ++l)
             if (l >= nl || (k >= s->wl[l].valid_begin && k < s->wl[l].valid_end)) m |= 1u << l;
         s->vmask[k] = m;
-        allvalid &= m == (LN == 32 ? 0xffffffffu : (1u << LN) - 1u);
     }
     const int64_t shift = x->gpos[rr] + base;
     for (int64_t i = 0; i < nrow; ++i) {
@@ -283,7 +284,19 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     const int64_t ooff = row_off(x->out->stride, r, b, o, h), ostep = d * x->out->stride[r];
     for (int64_t l = 0; l < nl; ++l)
         s->optr[l] = direct ? (float *)x->out->data + ooff + l * ostep : s->orow + l * g->Dv;
-    blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform,
+    /* the longest run of lanes whose offsets step by one (a clamped border's
+     * complement, say): the kernel shares value loads across it */
+    int32_t rlo = 0, rhi = 0;
+    for (int64_t l0 = 0, l1; l0 < nl; l0 = l1) {
+        for (l1 = l0 + 1; l1 < nl && s->off[l1] - l1 == s->off[l0] - l0;) ++l1;
+        if (l1 - l0 > rhi - rlo) {
+            rlo = (int32_t)l0;
+            rhi = (int32_t)l1;
+        }
+    }
+    const int32_t rsh = s->off[rlo] - rlo;
+    if (shift + rsh < 0 || shift + rsh + LN + K - 1 > x->XP) rhi = rlo; /* outside the pads: no run */
+    blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform, rlo, rhi, rsh,
                   allvalid ? NULL : s->vmask, NULL, g->scale, s->sbuf, s->optr, s->lse};
     x->bk->fwd(&a);
     for (int64_t i = 0; i < nrow; ++i) {
@@ -417,8 +430,14 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
         pos += pad_groups ? (x.goff[rr + 1] - x.goff[rr] + 15) / 16 * 16 : x.goff[rr + 1] - x.goff[rr];
     }
     x.XP = (pos + bk->span + 15) / 16 * 16;
-    if (x.XP % 256 == 0) x.XP += 16; /* keep channel rows off multiples of 1 KiB (L1 set aliasing) */
+    /* L1 sets (64 B lines, 4 KiB per way): an odd number of lines per channel
+     * row spreads a tile's 2 lines x D channels over all sets (a 512-byte
+     * pitch put them on 16 sets); rows of different slots are 9 lines apart
+     * mod 4 KiB, so a tile's value windows of the leading rows do not pile
+     * onto the same sets either. */
+    if ((x.XP / 16) % 2 == 0) x.XP += 16;
     x.vld = (g->Dv + 15) / 16 * 16;
+    x.slot_floats = (g->D * x.XP + x.XP * x.vld + 1023) / 1024 * 1024 + 9 * 16;
     x.S0 = r >= 2 ? (g->K[0] - 1) * g->dil[0] + 1 : 1;
     x.S1 = r == 3 ? (g->K[1] - 1) * g->dil[1] + 1 : 1;
     x.NS = x.S0 * x.S1;
@@ -438,7 +457,7 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
             blk_scratch s;
             blk_layout(&x, x.scratch + (size_t)t * x.per_thread, &s);
             for (int64_t i = 0; i < x.NS; ++i) s.tags[i] = -1;
-            memset(s.pack, 0, (size_t)(x.NS * (g->D * x.XP + x.XP * x.vld)) * sizeof(float));
+            memset(s.pack, 0, (size_t)(x.NS * x.slot_floats) * sizeof(float));
         }
         natten_parallel_for(nt, g->B * g->H * x.nchunk * x.nseg, 1, blk_task, &x);
         st = NATTEN_STATUS_SUCCESS;

@@ -28,6 +28,8 @@ typedef struct blk_args {
     int64_t kld, vld, nrow, K, D, Dv, nl;
     const int32_t *off;       /* [lanes] */
     int uniform;              /* off[l] == l for every lane: slot k of lane l is position l + k */
+    int32_t run_lo, run_hi;   /* lanes [run_lo, run_hi) (may be empty) have off[l] == l + run_shift, */
+    int32_t run_shift;        /* and value positions run_shift + [0, lanes + K - 1) may be read */
     const uint32_t *vmask;    /* [K] or NULL */
     const float *bias;        /* [nrow*K] or NULL */
     float scale;

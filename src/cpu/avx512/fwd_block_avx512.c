@@ -53,16 +53,15 @@ AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64
         for (int rr = 0; rr < NR; ++rr) {
             const float *kc = p[rr] + c * ld;
             if (UNI) {
-                /* slot k = positions [k, k+16): even k from the two vectors
-                 * [0, 32) with valignd (p5), odd k as (split) memory operands:
-                 * balances the shuffle port against the load ports */
+                /* slot k = positions [k, k+16) from the two vectors [0, 32)
+                 * with valignd: measured faster than (cache-line split)
+                 * unaligned loads for any mix of the two */
                 const __m512 lo = _mm512_loadu_ps(kc), hi = _mm512_loadu_ps(kc + 16);
                 for (int t = 0; t < KC; ++t) {
                     const int k = (int)k0 + t;
                     __m512 kv;
                     if (k == 0) kv = lo;
                     else if (k == 16) kv = hi;
-                    else if (k & 1) kv = _mm512_loadu_ps(kc + k);
                     else kv = alignr(hi, lo, k);
                     acc[rr * KC + t] = _mm512_fmadd_ps(qv, kv, acc[rr * KC + t]);
                 }
@@ -119,25 +118,25 @@ AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI) {
 /* Lanes l and l+1 (TWO) over channels [c0, c0 + 16*NV): weights from sbuf,
  * rows from vr.  Slots alternate between two accumulator sets (A, B) so
  * that >= 8 FMA chains are in flight; named arrays keep them in registers. */
-AI void av_pair(const blk_args *a, int64_t l, const int TWO, int64_t c0, const int NV, const float *inv) {
+AI void av_pair(const blk_args *a, int64_t l, int64_t l1, const int TWO, int64_t c0, const int NV,
+                const float *inv) {
     __m512 A0[NV], B0[NV], A1[NV], B1[NV];
     for (int v = 0; v < NV; ++v) A0[v] = B0[v] = A1[v] = B1[v] = _mm512_setzero_ps();
     const int64_t K = a->K, vld = a->vld;
-    const float *w = a->sbuf + l;
 #define AV_STEP(X0, X1, KK)                                                                        \
     do {                                                                                           \
-        const __m512 w0 = _mm512_set1_ps(wi[(KK) * 16]);                                           \
+        const __m512 w0 = _mm512_set1_ps(wi[(KK) * 16 + l]);                                       \
         for (int v = 0; v < NV; ++v) X0[v] = _mm512_fmadd_ps(w0, _mm512_load_ps(r0 + (KK) * vld + 16 * v), X0[v]); \
         if (TWO) {                                                                                 \
-            const __m512 w1 = _mm512_set1_ps(wi[(KK) * 16 + 1]);                                   \
+            const __m512 w1 = _mm512_set1_ps(wi[(KK) * 16 + l1]);                                  \
             for (int v = 0; v < NV; ++v)                                                           \
                 X1[v] = _mm512_fmadd_ps(w1, _mm512_load_ps(r1 + (KK) * vld + 16 * v), X1[v]);      \
         }                                                                                          \
     } while (0)
     for (int64_t i = 0; i < a->nrow; ++i) {
         const float *r0 = a->vr[i] + a->off[l] * vld + c0;
-        const float *r1 = a->vr[i] + a->off[TWO ? l + 1 : l] * vld + c0;
-        const float *wi = w + i * K * 16;
+        const float *r1 = a->vr[i] + a->off[l1] * vld + c0;
+        const float *wi = a->sbuf + i * K * 16;
         int64_t k = 0;
         for (; k + 2 <= K; k += 2) {
             AV_STEP(A0, A1, k);
@@ -147,31 +146,35 @@ AI void av_pair(const blk_args *a, int64_t l, const int TWO, int64_t c0, const i
     }
 #undef AV_STEP
     for (int u = 0; u < 1 + TWO; ++u) {
-        const __m512 sc = _mm512_set1_ps(inv[l + u]);
+        const int64_t lu = u == 0 ? l : l1;
+        const __m512 sc = _mm512_set1_ps(inv[lu]);
         for (int v = 0; v < NV; ++v) {
             const __m512 o = u == 0 ? _mm512_add_ps(A0[v], B0[v]) : _mm512_add_ps(A1[v], B1[v]);
             const int64_t rem = a->Dv - c0 - 16 * v;
             const __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
-            _mm512_mask_storeu_ps(a->out[l + u] + c0 + 16 * v, m, _mm512_mul_ps(o, sc));
+            _mm512_mask_storeu_ps(a->out[lu] + c0 + 16 * v, m, _mm512_mul_ps(o, sc));
         }
     }
 }
 
-/* Uniform tiles: value position m of a row is slot m - l of lane l, so each
+/* Runs of lanes with off[l] == l + shift: value position m (+ shift) of a row is slot m - l of lane l, so each
  * 16-channel chunk of a value row is loaded once and FMA'd into every lane
  * that uses it (all 16 lanes' accumulators in registers, weights as
  * broadcast memory operands).  Keeps the value rows' reads at one per ~K
  * FMAs instead of one per FMA (they do not fit in L1 with their keys). */
 AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv) {
+    const int64_t lo = a->run_lo, hi = a->run_hi < a->nl ? a->run_hi : a->nl;
     __m512 acc[16];
     for (int l = 0; l < 16; ++l) acc[l] = _mm512_setzero_ps();
     const int64_t vld = a->vld;
     for (int64_t i = 0; i < a->nrow; ++i) {
-        const float *vrow = a->vr[i] + c0;
+        const float *vrow = a->vr[i] + a->run_shift * vld + c0;
         const float *w = a->sbuf + i * K * 16;
+        const float *vp = vrow;
 #pragma GCC unroll 32
         for (int m = 0; m < 15 + K; ++m) {
-            const __m512 v = _mm512_load_ps(vrow + m * vld);
+            const __m512 v = _mm512_load_ps(vp);
+            vp += vld; /* one pointer: unrolled m * vld offsets would spill */
 #pragma GCC unroll 17
             for (int k = 0; k < K; ++k) {
                 const int l = m - k;
@@ -182,7 +185,7 @@ AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv)
     const int64_t rem = a->Dv - c0;
     const __mmask16 mk = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
     for (int l = 0; l < 16; ++l)
-        if (l < a->nl) _mm512_mask_storeu_ps(a->out[l] + c0, mk, _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l])));
+        if (l >= lo && l < hi) _mm512_mask_storeu_ps(a->out[l] + c0, mk, _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l])));
 }
 
 #define AV_UNI(KC)                                                          \
@@ -190,10 +193,10 @@ AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv)
         for (int64_t c0 = 0; c0 < a->Dv; c0 += 16) av_uniform(a, KC, c0, inv); \
         break
 
-#define AV_NV(NVC)                                 \
-    case NVC:                                      \
-        if (two) av_pair(a, l, 1, c0, NVC, inv);   \
-        else av_pair(a, l, 0, c0, NVC, inv);       \
+#define AV_NV(NVC)                                              \
+    case NVC:                                                   \
+        if (two) av_pair(a, rest[j], rest[j + 1], 1, c0, NVC, inv); \
+        else av_pair(a, rest[j], rest[j], 0, c0, NVC, inv);         \
         break
 
 static void blk_fwd_avx512(const blk_args *a) {
@@ -224,7 +227,7 @@ static void blk_fwd_avx512(const blk_args *a) {
     _mm512_storeu_ps(m, mx);
     _mm512_storeu_ps(su, sum);
     for (int l = 0; l < 16; ++l) a->lse[l] = m[l] + logf(su[l]);
-    if (a->uniform && K <= 17) {
+    if (a->run_hi > a->run_lo && K <= 17) {
         switch (K) {
             AV_UNI(1);
             AV_UNI(2);
@@ -244,10 +247,13 @@ static void blk_fwd_avx512(const blk_args *a) {
             AV_UNI(16);
             AV_UNI(17);
         }
-        return;
     }
-    for (int64_t l = 0; l < a->nl; l += 2) {
-        const int two = l + 1 < a->nl;
+    /* lanes outside the run: two at a time */
+    int64_t rest[16], nrest = 0;
+    for (int64_t l = 0; l < a->nl; ++l)
+        if (l < a->run_lo || l >= a->run_hi || K > 17) rest[nrest++] = l;
+    for (int64_t j = 0; j < nrest; j += 2) {
+        const int two = j + 1 < nrest;
         for (int64_t c0 = 0; c0 < a->Dv; c0 += 64) {
             const int64_t nv = (a->Dv - c0 + 15) / 16;
             switch (nv > 4 ? 4 : nv) {
