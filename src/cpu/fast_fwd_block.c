@@ -30,7 +30,7 @@
 #include "cpu/fast_internal.h"
 #include "cpu/fwd_block.h"
 
-#define BLK_LINES 16   /* output lines per task */
+#define BLK_TASKS_PER_THREAD 8 /* tasks to balance; fewer lines per task re-pack more rows */
 #define BLK_SEGQ 256   /* last-axis (group-major) positions per task */
 #define NATTEN_BLK_MAX_BYTES ((size_t)64 << 20)
 
@@ -39,7 +39,7 @@ typedef struct blk_ctx {
     const blk_kernel *bk;
     const natten_tensor *q, *k, *v;
     natten_tensor *out, *lse;
-    int64_t XP, vld, NS, S0, S1, nR, nchunk, nseg;
+    int64_t XP, vld, NS, S0, S1, nR, nchunk, clines, nseg;
     int64_t slot_floats; /* pitch of one packed row (keys then values) */
     int64_t *goff;    /* dilation groups of the last axis (full extent), d+1 entries */
     int64_t *gpos;    /* pack position of each group's local index 0 (d entries) */
@@ -312,7 +312,7 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     }
 }
 
-/* Task (b, h, chunk of BLK_LINES lines, segment of BLK_SEGQ group-major positions). */
+/* Task (b, h, chunk of clines lines, segment of BLK_SEGQ group-major positions). */
 static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const blk_ctx *x = vctx;
     const common *c = x->c;
@@ -329,8 +329,8 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
         int64_t e[3];
         sample_extent(g, b, e);
         const int64_t u0 = seg * BLK_SEGQ, u1 = u0 + BLK_SEGQ < g->L[r - 1] ? u0 + BLK_SEGQ : g->L[r - 1];
-        const int64_t l1 = (chunk + 1) * BLK_LINES < g->lines ? (chunk + 1) * BLK_LINES : g->lines;
-        for (int64_t line = chunk * BLK_LINES; line < l1; ++line) {
+        const int64_t l1 = (chunk + 1) * x->clines < g->lines ? (chunk + 1) * x->clines : g->lines;
+        for (int64_t line = chunk * x->clines; line < l1; ++line) {
             int64_t o[3] = {0, 0, 0};
             line_index(g, line, o);
             const int64_t nrow = line_rows(x, &s, b, hk, o, e, 1);
@@ -442,8 +442,16 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
     x.S1 = r == 3 ? (g->K[1] - 1) * g->dil[1] + 1 : 1;
     x.NS = x.S0 * x.S1;
     x.nR = r == 1 ? 1 : r == 2 ? g->L[0] : g->L[0] * g->L[1];
-    x.nchunk = (g->lines + BLK_LINES - 1) / BLK_LINES;
     x.nseg = (L + BLK_SEGQ - 1) / BLK_SEGQ;
+    /* as few chunks of lines as balance allows: a chunk re-packs the rows its
+     * first lines' windows reach back to (16-line chunks with K=7 read every
+     * key and value row 1.4 times from memory).  Tiles do not depend on the
+     * chunking, so neither do the results. */
+    const int64_t want = BLK_TASKS_PER_THREAD * (int64_t)nt, have = g->B * g->H * x.nseg;
+    x.nchunk = have >= want ? 1 : (want + have - 1) / have;
+    if (x.nchunk > g->lines) x.nchunk = g->lines;
+    x.clines = (g->lines + x.nchunk - 1) / x.nchunk;
+    x.nchunk = (g->lines + x.clines - 1) / x.clines;
     x.per_thread = blk_layout(&x, NULL, NULL);
     if (x.per_thread > NATTEN_BLK_MAX_BYTES) {
         free(x.goff);
