@@ -81,7 +81,7 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
     CARVE(sbuf, float, nrow * Kl * LN);
     CARVE(orow, float, LN * g->Dv);
     CARVE(lse, float, LN);
-    CARVE(cvt, float, LN * cmax);
+    CARVE(cvt, float, 16 * cmax); /* rows_lane_major converts 16 rows at a time */
     CARVE(pack, float, x->NS * x->slot_floats);
 #undef CARVE
     return o;
@@ -381,6 +381,7 @@ static const blk_kernel *blk_kernel_of(const natten_cpu_kernels *kern) {
     switch (kern->isa) {
 #if defined(NATTEN_HAVE_X86)
     case NATTEN_CPU_ISA_AVX512: return &natten_blk_avx512;
+    case NATTEN_CPU_ISA_AVX2: return &natten_blk_avx2;
 #endif
     case NATTEN_CPU_ISA_SCALAR: return &natten_blk_scalar;
     default: return NULL;
@@ -439,8 +440,17 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
     x.vld = (g->Dv + 15) / 16 * 16;
     x.slot_floats = (g->D * x.XP + x.XP * x.vld + 1023) / 1024 * 1024 + 9 * 16;
     x.S0 = r >= 2 ? (g->K[0] - 1) * g->dil[0] + 1 : 1;
+    /* 3-D: a slot per row of a whole plane along axis 1, so moving to the next
+     * plane re-packs nothing that the previous planes' lines already packed
+     * (with a window's worth of slots each row was packed K0 times); the
+     * window's worth where that would not fit */
     x.S1 = r == 3 ? (g->K[1] - 1) * g->dil[1] + 1 : 1;
     x.NS = x.S0 * x.S1;
+    if (r == 3) {
+        const int64_t row_bytes = (g->D * x.XP + x.XP * x.vld) * (int64_t)sizeof(float);
+        if (x.S0 * g->L[1] * row_bytes <= (int64_t)NATTEN_BLK_MAX_BYTES / 4) x.S1 = g->L[1];
+        x.NS = x.S0 * x.S1;
+    }
     x.nR = r == 1 ? 1 : r == 2 ? g->L[0] : g->L[0] * g->L[1];
     x.nseg = (L + BLK_SEGQ - 1) / BLK_SEGQ;
     /* as few chunks of lines as balance allows: a chunk re-packs the rows its

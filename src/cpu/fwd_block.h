@@ -46,6 +46,7 @@ typedef struct blk_kernel {
 
 extern const blk_kernel natten_blk_scalar;
 #if defined(NATTEN_HAVE_X86)
+extern const blk_kernel natten_blk_avx2;
 extern const blk_kernel natten_blk_avx512;
 #endif
 
