@@ -41,6 +41,7 @@ typedef struct blk_ctx {
     natten_tensor *out, *lse;
     int64_t XP, vld, NS, S0, S1, nR, nchunk, clines, nseg;
     int64_t slot_floats; /* pitch of one packed row (keys then values) */
+    int stream;          /* output rows may take non-temporal stores (see blk_args) */
     int64_t *goff;    /* dilation groups of the last axis (full extent), d+1 entries */
     int64_t *gpos;    /* pack position of each group's local index 0 (d entries) */
     size_t per_thread; /* bytes */
@@ -297,7 +298,8 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     const int32_t rsh = s->off[rlo] - rlo;
     if (shift + rsh < 0 || shift + rsh + LN + K - 1 > x->XP) rhi = rlo; /* outside the pads: no run */
     blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform, rlo, rhi, rsh,
-                  allvalid ? NULL : s->vmask, NULL, g->scale, s->sbuf, s->optr, s->lse};
+                  allvalid ? NULL : s->vmask, NULL, g->scale, s->sbuf, s->optr,
+                  direct && x->stream && ((uintptr_t)s->optr[0] & 63) == 0, s->lse};
     x->bk->fwd(&a);
     for (int64_t i = 0; i < nrow; ++i) {
         s->kr[i] -= shift;
@@ -313,6 +315,14 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
 }
 
 /* Task (b, h, chunk of clines lines, segment of BLK_SEGQ group-major positions). */
+/* Non-temporal stores are weakly ordered: fence them before the pool's
+ * release of this chunk makes the results visible to the caller. */
+static void store_fence(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_sfence();
+#endif
+}
+
 static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const blk_ctx *x = vctx;
     const common *c = x->c;
@@ -374,6 +384,7 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
             }
         }
     }
+    if (x->stream) store_fence();
 }
 
 /* The blocked kernel for the active ISA, or NULL. */
@@ -462,6 +473,22 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
     if (x.nchunk > g->lines) x.nchunk = g->lines;
     x.clines = (g->lines + x.nchunk - 1) / x.nchunk;
     x.nchunk = (g->lines + x.clines - 1) / x.clines;
+    /* outputs larger than the last-level cache share (~32 MB) gain nothing from
+     * being cached on store: skip the read-for-ownership (a third of the
+     * vision case's memory traffic) when every row is 64-byte aligned */
+    {
+        int64_t shape[NATTEN_MAX_DIMS];
+        const int nd = natten_shape_of(c->p, NATTEN_TENSOR_OUT, shape);
+        int64_t total = 1;
+        int aligned = ((uintptr_t)out->data & 63) == 0 && g->Dv % 16 == 0 && out->stride[nd - 1] == 1;
+        for (int i = 0; i < nd; ++i) {
+            total *= shape[i];
+            if (i < nd - 1 && out->stride[i] % 16 != 0) aligned = 0;
+        }
+        const char *env = getenv("NATTEN_CPU_FWD_STREAM_BYTES"); /* tests set 0 */
+        const int64_t min_bytes = env ? atoll(env) : (int64_t)32 << 20;
+        x.stream = aligned && c->p->dtype == NATTEN_DTYPE_F32 && total * 4 > min_bytes;
+    }
     x.per_thread = blk_layout(&x, NULL, NULL);
     if (x.per_thread > NATTEN_BLK_MAX_BYTES) {
         free(x.goff);

@@ -35,6 +35,9 @@ typedef struct blk_args {
     float scale;
     float *sbuf;              /* nrow*K*lanes scratch */
     float *const *out;        /* nl rows of Dv f32 */
+    int stream;               /* out rows are 64-byte aligned, Dv a multiple of 16 floats, and
+                               * the output is too large to stay cached: stores may bypass the
+                               * cache (the caller fences) */
     float *lse;               /* [lanes] */
 } blk_args;
 

@@ -352,20 +352,76 @@ static const cfg configs[] = {
     {"3d f16 permuted", 3, 1, 2, 2, 16, 16, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 0, 0, F16, T_PERMUTED},
 };
 
+/*
+ * The blocked forward's non-temporal output stores need 64-byte aligned rows,
+ * which the tests' malloc'd buffers have only by chance: a 2-D problem on
+ * aligned buffers, stores forced on (threshold 0), against the reference
+ * and bitwise across 1 and 3 threads.
+ */
+static void check_stream_stores(void) {
+    natten_problem p;
+    natten_problem_init(&p, 2);
+    p.batch = 2;
+    p.heads = p.kv_heads = 2;
+    p.head_dim = p.head_dim_v = 32;
+    p.extent[0] = 9;
+    p.extent[1] = 37;
+    p.kernel[0] = 3;
+    p.kernel[1] = 7;
+    p.dtype = NATTEN_DTYPE_F32;
+    const int64_t n = p.batch * p.extent[0] * p.extent[1] * p.heads * p.head_dim;
+    const int64_t nl = p.batch * p.extent[0] * p.extent[1] * p.heads;
+    float *buf[7];
+    for (int i = 0; i < 7; ++i) buf[i] = aligned_alloc(64, (size_t)n * sizeof(float));
+    t_rng rng;
+    t_rng_seed(&rng, 4242);
+    for (int i = 0; i < 3; ++i)
+        for (int64_t e = 0; e < n; ++e) buf[i][e] = (float)t_rng_uniform(&rng, -1.5, 1.5);
+    natten_tensor q, k, v, o[3], lse;
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_Q, buf[0], &q);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_K, buf[1], &k);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_V, buf[2], &v);
+    float *lsebuf = aligned_alloc(64, (size_t)nl * sizeof(float));
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_LSE, lsebuf, &lse);
+    setenv("NATTEN_CPU_FWD_STREAM_BYTES", "0", 1);
+    const int thr[3] = {1, 3, 1};
+    for (int r = 0; r < 3; ++r) {
+        natten_tensor_contiguous(&p, NATTEN_TENSOR_OUT, buf[3 + r], &o[r]);
+        p.impl = r < 2 ? NATTEN_IMPL_FAST : NATTEN_IMPL_REFERENCE;
+        natten_num_threads_set(thr[r]);
+        const natten_status st = natten_na_forward(&p, &q, &k, &v, NULL, NULL, NULL, &o[r], &lse);
+        t_check(st == NATTEN_STATUS_SUCCESS, "stream stores: forward %d: %s", r, natten_status_string(st));
+    }
+    unsetenv("NATTEN_CPU_FWD_STREAM_BYTES");
+    int bad = 0;
+    for (int64_t e = 0; e < n; ++e)
+        bad += fabsf(buf[3][e] - buf[5][e]) > 2e-5f * (1.0f + fabsf(buf[5][e]));
+    t_check(bad == 0, "stream stores: %d outputs off the reference", bad);
+    t_check(memcmp(buf[3], buf[4], (size_t)n * sizeof(float)) == 0, "stream stores: 1 vs 3 threads differ");
+    for (int i = 0; i < 7; ++i) free(buf[i]);
+    free(lsebuf);
+}
+
 int main(void) {
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
     printf("test_fast_cpu: best ISA %s\n", natten_cpu_isa_name(isa0));
     /* every forward strategy: blocked (default), generic lists (NATTEN_CPU_FWD_BLOCK=0) and
      * lane-major tiles (NATTEN_CPU_TILES=1; the backward's generic and tile paths with them) */
-    static const char *const modes[3][2] = {{"0", "1"}, {"0", "0"}, {"1", "1"}};
+    /* the blocked forward's non-temporal output stores start at 32 MiB; the first mode
+     * takes them for every aligned f32 output (the T_CONTIG ones with Dv % 16 == 0) */
+    static const char *const modes[3][3] = {{"0", "1", "0"}, {"0", "0", "0"}, {"1", "1", "0"}};
     for (int m = 0; m < 3; ++m) {
         setenv("NATTEN_CPU_TILES", modes[m][0], 1);
         setenv("NATTEN_CPU_FWD_BLOCK", modes[m][1], 1);
-        printf("test_fast_cpu: NATTEN_CPU_TILES=%s NATTEN_CPU_FWD_BLOCK=%s\n", modes[m][0], modes[m][1]);
+        setenv("NATTEN_CPU_FWD_STREAM_BYTES", modes[m][2], 1);
+        printf("test_fast_cpu: NATTEN_CPU_TILES=%s NATTEN_CPU_FWD_BLOCK=%s NATTEN_CPU_FWD_STREAM_BYTES=%s\n",
+               modes[m][0], modes[m][1], modes[m][2]);
         for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 1000 + i);
     }
     unsetenv("NATTEN_CPU_TILES");
     unsetenv("NATTEN_CPU_FWD_BLOCK");
+    unsetenv("NATTEN_CPU_FWD_STREAM_BYTES");
+    check_stream_stores();
 
     /* API of the runtime */
     t_check(natten_num_threads_set(0) == NATTEN_STATUS_INVALID_ARGUMENT, "num_threads_set(0) must fail");

@@ -152,7 +152,8 @@ AI void av_pair(const blk_args *a, int64_t l, int64_t l1, const int TWO, int64_t
             const __m512 o = u == 0 ? _mm512_add_ps(A0[v], B0[v]) : _mm512_add_ps(A1[v], B1[v]);
             const int64_t rem = a->Dv - c0 - 16 * v;
             const __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
-            _mm512_mask_storeu_ps(a->out[lu] + c0 + 16 * v, m, _mm512_mul_ps(o, sc));
+            if (a->stream) _mm512_stream_ps(a->out[lu] + c0 + 16 * v, _mm512_mul_ps(o, sc));
+            else _mm512_mask_storeu_ps(a->out[lu] + c0 + 16 * v, m, _mm512_mul_ps(o, sc));
         }
     }
 }
@@ -185,7 +186,11 @@ AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv)
     const int64_t rem = a->Dv - c0;
     const __mmask16 mk = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
     for (int l = 0; l < 16; ++l)
-        if (l >= lo && l < hi) _mm512_mask_storeu_ps(a->out[l] + c0, mk, _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l])));
+        if (l >= lo && l < hi) {
+            const __m512 o = _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l]));
+            if (a->stream) _mm512_stream_ps(a->out[l] + c0, o); /* no read-for-ownership of the line */
+            else _mm512_mask_storeu_ps(a->out[l] + c0, mk, o);
+        }
 }
 
 #define AV_UNI(KC)                                                          \
