@@ -106,17 +106,31 @@ static void row_f32(const common *c, const natten_tensor *t, int64_t off, int64_
     }
 }
 
+/* Prefetch n rows of C channels (contiguous) at element offsets off + i*rs of t. */
+static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C) {
+    const int r = c->g.rank;
+    if (t->stride[r + 2] != 1) return;
+    const size_t es = natten_dtype_size(c->p->dtype);
+    const char *base = (const char *)t->data;
+    for (int64_t i = 0; i < n; ++i) {
+        const char *row = base + (size_t)(off + i * rs) * es;
+        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) __builtin_prefetch(row + bo);
+    }
+}
+
 /* nr rows (offsets off0 + i*rs) of C channels, lane-major into dst[c*ld + i]. */
 static void rows_lane_major(const common *c, const natten_tensor *t, int64_t off0, int64_t rs, int64_t nr,
                             int64_t C, float *cvt, float *dst, int64_t ld) {
     const int r = c->g.rank;
     const int64_t cs = t->stride[r + 2];
-    if (c->p->dtype == NATTEN_DTYPE_F32 && cs == 1) {
-        c->kern->transpose((const float *)t->data + off0, rs, dst, ld, nr, C);
-        return;
-    }
     for (int64_t i0 = 0; i0 < nr; i0 += 16) {
         const int64_t nb = nr - i0 < 16 ? nr - i0 : 16;
+        /* the caller's rows are strided (H*C apart): fetch the next block early */
+        if (i0 + 16 < nr) prefetch_rows(c, t, off0 + (i0 + 16) * rs, rs, nr - i0 - 16 < 16 ? nr - i0 - 16 : 16, C);
+        if (c->p->dtype == NATTEN_DTYPE_F32 && cs == 1) {
+            c->kern->transpose((const float *)t->data + off0 + i0 * rs, rs, dst + i0, ld, nb, C);
+            continue;
+        }
         for (int64_t i = 0; i < nb; ++i) row_f32(c, t, off0 + (i0 + i) * rs, cs, C, cvt + i * C);
         c->kern->transpose(cvt, C, dst + i0, ld, nb, C);
     }
@@ -147,6 +161,8 @@ static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int
         if (n > 0) rows_lane_major(c, x->k, kb + rr * ksx, d * ksx, n, g->D, s->cvt, kp + u0, XP);
         for (int64_t p = 0; p < n; ++p) {
             float *dst = vp + (u0 + p) * vld;
+            if (p % 8 == 0 && p + 8 < n)
+                prefetch_rows(c, x->v, vb + (rr + d * (p + 8)) * vsx, d * vsx, n - p - 8 < 8 ? n - p - 8 : 8, Dv);
             if (vdirect) {
                 const float *src = (const float *)x->v->data + vb + (rr + d * p) * vsx;
                 for (int64_t ch = 0; ch < Dv; ++ch) dst[ch] = src[ch];
@@ -159,18 +175,6 @@ static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int
                 for (int64_t p = n; p < nfull; ++p) kp[ch * XP + u0 + p] = 0.f;
             memset(vp + (u0 + n) * vld, 0, (size_t)((nfull - n) * vld) * sizeof(float));
         }
-    }
-}
-
-/* Prefetch n rows of C channels (contiguous) at element offsets off + i*rs of t. */
-static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C) {
-    const int r = c->g.rank;
-    if (t->stride[r + 2] != 1) return;
-    const size_t es = natten_dtype_size(c->p->dtype);
-    const char *base = (const char *)t->data;
-    for (int64_t i = 0; i < n; ++i) {
-        const char *row = base + (size_t)(off + i * rs) * es;
-        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) __builtin_prefetch(row + bo);
     }
 }
 
@@ -377,6 +381,13 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
                         const int64_t of = (d == 1 ? w.start : (w.start - rr) / d) - st0;
                         if (of < 0 || of + K > span) break;
                         s.wl[nl++] = w;
+                    }
+                    if (p + nl < pmax) { /* the next tile's queries */
+                        int64_t pos[3];
+                        for (int a = 0; a < r - 1; ++a) pos[a] = o[a] * g->os[a];
+                        pos[r - 1] = rr + d * (p + nl);
+                        prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pos, h), d * x->q->stride[r],
+                                      pmax - p - nl < LN ? pmax - p - nl : LN, g->D);
                     }
                     run_tile(x, &s, b, h, o, rr, p, nl, nrow);
                     p += nl;
