@@ -56,7 +56,13 @@ typedef struct blk_scratch {
     natten_window *wl;
     float *qt, *sbuf, *orow, *lse, *cvt, *pack;
     float **optr;
+    int64_t *pfk, *pfv; /* the next line's rows to pack: source offsets (position 0) */
+    int64_t npf, pfq;   /* their count; the next line's query offset (position 0), or -1 */
+    const char **pfa;   /* a tile's share of those, as cache-line addresses */
+    int64_t npfa;
 } blk_scratch;
+
+#define BLK_PF_MAX 1024 /* prefetch addresses handed to one tile */
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
@@ -78,6 +84,9 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
     CARVE(vmask, uint32_t, Kl);
     CARVE(wl, natten_window, LN);
     CARVE(optr, float *, LN);
+    CARVE(pfa, const char *, BLK_PF_MAX);
+    CARVE(pfk, int64_t, nrow);
+    CARVE(pfv, int64_t, nrow);
     CARVE(qt, float, g->D * LN);
     CARVE(sbuf, float, nrow * Kl * LN);
     CARVE(orow, float, LN * g->Dv);
@@ -106,16 +115,26 @@ static void row_f32(const common *c, const natten_tensor *t, int64_t off, int64_
     }
 }
 
-/* Prefetch n rows of C channels (contiguous) at element offsets off + i*rs of t. */
-static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C) {
+/* Prefetch n rows of C channels (contiguous) at element offsets off + i*rs
+ * of t; with list (room for *nlist < BLK_PF_MAX), append the line addresses
+ * there instead (the rest, if it fills, is prefetched now). */
+static void prefetch_rows_to(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C,
+                             const char **list, int64_t *nlist) {
     const int r = c->g.rank;
     if (t->stride[r + 2] != 1) return;
     const size_t es = natten_dtype_size(c->p->dtype);
     const char *base = (const char *)t->data;
     for (int64_t i = 0; i < n; ++i) {
         const char *row = base + (size_t)(off + i * rs) * es;
-        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) __builtin_prefetch(row + bo);
+        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) {
+            if (list && *nlist < BLK_PF_MAX) list[(*nlist)++] = row + bo;
+            else __builtin_prefetch(row + bo);
+        }
     }
+}
+
+static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C) {
+    prefetch_rows_to(c, t, off, rs, n, C, NULL, NULL);
 }
 
 /* nr rows (offsets off0 + i*rs) of C channels, lane-major into dst[c*ld + i]. */
@@ -180,9 +199,12 @@ static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int
 
 /* Leading rows of a line (slot order); returns their count, or -1 when the
  * line is outside the sample.  pack: pack the rows not in the cache (and
- * set s->kr, s->vr); else only prefetch their source rows -- called for the
- * next line before this line's tiles, so the strided reads of the caller's
- * layout overlap the arithmetic instead of stalling the packing. */
+ * set s->kr, s->vr); else only list the source rows that will need packing
+ * (s->pfk, s->pfv) -- called for the next line before this line's tiles,
+ * which prefetch them a tile's positions at a time (prefetch_tile), so the
+ * strided reads of the caller's layout overlap the arithmetic instead of
+ * stalling the packing (a whole row at once fills the fill buffers and
+ * stalls the core just the same). */
 static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk, const int64_t o[3],
                          const int64_t e[3], int pack) {
     const geom *g = &x->c->g;
@@ -226,8 +248,8 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
                         kb += lead[a] * x->k->stride[a + 1];
                         vb += lead[a] * x->v->stride[a + 1];
                     }
-                    prefetch_rows(x->c, x->k, kb, x->k->stride[r], e[r - 1], g->D);
-                    prefetch_rows(x->c, x->v, vb, x->v->stride[r], e[r - 1], g->Dv);
+                    s->pfk[s->npf] = kb;
+                    s->pfv[s->npf++] = vb;
                 }
                 continue;
             }
@@ -303,7 +325,7 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     if (shift + rsh < 0 || shift + rsh + LN + K - 1 > x->XP) rhi = rlo; /* outside the pads: no run */
     blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform, rlo, rhi, rsh,
                   allvalid ? NULL : s->vmask, NULL, g->scale, s->sbuf, s->optr,
-                  direct && x->stream && ((uintptr_t)s->optr[0] & 63) == 0, s->lse};
+                  direct && x->stream && ((uintptr_t)s->optr[0] & 63) == 0, s->lse, s->pfa, s->npfa};
     x->bk->fwd(&a);
     for (int64_t i = 0; i < nrow; ++i) {
         s->kr[i] -= shift;
@@ -348,12 +370,14 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
             int64_t o[3] = {0, 0, 0};
             line_index(g, line, o);
             const int64_t nrow = line_rows(x, &s, b, hk, o, e, 1);
+            s.npf = 0;
+            s.pfq = -1;
             if (line + 1 < l1) {
                 int64_t on[3] = {0, 0, 0};
                 line_index(g, line + 1, on);
                 if (line_rows(x, &s, b, hk, on, e, 0) >= 0) {
                     for (int a = 0; a < r - 1; ++a) on[a] *= g->os[a];
-                    prefetch_rows(c, x->q, row_off(x->q->stride, r, b, on, h), x->q->stride[r], e[r - 1], g->D);
+                    s.pfq = row_off(x->q->stride, r, b, on, h);
                 }
             }
             for (int64_t rr = 0; rr < d; ++rr) {
@@ -382,12 +406,25 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
                         if (of < 0 || of + K > span) break;
                         s.wl[nl++] = w;
                     }
-                    if (p + nl < pmax) { /* the next tile's queries */
+                    if (p + nl < pmax && s.pfq < 0) { /* the next tile's queries (last line of a task) */
                         int64_t pos[3];
                         for (int a = 0; a < r - 1; ++a) pos[a] = o[a] * g->os[a];
                         pos[r - 1] = rr + d * (p + nl);
                         prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pos, h), d * x->q->stride[r],
                                       pmax - p - nl < LN ? pmax - p - nl : LN, g->D);
+                    }
+                    { /* this tile's positions of the next line's new rows and queries */
+                        const int64_t x0 = rr + d * p;
+                        s.npfa = 0;
+                        for (int64_t i = 0; i < s.npf; ++i) {
+                            prefetch_rows_to(c, x->k, s.pfk[i] + x0 * x->k->stride[r], d * x->k->stride[r], nl,
+                                             g->D, s.pfa, &s.npfa);
+                            prefetch_rows_to(c, x->v, s.pfv[i] + x0 * x->v->stride[r], d * x->v->stride[r], nl,
+                                             g->Dv, s.pfa, &s.npfa);
+                        }
+                        if (s.pfq >= 0)
+                            prefetch_rows_to(c, x->q, s.pfq + x0 * x->q->stride[r], d * x->q->stride[r], nl, g->D,
+                                             s.pfa, &s.npfa);
                     }
                     run_tile(x, &s, b, h, o, rr, p, nl, nrow);
                     p += nl;

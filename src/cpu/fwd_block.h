@@ -39,6 +39,8 @@ typedef struct blk_args {
                                * the output is too large to stay cached: stores may bypass the
                                * cache (the caller fences) */
     float *lse;               /* [lanes] */
+    const char *const *pf;    /* npf cache lines the caller needs soon: a tile spreads their */
+    int64_t npf;              /* prefetches over its arithmetic (a burst would stall on the fill buffers) */
 } blk_args;
 
 typedef struct blk_kernel {

@@ -11,6 +11,7 @@
 
 static void blk_fwd_scalar(const blk_args *a) {
     const int64_t K = a->K, n = a->nrow * K;
+    for (int64_t i = 0; i < a->npf; ++i) __builtin_prefetch(a->pf[i]);
     float *s = a->sbuf;
     float mx[LANES], sum[LANES];
     for (int l = 0; l < LANES; ++l) mx[l] = -INFINITY;

@@ -162,6 +162,7 @@ static void blk_fwd_avx2(const blk_args *a) {
         idx[k] = _mm256_and_si256(p, seven);
         hs[k] = _mm256_cmpgt_epi32(p, seven);
     }
+    for (int64_t i = 0; i < a->npf; ++i) _mm_prefetch(a->pf[i], _MM_HINT_T0);
     if (a->uniform) qk_all(a, idx, hs, 1);
     else qk_all(a, idx, hs, 0);
     const __m256 sc = _mm256_set1_ps(a->scale), ninf = _mm256_set1_ps(-INFINITY);

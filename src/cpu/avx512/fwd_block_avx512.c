@@ -42,13 +42,14 @@ AI __m512 alignr(__m512 hi, __m512 lo, const int k) {
 
 /* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC) into sbuf. */
 AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64_t k0, const __m512i *idx,
-                const int UNI) {
+                const int UNI, int64_t *pfi) {
     __m512 acc[NR * KC];
     const float *p[NR];
     for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
     for (int rr = 0; rr < NR; ++rr) p[rr] = a->kr[i0 + rr];
     const int64_t ld = a->kld;
     for (int64_t c = 0; c < a->D; ++c) {
+        if (*pfi < a->npf) _mm_prefetch(a->pf[(*pfi)++], _MM_HINT_T0); /* one per channel step */
         const __m512 qv = _mm512_load_ps(a->qt + c * 16);
         for (int rr = 0; rr < NR; ++rr) {
             const float *kc = p[rr] + c * ld;
@@ -81,14 +82,14 @@ AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64
 #define QK_SMALL(KC, NRM)                                                                          \
     case KC: {                                                                                     \
         int64_t i = 0;                                                                             \
-        for (; i + NRM <= a->nrow; i += NRM) qk_rows(a, i, NRM, KC, 0, idx, UNI);                  \
-        for (; i < a->nrow; ++i) qk_rows(a, i, 1, KC, 0, idx, UNI);                                \
+        for (; i + NRM <= a->nrow; i += NRM) qk_rows(a, i, NRM, KC, 0, idx, UNI, pfi);                  \
+        for (; i < a->nrow; ++i) qk_rows(a, i, 1, KC, 0, idx, UNI, pfi);                                \
     } break
 
 #define QK_CHUNK(KC) \
-    case KC: qk_rows(a, i, 1, KC, k0, idx, UNI); break
+    case KC: qk_rows(a, i, 1, KC, k0, idx, UNI, pfi); break
 
-AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI) {
+AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI, int64_t *pfi) {
     switch (a->K) {
         QK_SMALL(1, 8);
         QK_SMALL(2, 4);
@@ -209,8 +210,10 @@ static void blk_fwd_avx512(const blk_args *a) {
     __m512i idx[32];
     const __m512i off = _mm512_loadu_si512(a->off);
     for (int64_t k = 0; k < K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
-    if (a->uniform) qk_all(a, idx, 1);
-    else qk_all(a, idx, 0);
+    int64_t pfi = 0;
+    if (a->uniform) qk_all(a, idx, 1, &pfi);
+    else qk_all(a, idx, 0, &pfi);
+    for (; pfi < a->npf; ++pfi) _mm_prefetch(a->pf[pfi], _MM_HINT_T0);
     const __m512 sc = _mm512_set1_ps(a->scale), ninf = _mm512_set1_ps(-INFINITY);
     __m512 mx = ninf;
     for (int64_t j = 0; j < n; ++j) {
