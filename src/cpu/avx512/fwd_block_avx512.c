@@ -42,7 +42,7 @@ AI __m512 alignr(__m512 hi, __m512 lo, const int k) {
 
 /* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC) into sbuf. */
 AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64_t k0, const __m512i *idx,
-                const int UNI, int64_t *pfi) {
+                const int UNI, int64_t *pfi, __m512 *mx) {
     __m512 acc[NR * KC];
     const float *p[NR];
     for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
@@ -74,22 +74,28 @@ AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64
             }
         }
     }
+    /* scaled scores, and their running max (used when no slot is masked or biased) */
+    const __m512 sc = _mm512_set1_ps(a->scale);
     for (int rr = 0; rr < NR; ++rr)
-        for (int t = 0; t < KC; ++t) _mm512_store_ps(a->sbuf + ((i0 + rr) * a->K + k0 + t) * 16, acc[rr * KC + t]);
+        for (int t = 0; t < KC; ++t) {
+            const __m512 s = _mm512_mul_ps(acc[rr * KC + t], sc);
+            *mx = _mm512_max_ps(*mx, s);
+            _mm512_store_ps(a->sbuf + ((i0 + rr) * a->K + k0 + t) * 16, s);
+        }
 }
 
 /* Rows in steps of NRM (then one by one), all K <= 8 slots at once. */
 #define QK_SMALL(KC, NRM)                                                                          \
     case KC: {                                                                                     \
         int64_t i = 0;                                                                             \
-        for (; i + NRM <= a->nrow; i += NRM) qk_rows(a, i, NRM, KC, 0, idx, UNI, pfi);                  \
-        for (; i < a->nrow; ++i) qk_rows(a, i, 1, KC, 0, idx, UNI, pfi);                                \
+        for (; i + NRM <= a->nrow; i += NRM) qk_rows(a, i, NRM, KC, 0, idx, UNI, pfi, mx);                  \
+        for (; i < a->nrow; ++i) qk_rows(a, i, 1, KC, 0, idx, UNI, pfi, mx);                                \
     } break
 
 #define QK_CHUNK(KC) \
-    case KC: qk_rows(a, i, 1, KC, k0, idx, UNI, pfi); break
+    case KC: qk_rows(a, i, 1, KC, k0, idx, UNI, pfi, mx); break
 
-AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI, int64_t *pfi) {
+AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI, int64_t *pfi, __m512 *mx) {
     switch (a->K) {
         QK_SMALL(1, 8);
         QK_SMALL(2, 4);
@@ -211,30 +217,34 @@ static void blk_fwd_avx512(const blk_args *a) {
     const __m512i off = _mm512_loadu_si512(a->off);
     for (int64_t k = 0; k < K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
     int64_t pfi = 0;
-    if (a->uniform) qk_all(a, idx, 1, &pfi);
-    else qk_all(a, idx, 0, &pfi);
-    for (; pfi < a->npf; ++pfi) _mm_prefetch(a->pf[pfi], _MM_HINT_T0);
-    const __m512 sc = _mm512_set1_ps(a->scale), ninf = _mm512_set1_ps(-INFINITY);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
     __m512 mx = ninf;
-    for (int64_t j = 0; j < n; ++j) {
-        __m512 s = _mm512_mul_ps(_mm512_load_ps(a->sbuf + j * 16), sc);
-        if (a->bias) s = _mm512_add_ps(s, _mm512_set1_ps(a->bias[j]));
-        if (a->vmask) s = _mm512_mask_mov_ps(ninf, (__mmask16)a->vmask[j % K], s);
-        _mm512_store_ps(a->sbuf + j * 16, s);
-        mx = _mm512_max_ps(mx, s);
+    if (a->uniform) qk_all(a, idx, 1, &pfi, &mx);
+    else qk_all(a, idx, 0, &pfi, &mx);
+    for (; pfi < a->npf; ++pfi) _mm_prefetch(a->pf[pfi], _MM_HINT_T0);
+    float *const sb = a->sbuf;
+    const float *const bias = a->bias;
+    const uint32_t *const vmask = a->vmask;
+    if (bias || vmask) {
+        mx = ninf;
+        for (int64_t j = 0; j < n; ++j) {
+            __m512 s = _mm512_load_ps(sb + j * 16);
+            if (bias) s = _mm512_add_ps(s, _mm512_set1_ps(bias[j]));
+            if (vmask) s = _mm512_mask_mov_ps(ninf, (__mmask16)vmask[j % K], s);
+            _mm512_store_ps(sb + j * 16, s);
+            mx = _mm512_max_ps(mx, s);
+        }
     }
     __m512 sum = _mm512_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
-        __m512 e = exp512(_mm512_sub_ps(_mm512_load_ps(a->sbuf + j * 16), mx));
-        if (a->vmask) e = _mm512_maskz_mov_ps((__mmask16)a->vmask[j % K], e);
-        _mm512_store_ps(a->sbuf + j * 16, e);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_load_ps(sb + j * 16), mx));
+        if (vmask) e = _mm512_maskz_mov_ps((__mmask16)vmask[j % K], e);
+        _mm512_store_ps(sb + j * 16, e);
         sum = _mm512_add_ps(sum, e);
     }
-    float inv[16], m[16], su[16];
+    float inv[16];
     _mm512_storeu_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), sum));
-    _mm512_storeu_ps(m, mx);
-    _mm512_storeu_ps(su, sum);
-    for (int l = 0; l < 16; ++l) a->lse[l] = m[l] + logf(su[l]);
+    _mm512_storeu_ps(a->lse, _mm512_add_ps(mx, log512(sum)));
     if (a->run_hi > a->run_lo && K <= 17) {
         switch (K) {
             AV_UNI(1);
