@@ -315,7 +315,7 @@ void line_prep(const common *c, int64_t b, int64_t h, const int64_t *o, lineprep
 
 /* rpb as an f32 table per head (both passes read it per query). 0 on OOM. */
 int build_rpb_all(common *c) {
-    if (!c->rpb) return 1;
+    if (!c->rpb || c->rpb_all) return 1;
     const geom *g = &c->g;
     const int r = g->rank;
     int64_t dims[3];

@@ -18,7 +18,7 @@
  * clamped start), causal prefixes (masked slots) and GNA groups share one
  * kernel as long as off[l] + K fits the kernel's span.
  *
- * Declined (generic path): rpb, extra KV, out stride on the last axis, a last
+ * Declined (generic path): extra KV, out stride on the last axis, a last
  * kernel size over the span, or packs over NATTEN_BLK_MAX_BYTES per thread.
  * Each output row and lse entry is written by exactly one task, and a tile's
  * result does not depend on the thread: thread-count independent bits.
@@ -56,6 +56,8 @@ typedef struct blk_scratch {
     natten_window *wl;
     float *qt, *sbuf, *orow, *lse, *cvt, *pack;
     float **optr;
+    int64_t *lrpb;      /* rpb: table offset of each leading row's part */
+    float *bias;        /* rpb: [nrow*K][lanes] of a tile */
     int64_t *pfk, *pfv; /* the next line's rows to pack: source offsets (position 0) */
     int64_t npf, pfq;   /* their count; the next line's query offset (position 0), or -1 */
     const char **pfa;   /* a tile's share of those, as cache-line addresses */
@@ -85,6 +87,8 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
     CARVE(wl, natten_window, LN);
     CARVE(optr, float *, LN);
     CARVE(pfa, const char *, BLK_PF_MAX);
+    CARVE(lrpb, int64_t, nrow);
+    CARVE(bias, float, nrow * Kl * LN);
     CARVE(pfk, int64_t, nrow);
     CARVE(pfv, int64_t, nrow);
     CARVE(qt, float, g->D * LN);
@@ -259,6 +263,13 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
             }
             s->kr[n] = kp;
             s->vr[n] = kp + g->D * x->XP;
+            if (x->c->rpb) { /* the leading axes' part of the rpb index (row-major table) */
+                int64_t dims[3], li = 0;
+                rpb_dims(g, dims);
+                if (r >= 2) li = natten_rpb_index(&w[0], g->K[0], o[0] * g->os[0], k0);
+                if (r == 3) li = li * dims[1] + natten_rpb_index(&w[1], g->K[1], o[1] * g->os[1], k1);
+                s->lrpb[n] = li * dims[r - 1];
+            }
             ++n;
         }
     return n;
@@ -323,8 +334,17 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     }
     const int32_t rsh = s->off[rlo] - rlo;
     if (shift + rsh < 0 || shift + rsh + LN + K - 1 > x->XP) rhi = rlo; /* outside the pads: no run */
+    if (c->rpb) { /* per lane: its window's relative positions (spec 3.9) */
+        const float *rpbf = c->rpb_all + h * rpb_table_size(g);
+        for (int64_t i = 0; i < nrow; ++i)
+            for (int64_t k = 0; k < K; ++k) {
+                float *bl = s->bias + (i * K + k) * LN;
+                for (int64_t l = 0; l < LN; ++l)
+                    bl[l] = l < nl ? rpbf[s->lrpb[i] + natten_rpb_index(&s->wl[l], K, rr + d * (p0 + l), k)] : 0.f;
+            }
+    }
     blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform, rlo, rhi, rsh,
-                  allvalid ? NULL : s->vmask, NULL, g->scale, s->sbuf, s->optr,
+                  allvalid ? NULL : s->vmask, c->rpb ? s->bias : NULL, g->scale, s->sbuf, s->optr,
                   direct && x->stream && ((uintptr_t)s->optr[0] & 63) == 0, s->lse, s->pfa, s->npfa};
     x->bk->fwd(&a);
     for (int64_t i = 0; i < nrow; ++i) {
@@ -458,7 +478,7 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
     const geom *g = &c->g;
     const int r = g->rank;
     const blk_kernel *bk = blk_kernel_of(c->kern);
-    if (!bk || !block_enabled() || c->rpb || g->NE > 0 || g->os[r - 1] != 1 || g->K[r - 1] > bk->span - bk->lanes + 1)
+    if (!bk || !block_enabled() || g->NE > 0 || g->os[r - 1] != 1 || g->K[r - 1] > bk->span - bk->lanes + 1)
         return NATTEN_STATUS_UNSUPPORTED;
     blk_ctx x;
     memset(&x, 0, sizeof x);
@@ -545,7 +565,7 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
     natten_status st = NATTEN_STATUS_UNSUPPORTED;
     char *mem = natten_cpu_ws_get(x.per_thread * (size_t)nt + 64);
     x.scratch = mem ? (char *)(((uintptr_t)mem + 63) & ~(uintptr_t)63) : NULL; /* aligned vector loads */
-    if (mem && build_wlast(c)) {
+    if (mem && build_wlast(c) && build_rpb_all(c)) {
         for (int t = 0; t < nt; ++t) {
             blk_scratch s;
             blk_layout(&x, x.scratch + (size_t)t * x.per_thread, &s);

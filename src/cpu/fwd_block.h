@@ -7,7 +7,7 @@
  * leading rows of keys.  Keys are lane-major (kr[i][c*kld + j]: channel c
  * of position j of row i), values row-major (vr[i][j*vld + c]).  Lane l's
  * slot k of every row is position off[l] + k, 0 <= off[l] <= span - K.
- *   s[i*K+k][l] = scale * q_l . k + (bias ? bias[i*K+k] : 0), masked to -inf
+ *   s[i*K+k][l] = scale * q_l . k + (bias ? bias[(i*K+k)*lanes + l] : 0), masked to -inf
  *                 where bit l of vmask[k] is clear (vmask NULL: all valid);
  *   out[l][c]   = sum softmax(s)[.][l] * v          (lanes l < nl only)
  *   lse[l]      = log-sum-exp of lane l's scores.
@@ -31,7 +31,7 @@ typedef struct blk_args {
     int32_t run_lo, run_hi;   /* lanes [run_lo, run_hi) (may be empty) have off[l] == l + run_shift, */
     int32_t run_shift;        /* and value positions run_shift + [0, lanes + K - 1) may be read */
     const uint32_t *vmask;    /* [K] or NULL */
-    const float *bias;        /* [nrow*K] or NULL */
+    const float *bias;        /* [nrow*K][lanes] (rpb of lane l's slot) or NULL */
     float scale;
     float *sbuf;              /* nrow*K*lanes scratch */
     float *const *out;        /* nl rows of Dv f32 */

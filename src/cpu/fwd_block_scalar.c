@@ -22,9 +22,9 @@ static void blk_fwd_scalar(const blk_args *a) {
             const float *kp = a->kr[i] + k;
             for (int64_t c = 0; c < a->D; ++c)
                 for (int l = 0; l < LANES; ++l) sr[l] += a->qt[c * LANES + l] * kp[c * a->kld + a->off[l]];
-            const float bias = a->bias ? a->bias[i * K + k] : 0.f;
             for (int l = 0; l < LANES; ++l) {
                 const int valid = !a->vmask || ((a->vmask[k] >> l) & 1u);
+                const float bias = a->bias ? a->bias[(i * K + k) * LANES + l] : 0.f;
                 sr[l] = valid ? sr[l] * a->scale + bias : -INFINITY;
                 mx[l] = sr[l] > mx[l] ? sr[l] : mx[l];
             }

@@ -175,7 +175,7 @@ static void blk_fwd_avx2(const blk_args *a) {
     __m256 mx = ninf;
     for (int64_t j = 0; j < n; ++j) {
         __m256 s = _mm256_mul_ps(_mm256_load_ps(a->sbuf + j * LN), sc);
-        if (a->bias) s = _mm256_add_ps(s, _mm256_set1_ps(a->bias[j]));
+        if (a->bias) s = _mm256_add_ps(s, _mm256_load_ps(a->bias + j * LN));
         if (a->vmask) s = _mm256_blendv_ps(ninf, s, valid[j % K]);
         _mm256_store_ps(a->sbuf + j * LN, s);
         mx = _mm256_max_ps(mx, s);

@@ -229,7 +229,7 @@ static void blk_fwd_avx512(const blk_args *a) {
         mx = ninf;
         for (int64_t j = 0; j < n; ++j) {
             __m512 s = _mm512_load_ps(sb + j * 16);
-            if (bias) s = _mm512_add_ps(s, _mm512_set1_ps(bias[j]));
+            if (bias) s = _mm512_add_ps(s, _mm512_load_ps(bias + j * 16));
             if (vmask) s = _mm512_mask_mov_ps(ninf, (__mmask16)vmask[j % K], s);
             _mm512_store_ps(sb + j * 16, s);
             mx = _mm512_max_ps(mx, s);
