@@ -43,6 +43,39 @@ typedef struct blk_args {
     int64_t npf;              /* prefetches over its arithmetic (a burst would stall on the fill buffers) */
 } blk_args;
 
+/*
+ * The QK dispatch shared by the SIMD tiles: all slots of a row in one pass
+ * when K <= 8, N1..N8 rows at a time for K = 1..8 (so ~8-12 FMA chains are
+ * in flight), else chunks of 8 slots row by row.  The includer defines
+ * QK_SMALL(KC, NRM) and QK_CHUNK(KC) (cases of a switch; QK_CHUNK sees the
+ * row i and first slot k0).
+ */
+#define BLK_QK_DISPATCH(K, nrow, N1, N2, N3, N4, N5, N6, N7, N8)          \
+    switch (K) {                                                         \
+        QK_SMALL(1, N1);                                                 \
+        QK_SMALL(2, N2);                                                 \
+        QK_SMALL(3, N3);                                                 \
+        QK_SMALL(4, N4);                                                 \
+        QK_SMALL(5, N5);                                                 \
+        QK_SMALL(6, N6);                                                 \
+        QK_SMALL(7, N7);                                                 \
+        QK_SMALL(8, N8);                                                 \
+    default:                                                             \
+        for (int64_t i = 0; i < (nrow); ++i)                             \
+            for (int64_t k0 = 0; k0 < (K); k0 += 8) {                    \
+                switch ((K) - k0 < 8 ? (K) - k0 : 8) {                   \
+                    QK_CHUNK(1);                                         \
+                    QK_CHUNK(2);                                         \
+                    QK_CHUNK(3);                                         \
+                    QK_CHUNK(4);                                         \
+                    QK_CHUNK(5);                                         \
+                    QK_CHUNK(6);                                         \
+                    QK_CHUNK(7);                                         \
+                    QK_CHUNK(8);                                         \
+                }                                                        \
+            }                                                            \
+    }
+
 typedef struct blk_kernel {
     void (*fwd)(const blk_args *a);
     int lanes; /* queries per tile */

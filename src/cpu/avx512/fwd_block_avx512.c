@@ -96,30 +96,7 @@ AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64
     case KC: qk_rows(a, i, 1, KC, k0, idx, UNI, pfi, mx); break
 
 AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI, int64_t *pfi, __m512 *mx) {
-    switch (a->K) {
-        QK_SMALL(1, 8);
-        QK_SMALL(2, 4);
-        QK_SMALL(3, 4);
-        QK_SMALL(4, 3);
-        QK_SMALL(5, 2);
-        QK_SMALL(6, 2);
-        QK_SMALL(7, 1);
-        QK_SMALL(8, 1);
-    default:
-        for (int64_t i = 0; i < a->nrow; ++i)
-            for (int64_t k0 = 0; k0 < a->K; k0 += 8) {
-                switch (a->K - k0 < 8 ? a->K - k0 : 8) {
-                    QK_CHUNK(1);
-                    QK_CHUNK(2);
-                    QK_CHUNK(3);
-                    QK_CHUNK(4);
-                    QK_CHUNK(5);
-                    QK_CHUNK(6);
-                    QK_CHUNK(7);
-                    QK_CHUNK(8);
-                }
-            }
-    }
+    BLK_QK_DISPATCH(a->K, a->nrow, 8, 4, 4, 3, 2, 2, 1, 1)
 }
 
 /* Lanes l and l+1 (TWO) over channels [c0, c0 + 16*NV): weights from sbuf,
