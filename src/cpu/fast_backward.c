@@ -459,7 +459,7 @@ natten_status natten_fast_na_backward(
     c.drpb_t = rpb ? drpb : NULL;
     c.dek_t = dextra_k;
     c.dev_t = dextra_v;
-    const int nt = fast_threads(g);
+    const int nt = natten_parallel_threads();
     const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&
              make_view(p, NATTEN_TENSOR_K, k, &c.k, nt, 0) && make_view(p, NATTEN_TENSOR_V, v, &c.v, nt, 0) &&

@@ -415,28 +415,6 @@ void common_free(common *c) {
 }
 
 /* Which problems the fast kernels take. */
-/*
- * Threads pay off only with enough work each: waking the pool and packing
- * each thread's own K/V rows cost ~50-100 us on the 2-core CI VM, as much as
- * a whole 1-D L=1024 H=4 D=32 K=7 forward (3.7 MFLOP: 0.43 ms on one thread,
- * 0.43 ms on two; 1-D L=256: 0.17 vs 0.25 ms through MLX; its backward 0.53 vs
- * 0.79 ms).  From ~16 MFLOP per thread the second core wins (3-D 16^3 K=3,
- * 57 MFLOP: 8.2 vs 3.4 ms).  Results do not depend on the thread count.
- * NATTEN_CPU_MIN_WORK overrides the per-thread FLOP floor (tests set 0 so
- * their thread-count checks run small problems on several threads).
- */
-int fast_threads(const geom *g) {
-    const int nt = natten_parallel_threads();
-    if (nt <= 1) return nt;
-    const char *env = getenv("NATTEN_CPU_MIN_WORK");
-    const double floor_flops = env ? atof(env) : 16e6;
-    const double flops = 2.0 * (double)g->B * (double)g->H * (double)g->Oin * (double)g->KKE *
-                         (double)(g->D + g->Dv);
-    if (floor_flops <= 0 || flops >= floor_flops * nt) return nt;
-    const int want = (int)(flops / floor_flops);
-    return want < 1 ? 1 : want;
-}
-
 int fast_supported(const natten_problem *p) {
     if (p->dtype == NATTEN_DTYPE_F64) return 0;
     return 1;

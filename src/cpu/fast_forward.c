@@ -150,7 +150,7 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     c.rpb = rpb;
     c.out_t = out;
     c.lse_t = lse;
-    const int nt = fast_threads(g);
+    const int nt = natten_parallel_threads();
     const int r = g->rank;
     /* tiles pay for repacking Q, K and V; worth it from ~16 neighbours up */
     const int use_tile = c.kern->tile_fwd != NULL && g->os[r - 1] == 1 && g->NE == 0 && g->KK >= NATTEN_TILE_MIN_KK &&

@@ -221,9 +221,6 @@ int build_wlast(common *c);
 void common_free(common *c);
 /* Zero *c, then set its problem, geometry and the active kernels. */
 void common_init(common *c, const natten_problem *p);
-/* Threads for a fused or split call: the pool size, fewer when the problem is
- * too small to repay waking them (see fast_common.c). */
-int fast_threads(const geom *g);
 /* Which problems the fast kernels take (f64 declines). */
 int fast_supported(const natten_problem *p);
 

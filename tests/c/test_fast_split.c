@@ -16,7 +16,6 @@
  * scaled by the largest |want| of the tensor; adjoints 1e-4 relative to the
  * larger side (and at least 1e-3).
  */
-#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,9 +267,6 @@ static const cfg configs[] = {
 
 int main(void) {
     printf("test_fast_split: best ISA %s\n", natten_cpu_isa_name(natten_cpu_isa_get()));
-    /* small problems would otherwise run on one thread (fast_threads), and the
-     * 1/2/3/7-thread bitwise checks below would compare one thread with itself */
-    setenv("NATTEN_CPU_MIN_WORK", "0", 1);
     for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 2000 + i);
 
     /* f64 is declined by the fast path: impl FAST reports UNSUPPORTED and writes nothing */
