@@ -116,40 +116,9 @@ static void bwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
 
 /* Phase A with tiles: tasks (b, h, line, TSEG segment of u), as the forward. */
 static void bwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
-    const common *c = vctx;
-    const tile_common *tc = c->tile;
-    const geom *g = &c->g;
-    const int r = g->rank;
-    qscratch sc = qscratch_at(c, tid);
-    const int64_t L = g->L[r - 1];
-    int64_t rpb_h = -1;
-    for (int64_t task = begin; task < end; ++task) {
-        int64_t o[3] = {0, 0, 0}, seg, h;
-        const int64_t b = tile_task(g, tc->nseg, task, o, &seg, &h);
-        line_prep(c, b, h, o, &sc.lp, &rpb_h);
-        const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
-        int64_t u = seg * TSEG;
-        if (!sc.lp.inside) {
-            for (; u < u1; ++u) bwd_query(c, &sc, b, h, o, tc->xofu[u]);
-            continue;
-        }
-        const int64_t e = sc.lp.e[r - 1];
-        while (u < u1) {
-            const int64_t x = tc->xofu[u];
-            natten_window w;
-            int64_t shift = 0;
-            const int64_t nl = tile_run(c, tc, e, u, u1, &w, &shift);
-            if (nl < TILE_MIN) {
-                bwd_query(c, &sc, b, h, o, x);
-                ++u;
-                continue;
-            }
-            bwd_tile(c, tc, &sc, b, h, o, u, nl, shift, &w, x);
-            u += nl;
-        }
-    }
+    static const tile_pass pass = {bwd_query, bwd_tile};
+    tile_pass_run(vctx, &pass, begin, end, tid);
 }
-
 
 /* dk, dv of key x (all axes set) and kv head hk from its pairs (key_pairs). */
 static void bwd_key_heads(const common *c, kscratch *sc, int64_t b, int64_t hk, const int64_t x[3], int64_t np) {

@@ -69,14 +69,13 @@ static void fwd_task(void *vctx, int64_t begin, int64_t end, int tid) {
 /* Lane-major tiles (forward, when the ISA has tile_fwd)                     */
 /* ------------------------------------------------------------------------ */
 
-static const tile_common *tile_of(const common *c);
-
 /* Run one tile: lanes u0..u0+nl-1 (one group) with common shift `shift`. */
 static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64_t b, int64_t h,
                      int64_t o[3], int64_t u0, int64_t nl, int64_t shift, const natten_window *w0,
-                     int64_t x0, int out_direct) {
+                     int64_t x0) {
     const geom *g = &c->g;
     const int r = g->rank;
+    const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
     const int64_t K = g->K[r - 1], d = g->dil[r - 1];
     /* the tile's queries, transposed here (each is read by this tile only) */
     sc->lp.pos[r - 1] = x0;
@@ -95,48 +94,18 @@ static void fwd_tile(const common *c, const tile_common *tc, qscratch *sc, int64
     }
 }
 
-/* Tile forward: tasks (b, h, line, TSEG segment of u). */
-static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
-    const common *c = vctx;
-    const tile_common *tc = tile_of(c);
-    const geom *g = &c->g;
-    const int r = g->rank;
-    qscratch sc = qscratch_at(c, tid);
-    const int out_direct = c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1;
-    const int64_t L = g->L[r - 1];
-    int64_t rpb_h = -1;
-    for (int64_t task = begin; task < end; ++task) {
-        int64_t o[3] = {0, 0, 0}, seg, h;
-        const int64_t b = tile_task(g, tc->nseg, task, o, &seg, &h);
-        line_prep(c, b, h, o, &sc.lp, &rpb_h);
-        const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
-        int64_t u = seg * TSEG;
-        if (!sc.lp.inside) {
-            for (; u < u1; ++u) fwd_query(c, &sc, b, h, o, tc->xofu[u], out_direct);
-            continue;
-        }
-        const int64_t e = sc.lp.e[r - 1];
-        while (u < u1) {
-            /* a run of regular queries within one group, up to 16 lanes */
-            const int64_t x = tc->xofu[u];
-            natten_window w;
-            int64_t shift = 0;
-            const int64_t nl = tile_run(c, tc, e, u, u1, &w, &shift);
-            /* outside the sample, a clamped window, or a short run at a
-             * border (the shift changes every query): query by query */
-            if (nl < TILE_MIN) {
-                fwd_query(c, &sc, b, h, o, x, out_direct);
-                ++u;
-                continue;
-            }
-            fwd_tile(c, tc, &sc, b, h, o, u, nl, shift, &w, x, out_direct);
-            u += nl;
-        }
-    }
+/* One query of the tile pass (fwd_query with the output written in place
+ * where it can be). */
+static void fwd_tile_query(const common *c, qscratch *sc, int64_t b, int64_t h, int64_t o[3], int64_t x) {
+    const int r = c->g.rank;
+    fwd_query(c, sc, b, h, o, x, c->p->dtype == NATTEN_DTYPE_F32 && c->out_t->stride[r + 2] == 1);
 }
 
-static tile_common g_tile_unused;
-static const tile_common *tile_of(const common *c) { return c->tile ? c->tile : &g_tile_unused; }
+/* Tile forward: tasks (b, h, line, TSEG segment of u). */
+static void fwd_tile_task(void *vctx, int64_t begin, int64_t end, int tid) {
+    static const tile_pass pass = {fwd_tile_query, fwd_tile};
+    tile_pass_run(vctx, &pass, begin, end, tid);
+}
 
 natten_status natten_fast_na_forward(const natten_problem *p, const natten_tensor *q,
                                      const natten_tensor *k, const natten_tensor *v,

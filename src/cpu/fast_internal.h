@@ -314,6 +314,17 @@ static inline int64_t tile_list(const common *c, const tile_common *tc, qscratch
     return n;
 }
 
+/* A tile pass (the forward, the backward's query side): what to do with one
+ * query (last-axis position x) and with a tile of nl regular queries from u0
+ * (window shift `shift`, w0 the window of its first query x0). */
+typedef struct tile_pass {
+    void (*query)(const common *c, qscratch *sc, int64_t b, int64_t h, int64_t o[3], int64_t x);
+    void (*tile)(const common *c, const tile_common *tc, qscratch *sc, int64_t b, int64_t h, int64_t o[3],
+                 int64_t u0, int64_t nl, int64_t shift, const natten_window *w0, int64_t x0);
+} tile_pass;
+/* Tasks [begin, end) of a tile pass: (b, h, line, TSEG segment of u), c->tile set. */
+void tile_pass_run(const common *c, const tile_pass *tp, int64_t begin, int64_t end, int tid);
+
 /* Store the tile result sc->tout ([C][16]) as nl rows of t from offset off,
  * `lstride` elements apart; direct: t is f32 with contiguous channels. */
 static inline void tile_rows_out(const common *c, qscratch *sc, natten_tensor *t, int64_t off, int64_t lstride,

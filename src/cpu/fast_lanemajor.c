@@ -118,3 +118,41 @@ void tile_free(tile_common *tc) {
     natten_cpu_ws_put(tc->k.data);
     natten_cpu_ws_put(tc->v.data);
 }
+
+/* The tile passes' task body: runs of regular queries to tp->tile, the rest
+ * (outside the sample, clamped windows, short runs at borders where the
+ * shift changes every query) query by query to tp->query. */
+void tile_pass_run(const common *c, const tile_pass *tp, int64_t begin, int64_t end, int tid) {
+    const tile_common *tc = c->tile;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    qscratch sc = qscratch_at(c, tid);
+    const int64_t L = g->L[r - 1];
+    int64_t rpb_h = -1;
+    for (int64_t task = begin; task < end; ++task) {
+        int64_t o[3] = {0, 0, 0}, seg, h;
+        const int64_t b = tile_task(g, tc->nseg, task, o, &seg, &h);
+        line_prep(c, b, h, o, &sc.lp, &rpb_h);
+        const int64_t u1 = (seg + 1) * TSEG < L ? (seg + 1) * TSEG : L;
+        int64_t u = seg * TSEG;
+        if (!sc.lp.inside) {
+            for (; u < u1; ++u) tp->query(c, &sc, b, h, o, tc->xofu[u]);
+            continue;
+        }
+        const int64_t e = sc.lp.e[r - 1];
+        while (u < u1) {
+            /* a run of regular queries within one group, up to 16 lanes */
+            const int64_t x = tc->xofu[u];
+            natten_window w;
+            int64_t shift = 0;
+            const int64_t nl = tile_run(c, tc, e, u, u1, &w, &shift);
+            if (nl < TILE_MIN) {
+                tp->query(c, &sc, b, h, o, x);
+                ++u;
+                continue;
+            }
+            tp->tile(c, tc, &sc, b, h, o, u, nl, shift, &w, x);
+            u += nl;
+        }
+    }
+}

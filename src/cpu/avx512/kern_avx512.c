@@ -213,54 +213,6 @@ static void transpose_avx512(const float *src, int64_t src_ld, float *dst, int64
     }
 }
 
-/* Scores of CNT pairs (CNT fixed at compile time so the accumulators stay in registers). */
-#define TILE_QK(CNT)                                                                               \
-    do {                                                                                           \
-        __m512 acc[CNT];                                                                           \
-        const float *p[CNT];                                                                       \
-        for (int t = 0; t < CNT; ++t) {                                                            \
-            acc[t] = _mm512_setzero_ps();                                                          \
-            p[t] = pk[i0 + t];                                                                     \
-        }                                                                                          \
-        for (int64_t c = 0; c < D; ++c) {                                                          \
-            const __m512 qv = _mm512_loadu_ps(qt + c * 16);                                        \
-            for (int t = 0; t < CNT; ++t)                                                          \
-                acc[t] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(p[t] + c * ld), acc[t]);              \
-        }                                                                                          \
-        for (int t = 0; t < CNT; ++t) {                                                            \
-            __m512 s = _mm512_mul_ps(acc[t], sc);                                                  \
-            if (bias) s = _mm512_add_ps(s, _mm512_set1_ps(bias[i0 + t]));                          \
-            mx = _mm512_max_ps(mx, s);                                                             \
-            _mm512_storeu_ps(sbuf + (i0 + t) * 16, s);                                             \
-        }                                                                                          \
-    } while (0)
-
-/*
- * Row variants: the CNT pairs (slots) of one key row sit at consecutive
- * lanes, pk[i0 + t] == pk[i0] + t.  Rather than CNT unaligned loads (almost
- * all of them split across two cache lines), load lanes [0, 32) of the row
- * once and build each shifted vector with one two-source permute.
- */
-#define TILE_QK_ROW(CNT)                                                                           \
-    do {                                                                                           \
-        __m512 acc[CNT];                                                                           \
-        const float *p0 = pk[i0];                                                                  \
-        for (int t = 0; t < CNT; ++t) acc[t] = _mm512_setzero_ps();                                \
-        for (int64_t c = 0; c < D; ++c) {                                                          \
-            const __m512 qv = _mm512_loadu_ps(qt + c * 16);                                        \
-            const __m512 lo = _mm512_loadu_ps(p0 + c * ld), hi = _mm512_loadu_ps(p0 + c * ld + 16); \
-            acc[0] = _mm512_fmadd_ps(qv, lo, acc[0]);                                              \
-            for (int t = 1; t < CNT; ++t)                                                          \
-                acc[t] = _mm512_fmadd_ps(qv, _mm512_permutex2var_ps(lo, shl[t], hi), acc[t]);      \
-        }                                                                                          \
-        for (int t = 0; t < CNT; ++t) {                                                            \
-            __m512 s = _mm512_mul_ps(acc[t], sc);                                                  \
-            if (bias) s = _mm512_add_ps(s, _mm512_set1_ps(bias[i0 + t]));                          \
-            mx = _mm512_max_ps(mx, s);                                                             \
-            _mm512_storeu_ps(sbuf + (i0 + t) * 16, s);                                             \
-        }                                                                                          \
-    } while (0)
-
 /* Whether every row of `group` pairs sits at consecutive lanes. */
 static int rows_consecutive(const float *const *p, int64_t n, int64_t group) {
     if (group < 2 || group > 8 || n % group) return 0;
@@ -287,6 +239,12 @@ static int rows_consecutive(const float *const *p, int64_t n, int64_t group) {
         for (int t = 0; t < CNT; ++t) _mm512_storeu_ps(out + (i0 + t) * 16, acc[t]);               \
     } while (0)
 
+/*
+ * Row variant: the CNT pairs (slots) of one key row sit at consecutive
+ * lanes, rows[i0 + t] == rows[i0] + t.  Rather than CNT unaligned loads
+ * (almost all of them split across two cache lines), load lanes [0, 32) of
+ * the row once and build each shifted vector with one two-source permute.
+ */
 #define TILE_DOT_ROW(CNT)                                                                          \
     do {                                                                                           \
         __m512 acc[CNT];                                                                           \
@@ -414,38 +372,15 @@ static void tile_wsum(const float *w, const float *const *rows, int64_t ld, int6
 static void tile_fwd_avx512(const float *qt, int64_t ld, const float *const *pk, const float *const *pv,
                             const float *bias, int64_t n, int64_t group, int64_t D, int64_t Dv, float scale,
                             float *sbuf, float *out_t, float *lse) {
+    /* the scores as the backward computes them: tile_dots, then scale and bias */
+    tile_dots(qt, ld, pk, n, group, D, sbuf);
     const __m512 sc = _mm512_set1_ps(scale);
     __m512 mx = _mm512_set1_ps(-INFINITY);
-    __m512i shl[8];
-    make_shl(shl);
-    if (rows_consecutive(pk, n, group)) {
-        for (int64_t i0 = 0; i0 < n; i0 += group) {
-            switch (group) {
-            case 8: TILE_QK_ROW(8); break;
-            case 7: TILE_QK_ROW(7); break;
-            case 6: TILE_QK_ROW(6); break;
-            case 5: TILE_QK_ROW(5); break;
-            case 4: TILE_QK_ROW(4); break;
-            case 3: TILE_QK_ROW(3); break;
-            default: TILE_QK_ROW(2); break;
-            }
-        }
-    } else {
-        /* chunks of whole key rows (group pairs each) where they fit in 8
-         * accumulators, so a row's cache lines are read in one pass */
-        const int64_t chunk = group >= 1 && group <= 8 ? group * (8 / group) : 8;
-        for (int64_t i0 = 0; i0 < n; i0 += chunk) {
-            switch (n - i0 < chunk ? n - i0 : chunk) {
-            case 8: TILE_QK(8); break;
-            case 7: TILE_QK(7); break;
-            case 6: TILE_QK(6); break;
-            case 5: TILE_QK(5); break;
-            case 4: TILE_QK(4); break;
-            case 3: TILE_QK(3); break;
-            case 2: TILE_QK(2); break;
-            default: TILE_QK(1); break;
-            }
-        }
+    for (int64_t i = 0; i < n; ++i) {
+        __m512 s = _mm512_mul_ps(_mm512_loadu_ps(sbuf + i * 16), sc);
+        if (bias) s = _mm512_add_ps(s, _mm512_set1_ps(bias[i]));
+        mx = _mm512_max_ps(mx, s);
+        _mm512_storeu_ps(sbuf + i * 16, s);
     }
     __m512 sum = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; ++i) {
