@@ -17,6 +17,9 @@ Peak: benchmarks/c/cpu_fma_peak.c is compiled here (cc -O2 -march=native
 -pthread) and run: 12 independent FMA chains per thread on the widest vector
 the compiler targets, one thread per online core; peak = the all-cores
 GFLOP/s it measures (best of 3).  "% peak" = our GFLOP/s / that.
+For the f32 vision rows, benchmarks/c/cpu_mem_floor.c measures the least
+time to stream the forward's bytes (read q, k, v, write out) on all cores:
+the memory floor under any forward, whatever its FLOP rate.
 
 natten-mlx 0.3.3 refuses to import outside macOS and has the same package
 name as ours, so it runs in a child process of this script whose sys.path
@@ -195,18 +198,35 @@ def run_upstream(cases, dtypes, reps, mem_gb):
 # --------------------------------------------------------------------------
 
 
-def fma_peak():
-    src = os.path.join(HERE, "c", "cpu_fma_peak.c")
+def _run_c_tool(name, *args):
+    """Compile benchmarks/c/<name>.c here (cc -O2 -march=native -pthread), run
+    it, return its key=value fields and its whole output line."""
+    src = os.path.join(HERE, "c", name + ".c")
     cc = os.environ.get("CC", "cc")
     if not shutil.which(cc):
         return None, "no C compiler"
     with tempfile.TemporaryDirectory() as d:
-        exe = os.path.join(d, "fma_peak")
+        exe = os.path.join(d, name)
         if subprocess.call([cc, "-O2", "-march=native", "-pthread", src, "-o", exe]) != 0:
             return None, "compile failed"
-        out = subprocess.run([exe], capture_output=True, text=True).stdout.strip()
-    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
-    return float(fields["all_cores"]), out
+        out = subprocess.run([exe, *map(str, args)], capture_output=True, text=True).stdout.strip()
+    return dict(f.split("=", 1) for f in out.split() if "=" in f), out
+
+
+def fma_peak():
+    fields, line = _run_c_tool("cpu_fma_peak")
+    return (float(fields["all_cores"]) if fields else None), line
+
+
+def mem_floor_ms(case):
+    """Least time to read q, k, v and write out once for this f32 case
+    (benchmarks/c/cpu_mem_floor.c, all cores, non-temporal stores)."""
+    _, B, spatial, H, D, *_ = case
+    n = B * H * D * 4
+    for s in spatial:
+        n *= s
+    fields, line = _run_c_tool("cpu_mem_floor", n)
+    return (float(fields["ms"]) if fields else None), line
 
 
 # --------------------------------------------------------------------------
@@ -272,6 +292,7 @@ def main():
     print(hdr)
     print("-" * len(hdr), flush=True)
     rows = []
+    rows_floor = {}
     up_meta = None
     for case in cases:
         nm.set_backend("nanobind")
@@ -298,13 +319,21 @@ def main():
                   f"{(gf or 0):8.1f} {pk(gf)} | {ms(fb_c)} {ms(fb_p)} {ms(fb_u)} {ratio(fb_c, fb_p)} "
                   f"{ratio(fb_c, fb_u)} {(gfb or 0):8.1f} {pk(gfb)} | "
                   f"{(bwd_ratio if bwd_ratio is not None else float('nan')):7.2f}")
+            if dt == "fp32" and case[0].startswith("vision") and f_c:
+                floor, floor_line = mem_floor_ms(case)
+                if floor and peak:
+                    print(f"    memory floor (read q,k,v + write out once, all cores): {floor:.1f} ms "
+                          f"-> no forward can pass {100 * fl / (floor * 1e-3) / 1e9 / peak:.0f}% of peak here; "
+                          f"compiled fwd = {f_c / floor:.1f}x the floor  [{floor_line}]")
+                rows_floor[key] = floor
             for tier, d in (("compiled", ours), ("pure", pure), ("0.3.3", up)):
                 if d and "error" in d.get(key, {}):
                     print(f"    {tier}: {d[key]['error']}")
             sys.stdout.flush()
             rows.append(dict(case=case[0], dtype=dt, fwd_ms=f_c, fwd_pure_ms=f_p, fwd_upstream_ms=f_u,
                              fb_ms=fb_c, fb_pure_ms=fb_p, fb_upstream_ms=fb_u, fwd_gflops=gf,
-                             fb_gflops=gfb, bwd_over_fwd=bwd_ratio))
+                             fb_gflops=gfb, bwd_over_fwd=bwd_ratio,
+                             mem_floor_ms=rows_floor.get(key)))
     up = up_meta
     print()
     print("bwd/fwd = (forward+backward - forward) / forward of the compiled tier.")
