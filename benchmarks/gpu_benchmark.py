@@ -197,6 +197,13 @@ def main():
                              capture_output=True, text=True).stdout.strip()
     except Exception:
         pass
+    # MLX's own per-op cost on this device in the same timing regime: the
+    # least any tier can take per call, so no ratio between two MLX tiers on a
+    # tiny problem can exceed (slower tier's time / this)
+    tiny = mx.ones((16,))
+    mx.eval(tiny)
+    floor_ms = bench(lambda: tiny + 1)
+    print(f"per-op floor (one elementwise op on 16 floats): {floor_ms * 1e3:.1f} us", flush=True)
     rows = []
     for c in cases:
         key = (c["tag"], c["dtype"])
@@ -239,6 +246,7 @@ def main():
         f"# natten-mlx CUDA tier benchmark ({stamp})",
         "",
         f"Device: {dev}; mlx {mx.__version__}; python {platform.python_version()}.",
+        f"MLX per-op floor in this timing (one elementwise op on 16 floats): {floor_ms * 1e3:.1f} us.",
         "Times in ms (median). speedup = other / cuda (>1: the CUDA tier is faster).",
         "",
         "| case | dtype | cuda fwd | cuda fwd+bwd | flex fwd | flex fwd+bwd | vs flex fwd | vs flex fwd+bwd "
@@ -263,7 +271,7 @@ def main():
     with open(os.path.join(args.out, base + ".md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, base + ".json"), "w") as f:
-        json.dump({"device": dev, "mlx": mx.__version__, "rows": rows}, f, indent=1)
+        json.dump({"device": dev, "mlx": mx.__version__, "op_floor_ms": floor_ms, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
