@@ -389,6 +389,7 @@ def _prod(t):
 #   NATTEN_CUDA_TQ=128      128-query forward tiles, 2 m-tiles per warp (4 warps)
 #   NATTEN_CUDA_TQ=128w     128-query forward tiles, 1 m-tile per warp (8 warps)
 #   NATTEN_CUDA_TQ=64       64-query forward tiles (4 warps)
+#   (default: see _fwd_tc_shape)
 _env: Dict[str, str] = {}
 
 
@@ -459,13 +460,26 @@ def _default_tiles(p: NAParams, X, tq_total=128):
 
 
 def _fwd_tc_shape(B, H, ntok, D):
-    """(queries per tile, warps) of the tensor-core forward."""
+    """(queries per tile, warps) of the tensor-core forward.
+
+    Default: 128-query tiles with two 16-row m-tiles per warp (each K/V
+    fragment read from shared memory feeds two mma's) for head_dim 128 when
+    there are at least 256 such tiles (about one wave at 2 CTAs per SM on
+    132 SMs; 1d-32k-w2k has exactly 256); 64-query tiles otherwise.
+    H100, benchmarks/cuda/fwd_bench.cu, 2026-11-27: flux-2d-256-w80 27.6 ->
+    26.3 ms, 1d-32k-w2k 0.187 -> 0.157 ms, hunyuan-3d 107 -> 95 ms; with
+    head_dim 64 (vision-2d-64-k7) 128-query tiles were slower (0.196 vs 0.157 ms).
+    NATTEN_CUDA_TQ=64 / 128 / 128w force 64 queries, 128 in two m-tiles per
+    warp, or 128 with 8 warps of one m-tile."""
     mode = _env["NATTEN_CUDA_TQ"]
-    big = B * H * ntok >= 128 * 264  # enough 128-query tiles for 2 CTAs on each of 132 SMs
-    if mode == "128" and big and D <= 64:
-        return 128, 4  # 2 m-tiles per warp (registers: head_dim <= 64)
-    if mode == "128w" and big:
+    if mode == "64":
+        return 64, 4
+    if mode == "128":
+        return 128, 4
+    if mode == "128w":
         return 128, 8
+    if D == 128 and B * H * ntok >= 128 * 256:
+        return 128, 4
     return 64, 4
 
 
@@ -488,18 +502,18 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
     if kind is not None and _prod(X) * H * D < 2**31:  # box offsets are 32-bit in the kernel
         if kind == "tc":
             tqn, warps = _fwd_tc_shape(B, H, _prod(X), D)
-            name, esize, pad = "fwd_tc", 2, 8
+            name = "fwd_tc"
         else:
-            tqn, warps, name, esize, pad = 64, 4, "fwd_f32", 4, 4
+            tqn, warps, name = 64, 4, "fwd_f32"
         plan = _default_tiles(p, X, tqn)
         if plan is not None:
             tq, tk = plan
             tiles = _tc_grid(X, p, tq)
-            smem = (_prod(tq) + 4 * _prod(tk)) * (D + pad) * esize + 8 * _prod(tk)
             tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
                     ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
             if kind == "tc":
                 tmpl = [("T", dtype)] + tmpl + [("NW", warps)]
+                smem = _fwd_tc_smem(_prod(tq), D)
             else:
                 smem = _f32_smem(D, 1)
             if tiles < 2**31 // (32 * warps) and B * H < 65536:
@@ -517,6 +531,13 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
               grid=(max(tg, -(-threads // tg) * tg), 1, 1), threadgroup=(tg, 1, 1),
               output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
     return _kernel("fwd"), kw, False, prm
+
+
+def _fwd_tc_smem(tq, D):
+    """Dynamic shared memory of na_fwd_tc_entry (NA_FWD_TC_SMEM in
+    na_fwd_tc.cuh): Q tile, two K and two V stages (rows of D + 8 halves),
+    the key-box table, per-row windows, per-warp window bounds (<= 8 warps)."""
+    return (tq + 4 * 64) * (D + 8) * 2 + 8 * 64 + 24 * tq + 8 * 48
 
 
 def _f32_smem(D, n_query_tiles):

@@ -1,22 +1,26 @@
 /*
  * na_fwd_tc.cuh -- tensor-core fused forward (out + lse) for f16/bf16.
  *
- * Flash-style: one CTA owns a box of TQ = TQ0*TQ1*TQ2 (= 64) queries of one
- * (batch, head) inside one dilation group, and walks the union of their
+ * Flash-style: one CTA owns a box of TQ = TQ0*TQ1*TQ2 (64 or 128) queries of
+ * one (batch, head) inside one dilation group, and walks the union of their
  * windows (a box of keys, found from the first and last query of the box:
  * window ends are monotone, see window.cuh) in key tiles of TK0*TK1*TK2
  * (= 64) keys.  K and V tiles go through shared memory with cp.async, two
- * stages deep; S = Q K^T and O += P V use mma.sync.m16n8k16 (inline PTX, f32
- * accumulation); softmax is online in the exp2 domain.  Four warps; each
- * owns 16*MT queries (MT = TQ/64 m-tiles, so a K/V fragment read from shared
- * memory feeds MT mma's: TQ = 128 halves shared-memory traffic per mma).  A key tile that lies inside every window of a warp's queries
- * skips the mask; one outside all of them is skipped.
+ * stages deep, each thread copying fixed rows whose offsets it keeps for the
+ * whole walk; S = Q K^T and O += P V use mma.sync.m16n8k16 (inline PTX, f32
+ * accumulation); softmax is online in the exp2 domain and rescales the
+ * accumulators only when a row's max grows by more than 2^8.  NW warps; each
+ * owns 16*MT queries (MT m-tiles: with MT = 2 a K/V fragment read from shared
+ * memory feeds two mma's; with MT = 1 the Q fragments stay in registers).  A
+ * key tile inside every window of a warp's queries skips the mask, one
+ * outside all of them is skipped (decided from warp-uniform bounds).
+ * Profile and timings: benchmarks/results/fwd_tc_h100_20261127.md.
  *
  * Scope (cuda.py checks it): f16/bf16, head_dim == head_dim_v == HD in
  * {32, 64, 128}, out_stride 1, no RPB, no extra KV, no varlen.  Dilation,
  * per-axis causal, GNA stride, GQA and ranks 1-3 are handled here.
  *
- * Dynamic shared memory: (TQ + 4*TK) * (HD + 8) * 2 + 8*TK bytes; 128 threads.
+ * Dynamic shared memory: NA_FWD_TC_SMEM(TQ, HD) bytes; 32*NW threads.
  */
 #ifndef NATTEN_CUDA_FWD_TC_CUH
 #define NATTEN_CUDA_FWD_TC_CUH
@@ -279,52 +283,154 @@ NA_DEV void na_ktile_base(int tt, const int nkt[3], const int kmin[3], int base[
     for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * TKa[x];
 }
 
-/* NW warps; each owns 16*MT query rows (MT = TQ / (16*NW) m-tiles). */
+/* Dynamic shared memory of na_fwd_tc_entry in bytes (2-byte T, 64-key
+ * tiles): Q tile, two K and two V stages (rows of HD + 8), the key-box
+ * table, per-row windows, per-warp window bounds (up to 8 warps).
+ * natten_mlx/_core/cuda.py mirrors it. */
+#define NA_FWD_TC_SMEM(TQ, HD) (((TQ) + 4 * 64) * ((HD) + 8) * 2 + 8 * 64 + 24 * (TQ) + 8 * 48)
+
+/* 64-bit mask of the columns ((u0*TK1 + u1)*TK2 + u2) of a TK0 x TK1 x TK2
+ * key tile inside the box [lo, hi] (tile-relative coordinates).  Along each
+ * axis the inside is one run of u, i.e. one run of bits of period
+ * TKx * stride, repeated over the tile by a carry-free multiply: about 40
+ * integer ops per row instead of three variable 64-bit shifts per column. */
+template <int TK0, int TK1, int TK2>
+NA_DEV unsigned long long na_tile_mask(const int lo[3], const int hi[3]) {
+    const int TKa[3] = {TK0, TK1, TK2}, S[3] = {TK1 * TK2, TK2, 1};
+    unsigned long long m = ~0ull;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        const int a = min(max(lo[x], 0), TKa[x]), e = max(min(hi[x], TKa[x] - 1), -1);
+        const int per = TKa[x] * S[x]; /* a power of 2 dividing 64 */
+        const unsigned long long rep = per == 64 ? 1ull : ~0ull / ((1ull << (per & 63)) - 1ull);
+        m &= na_range_bits(a * S[x], e * S[x] + S[x] - 1) * rep;
+    }
+    return m;
+}
+
+/* NW warps; each owns 16*MT query rows (MT = TQ / (16*NW) m-tiles).
+ *
+ * Per key tile a warp first decides from warp-uniform bounds whether the
+ * tile is inside every window of its active rows (full: no mask) or outside
+ * all of them (skip).  The rows of a warp are a sub-box of the query box, so
+ * with W_x(q) the window of query coordinate q on axis x, "full" is exactly
+ * tile_x inside [max lo_x, min hi_x] on every axis and "empty" exactly tile_x
+ * outside [min lo_x, max hi_x] on some axis (windows of neighbouring queries
+ * overlap, K >= gna stride).  Only partial tiles read the per-row windows,
+ * kept in shared memory (registers go to the accumulators). */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, int NW = 4>
 NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *v, T *out, float *lse) {
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
     constexpr int NT = NW * 32;
     constexpr int MT = TQ / (16 * NW); /* 16-row m-tiles per warp */
     constexpr int LD = HD + 8;         /* padded smem row (halves): ldmatrix rows hit distinct banks */
+    constexpr bool QREG = MT == 1;     /* Q fragments live in registers (HD/4 of them) */
     static_assert(TK == 64, "key tile must hold 64 keys");
-    static_assert(MT >= 1 && MT * 16 * NW == TQ, "query tile must be 16*NW*MT queries");
+    static_assert(MT >= 1 && MT * 16 * NW == TQ && NW <= 8, "query tile must be 16*NW*MT queries, <= 8 warps");
     extern __shared__ __align__(16) unsigned char na_smem_raw[];
     T *sQ = reinterpret_cast<T *>(na_smem_raw);
     T *sK = sQ + TQ * LD; /* [2][TK][LD] */
     T *sV = sK + 2 * TK * LD;
     int *tOff = reinterpret_cast<int *>(sV + 2 * TK * LD); /* [TK] key-box table */
     int *tU = tOff + TK;
+    int *sW = tU + TK; /* [TQ][6]: window lo[3], hi[3] of each query row */
 
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int bh = blockIdx.y, b = bh / P.H, h = bh % P.H;
     const int kvh = h / (P.H / P.Hkv);
-    const int TKa[3] = {TK0, TK1, TK2};
     int r[3], n[3], q0[3], kmin[3], kmax[3], nkt[3];
     if (!na_fwd_box<TQ0, TQ1, TQ2, TK0, TK1, TK2>(P, blockIdx.x, r, n, q0, kmin, kmax, nkt)) return;
     const int ntiles = nkt[0] * nkt[1] * nkt[2];
-    const long long HDl = HD;
 
-    /* ---- Q tile -> smem (inactive queries zero) */
+    /* ---- Q tile -> smem (inactive queries zero), then key tile 0 */
     const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
     na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sQ, LD, q, P.H, h, b, P, r, q0, lastq, tid);
     na_cp_commit();
-
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
-    __syncthreads();
-    auto load_kv = [&](int tt, int stage) {
-        na_load_kv_tile<T, HD, TK0, TK1, TK2, NT>(P, b, r, kvh, kmin, kmax, nkt, tt, k, v, sK + stage * TK * LD,
-                                                  sV + stage * TK * LD, LD, tOff, tU, tid);
-    };
-
-    /* ---- per-row window bounds (group-local key coordinates); row index
-     * ri = mt*2 + rr is CTA row warp*16*MT + mt*16 + g + 8*rr */
-    const int g4 = lane >> 2, t4 = lane & 3;
-    int rlo[2 * MT][3], rhi[2 * MT][3];
+    for (int row = tid; row < TQ; row += NT) {
+        int lo[3], hi[3];
+        na_row_window<TQ1, TQ2>(P, r, n, q0, row, lo, hi);
 #pragma unroll
-    for (int ri = 0; ri < 2 * MT; ++ri)
-        na_row_window<TQ1, TQ2>(P, r, n, q0, warp * 16 * MT + (ri >> 1) * 16 + g4 + (ri & 1) * 8, rlo[ri], rhi[ri]);
+        for (int x = 0; x < 3; ++x) {
+            sW[row * 6 + x] = lo[x];
+            sW[row * 6 + 3 + x] = hi[x];
+        }
+    }
+    __syncthreads();
+    /* K/V tiles: thread tid copies 16-byte chunk `part` of rows r0 + RSTEP*i.
+     * Row offsets in a box of power-of-2 sides are additive in the bits of
+     * the row index, so the byte offsets of my rows are fixed for the whole
+     * walk (roff); a tile then costs one 64-bit add per row and tensor, and
+     * only tiles that cross the key box's end (lim) test each row. */
+    constexpr int EPC = 16 / (int)sizeof(T), CPR = HD / EPC, RSTEP = NT / CPR, RPT = TK / RSTEP;
+    static_assert(NT % CPR == 0 && TK % RSTEP == 0, "K/V tile load shape");
+    const int r0 = tid / CPR, part = tid % CPR;
+    int roff[RPT];
+#pragma unroll
+    for (int i = 0; i < RPT; ++i) roff[i] = (tOff[r0 + RSTEP * i] + part * EPC) * (int)sizeof(T);
+    int ktl[3] = {0, 0, 0}; /* coordinates of the next tile to load (no divisions) */
+    auto load_kv = [&](int stage) {
+        const int TKa[3] = {TK0, TK1, TK2};
+        int base[3], lim[3];
+        bool inb = true;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            base[x] = kmin[x] + ktl[x] * TKa[x];
+            lim[x] = kmax[x] - base[x];
+            inb = inb && lim[x] >= TKa[x] - 1;
+        }
+        const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
+        const char *kb = reinterpret_cast<const char *>(k + org), *vb = reinterpret_cast<const char *>(v + org);
+        T *dK = sK + stage * TK * LD + r0 * LD + part * EPC, *dV = sV + stage * TK * LD + r0 * LD + part * EPC;
+        if (inb) {
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) {
+                na_cp_async16(dK + RSTEP * i * LD, kb + roff[i], true);
+                na_cp_async16(dV + RSTEP * i * LD, vb + roff[i], true);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) {
+                const int uu = tU[r0 + RSTEP * i];
+                const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
+                na_cp_async16(dK + RSTEP * i * LD, ok ? kb + roff[i] : (const char *)k, ok); /* zero-fill */
+                na_cp_async16(dV + RSTEP * i * LD, ok ? vb + roff[i] : (const char *)v, ok);
+            }
+        }
+        if (++ktl[2] == nkt[2]) {
+            ktl[2] = 0;
+            if (++ktl[1] == nkt[1]) {
+                ktl[1] = 0;
+                ++ktl[0];
+            }
+        }
+    };
+    load_kv(0);
+    na_cp_commit();
 
+    /* warp-uniform window bounds over the warp's active rows, kept in shared
+     * memory (read per tile; registers go to the accumulators): intersection
+     * [flo, fhi] and union [ulo, uhi] per axis.  A warp with no active row
+     * gets an empty union, so it skips every tile. */
+    int *sB = sW + TQ * 6 + warp * 12; /* flo[3] fhi[3] ulo[3] uhi[3] */
+    if (lane < 3) {
+        int flo = -(1 << 30), fhi = 1 << 30, ulo = 1 << 30, uhi = -(1 << 30);
+        for (int i = 0; i < 16 * MT; ++i) {
+            const int *w = sW + (warp * 16 * MT + i) * 6;
+            if (w[0] > w[3]) continue; /* inactive row (outside the group): empty window */
+            flo = max(flo, w[lane]);
+            fhi = min(fhi, w[3 + lane]);
+            ulo = min(ulo, w[lane]);
+            uhi = max(uhi, w[3 + lane]);
+        }
+        sB[lane] = flo;
+        sB[3 + lane] = fhi;
+        sB[6 + lane] = ulo;
+        sB[9 + lane] = uhi;
+    }
+    __syncwarp();
+    const int g4 = lane >> 2, t4 = lane & 3;
     const float sl2 = P.scale * 1.4426950408889634f;
     float o[MT][HD / 8][4];
 #pragma unroll
@@ -337,113 +443,168 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
         m[ri] = -INFINITY;
         l[ri] = 0.f;
     }
+    unsigned qf[QREG ? HD / 16 : 1][4];
 
-    load_kv(0, 0);
-    na_cp_commit();
+    int kt[3] = {0, 0, 0}; /* coordinates of the current tile */
     for (int tt = 0; tt < ntiles; ++tt) {
-        na_pipe_step(tt, ntiles, load_kv);
+        /* two stages, one barrier per tile: tile tt has landed and every warp
+         * is done with tile tt-1, whose stage tile tt+1 now reuses */
+        na_cp_wait<0>();
+        __syncthreads();
+        if (tt + 1 < ntiles) {
+            load_kv((tt + 1) & 1);
+            na_cp_commit();
+        }
+        if (QREG && tt == 0) {
+#pragma unroll
+            for (int kk = 0; kk < (QREG ? HD / 16 : 1); ++kk)
+                na_ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        }
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
-        /* masks of this tile for my rows */
-        int base[3];
-        na_ktile_base<TK0, TK1, TK2>(tt, nkt, kmin, base);
-        bool full = true, empty = true;
+        int base[3], wb[12];
+        *reinterpret_cast<int4 *>(wb) = reinterpret_cast<const int4 *>(sB)[0];
+        *reinterpret_cast<int4 *>(wb + 4) = reinterpret_cast<const int4 *>(sB)[1];
+        *reinterpret_cast<int4 *>(wb + 8) = reinterpret_cast<const int4 *>(sB)[2];
+        bool full = true, empty = false;
 #pragma unroll
-        for (int ri = 0; ri < 2 * MT; ++ri) na_tile_state(rlo[ri], rhi[ri], base, TKa, &full, &empty);
-        full = __all_sync(0xffffffffu, full);
-        empty = __all_sync(0xffffffffu, empty);
-        if (!empty) {
-            float s[MT][8][4];
+        for (int x = 0; x < 3; ++x) {
+            const int TKx = x == 0 ? TK0 : x == 1 ? TK1 : TK2;
+            base[x] = kmin[x] + kt[x] * TKx;
+            full = full && wb[x] <= base[x] && base[x] + TKx - 1 <= wb[3 + x];
+            empty = empty || wb[9 + x] < base[x] || wb[6 + x] > base[x] + TKx - 1;
+        }
+        if (++kt[2] == nkt[2]) {
+            kt[2] = 0;
+            if (++kt[1] == nkt[1]) {
+                kt[1] = 0;
+                ++kt[0];
+            }
+        }
+        if (empty) continue;
+        float s[MT][8][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int j = 0; j < 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+            for (int j = 0; j < 8; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk) {
-                unsigned qa[MT][4];
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            unsigned qa[MT][4];
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
+            for (int mt = 0; mt < MT; ++mt) {
+                if (QREG) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) qa[mt][e] = qf[QREG ? kk : 0][e];
+                } else {
                     na_ldsm_x4(qa[mt], sQ + (warp * 16 * MT + mt * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
-#pragma unroll
-                for (int jp = 0; jp < 4; ++jp) {
-                    unsigned bk[4];
-                    na_ldsm_x4(bk, cK + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        na_mma(s[mt][2 * jp], qa[mt], bk[0], bk[1], T());
-                        na_mma(s[mt][2 * jp + 1], qa[mt], bk[2], bk[3], T());
-                    }
                 }
             }
-            if (!full) {
 #pragma unroll
-                for (int ri = 0; ri < 2 * MT; ++ri) {
-                    unsigned long long mk[3];
+            for (int jp = 0; jp < 4; ++jp) {
+                unsigned bk[4];
+                na_ldsm_x4(bk, cK + (jp * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
 #pragma unroll
-                    for (int x = 0; x < 3; ++x) mk[x] = na_range_bits(rlo[ri][x] - base[x], rhi[ri][x] - base[x]);
-#pragma unroll
-                    for (int j = 0; j < 8; ++j)
-#pragma unroll
-                        for (int c = 0; c < 2; ++c) {
-                            if (!na_col_ok<TK1, TK2>(mk, j * 8 + t4 * 2 + c)) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
-                        }
+                for (int mt = 0; mt < MT; ++mt) {
+                    na_mma(s[mt][2 * jp], qa[mt], bk[0], bk[1], T());
+                    na_mma(s[mt][2 * jp + 1], qa[mt], bk[2], bk[3], T());
                 }
             }
-            /* online softmax, per m-tile rows g (e=0,1) and g+8 (e=2,3) */
+        }
+        if (!full) {
+#pragma unroll
+            for (int ri = 0; ri < 2 * MT; ++ri) {
+                const int *w = sW + (warp * 16 * MT + (ri >> 1) * 16 + g4 + (ri & 1) * 8) * 6;
+                int lo[3], hi[3];
+#pragma unroll
+                for (int x = 0; x < 3; ++x) {
+                    lo[x] = w[x] - base[x];
+                    hi[x] = w[3 + x] - base[x];
+                }
+                const unsigned long long mk = na_tile_mask<TK0, TK1, TK2>(lo, hi) >> (2 * t4);
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+#pragma unroll
+                    for (int c = 0; c < 2; ++c)
+                        if (!((mk >> (j * 8 + c)) & 1ull)) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
+            }
+        }
+        /* online softmax in the exp2 domain, rows g (e=0,1) and g+8 (e=2,3)
+         * of each m-tile.  m (max * scale * log2 e) is the reference of the
+         * exponents; it moves only when a row's max passes it by more than 8
+         * (so p <= 2^8, harmless in f32 and bf16) and the warp then rescales
+         * its accumulators: after the first tiles that is rare, which saves
+         * HD/2 multiplies per row and tile. */
+        float mxs[2 * MT];
+        bool grow = false;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rr], s[mt][j][2 * rr + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                mxs[mt * 2 + rr] = mx * sl2;
+                grow = grow || mx * sl2 > m[mt * 2 + rr] + 8.f;
+            }
+        if (__any_sync(0xffffffffu, grow)) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
                 for (int rr = 0; rr < 2; ++rr) {
                     const int ri = mt * 2 + rr;
-                    float mx = -INFINITY;
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rr], s[mt][j][2 * rr + 1]));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    /* m is kept in the scaled log2 domain: m = max(raw) * scale*log2(e) */
-                    const float mn = fmaxf(m[ri], mx * sl2);
-                    const float ref = mn == -INFINITY ? 0.f : mn;
-                    const float corr = na_ex2(m[ri] - ref);
-                    float ls = 0.f;
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        s[mt][j][2 * rr] = na_ex2(fmaf(s[mt][j][2 * rr], sl2, -ref));
-                        s[mt][j][2 * rr + 1] = na_ex2(fmaf(s[mt][j][2 * rr + 1], sl2, -ref));
-                        ls += s[mt][j][2 * rr] + s[mt][j][2 * rr + 1];
-                    }
-                    l[ri] = l[ri] * corr + ls;
+                    const float mn = fmaxf(m[ri], mxs[ri]);
+                    const float corr = mn == -INFINITY ? 1.f : na_ex2(m[ri] - mn);
                     m[ri] = mn;
+                    l[ri] *= corr;
 #pragma unroll
                     for (int j = 0; j < HD / 8; ++j) {
                         o[mt][j][2 * rr] *= corr;
                         o[mt][j][2 * rr + 1] *= corr;
                     }
                 }
-            /* O += P V */
+        }
 #pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                unsigned pa[MT][4];
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int ri = mt * 2 + rr;
+                const float ref = m[ri] == -INFINITY ? 0.f : m[ri];
+                float ls = 0.f;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    s[mt][j][2 * rr] = na_ex2(fmaf(s[mt][j][2 * rr], sl2, -ref));
+                    s[mt][j][2 * rr + 1] = na_ex2(fmaf(s[mt][j][2 * rr + 1], sl2, -ref));
+                    ls += s[mt][j][2 * rr] + s[mt][j][2 * rr + 1];
+                }
+                l[ri] += ls;
+            }
+        /* O += P V */
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            unsigned pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                pa[mt][0] = na_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T());
+                pa[mt][1] = na_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T());
+                pa[mt][2] = na_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T());
+                pa[mt][3] = na_pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3], T());
+            }
+#pragma unroll
+            for (int jp = 0; jp < HD / 16; ++jp) {
+                unsigned bv[4];
+                na_ldsm_x4_t(bv, cV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + jp * 16 + (lane >> 4) * 8);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    pa[mt][0] = na_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T());
-                    pa[mt][1] = na_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T());
-                    pa[mt][2] = na_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T());
-                    pa[mt][3] = na_pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3], T());
-                }
-#pragma unroll
-                for (int jp = 0; jp < HD / 16; ++jp) {
-                    unsigned bv[4];
-                    na_ldsm_x4_t(bv, cV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + jp * 16 + (lane >> 4) * 8);
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        na_mma(o[mt][2 * jp], pa[mt], bv[0], bv[1], T());
-                        na_mma(o[mt][2 * jp + 1], pa[mt], bv[2], bv[3], T());
-                    }
+                    na_mma(o[mt][2 * jp], pa[mt], bv[0], bv[1], T());
+                    na_mma(o[mt][2 * jp + 1], pa[mt], bv[2], bv[3], T());
                 }
             }
         }
     }
 
     /* ---- epilogue */
+    const long long HDl = HD;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

@@ -383,7 +383,7 @@ static int test_fwd(const Prob &P, int mode) {
             const int tq = x == 0 ? 64 : 1;
             tiles *= P.dil[x] * (((P.X[x] + P.dil[x] - 1) / P.dil[x] + tq - 1) / tq);
         }
-        const int smem = (64 + 4 * 64) * (32 + 8) * 2 + 8 * 64;
+        const int smem = NA_FWD_TC_SMEM(64, 32);
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         kern<<<dim3(tiles, P.B * P.H), 128, smem>>>(dp, dq, dk, dv, dout, dl);
         CK(cudaGetLastError());
@@ -407,6 +407,63 @@ static int test_fwd(const Prob &P, int mode) {
     return bad;
 }
 
+/* One tensor-core forward instantiation (query box A x B_ x C, key box
+ * D x E x F, NW warps, so 16 or 32 query rows per warp) against the host brute
+ * force: output poisoned first (every element must be written), errors as
+ * max |diff| on O(1) data. */
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int NW>
+static int test_fwd_tc(const Prob &P) {
+    const int ntok = P.X[0] * P.X[1] * P.X[2];
+    const size_t nq = (size_t)P.B * ntok * P.H * HD, nk = (size_t)P.B * ntok * P.Hkv * HD;
+    std::vector<float> q(nq), k(nk), v(nk);
+    srand(11 + P.X[0] + P.K[1]);
+    for (auto &x : q) x = bf16r((float)rand() / RAND_MAX * 2.f - 1.f);
+    for (auto &x : k) x = bf16r((float)rand() / RAND_MAX * 2.f - 1.f);
+    for (auto &x : v) x = bf16r((float)rand() / RAND_MAX * 2.f - 1.f);
+    std::vector<double> ro, rl;
+    host_fwd(P, q, k, v, ro, rl);
+    std::vector<int> pa = make_params(P);
+    int *dp;
+    float *dl;
+    CK(cudaMalloc(&dp, pa.size() * 4));
+    CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&dl, rl.size() * 4));
+    CK(cudaMemset(dl, 0xff, rl.size() * 4));
+    T *dq = upload<T>(q), *dk = upload<T>(k), *dv = upload<T>(v), *dout;
+    CK(cudaMalloc(&dout, nq * 2));
+    CK(cudaMemset(dout, 0xff, nq * 2)); /* NaN in f16 and bf16 */
+    auto kern = k_fwd_tc_nw<T, HD, A, B_, C, D, E, F, NW>;
+    const int tq[3] = {A, B_, C};
+    int tiles = 1;
+    for (int x = 0; x < 3; ++x) tiles *= P.dil[x] * (((P.X[x] + P.dil[x] - 1) / P.dil[x] + tq[x] - 1) / tq[x]);
+    const int smem = NA_FWD_TC_SMEM(A * B_ * C, HD);
+    CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    kern<<<dim3(tiles, P.B * P.H), 32 * NW, smem>>>(dp, dq, dk, dv, dout, dl);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    std::vector<T> h(nq);
+    std::vector<float> gl(rl.size());
+    CK(cudaMemcpy(h.data(), dout, nq * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(gl.data(), dl, gl.size() * 4, cudaMemcpyDeviceToHost));
+    double eo = 0, el = 0;
+    size_t unwritten = 0;
+    for (size_t i = 0; i < nq; ++i) {
+        const double g = (double)(float)h[i];
+        if (!std::isfinite(g)) ++unwritten; else eo = fmax(eo, fabs(g - ro[i]));
+    }
+    for (size_t i = 0; i < gl.size(); ++i) {
+        if (!std::isfinite(gl[i])) ++unwritten; else el = fmax(el, fabs(gl[i] - rl[i]));
+    }
+    cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(dp); cudaFree(dl);
+    const int bad = !(eo <= 2e-2 && el <= 2e-2 && unwritten == 0);
+    printf("fwd tc %s HD=%d tiles %dx%dx%d/%dx%dx%d NW=%d X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d gs=%dx%dx%d "
+           "causal=%d%d%d H=%d/%d B=%d: max|dout|=%.2e max|dlse|=%.2e unwritten=%zu %s\n",
+           sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, A, B_, C, D, E, F, NW, P.X[0],
+           P.X[1], P.X[2], P.K[0], P.K[1], P.K[2], P.dil[0], P.dil[1], P.dil[2], P.gs[0], P.gs[1], P.gs[2],
+           P.causal[0], P.causal[1], P.causal[2], P.H, P.Hkv, P.B, eo, el, unwritten, bad ? "FAIL" : "ok");
+    return bad;
+}
+
 int main() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -423,6 +480,39 @@ int main() {
     fails += test_fwd(c, TC_BF16);
     Prob c2 = {{150, 1, 1}, {7, 1, 1}, {1, 1, 1}, {3, 1, 1}, {1, 0, 0}, 2, 1, 32, 1};
     fails += test_fwd(c2, TC_BF16);
+    /* tensor-core forward per instantiation: windows wider than a key tile
+     * (full, partial and skipped tiles), sizes off the tile edges, dilation
+     * with uneven groups, causal, GNA stride, GQA; 16 and 32 rows per warp */
+    typedef __nv_bfloat16 B16;
+    const Prob t1 = {{700, 1, 1}, {200, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 32, 1};
+    const Prob t2 = {{500, 1, 1}, {150, 1, 1}, {3, 1, 1}, {4, 1, 1}, {1, 0, 0}, 4, 2, 32, 2};
+    fails += test_fwd_tc<B16, 32, 64, 1, 1, 64, 1, 1, 4>(t1);
+    fails += test_fwd_tc<B16, 32, 64, 1, 1, 64, 1, 1, 4>(t2);
+    const Prob t3 = {{40, 45, 1}, {21, 17, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 1};
+    const Prob t4 = {{19, 37, 1}, {7, 9, 1}, {2, 1, 1}, {1, 2, 1}, {0, 1, 0}, 4, 2, 128, 1};
+    fails += test_fwd_tc<B16, 128, 8, 8, 1, 8, 8, 1, 4>(t3);
+    fails += test_fwd_tc<B16, 128, 8, 8, 1, 8, 8, 1, 4>(t4);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 4>(t3);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 4>(t4);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8>(t3);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 2, 32, 1, 4>(t3);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 2, 32, 1, 4>(t4);
+    const Prob t5 = {{20, 23, 1}, {7, 9, 1}, {1, 2, 1}, {3, 1, 1}, {1, 0, 0}, 2, 2, 64, 2};
+    fails += test_fwd_tc<__half, 64, 8, 8, 1, 8, 8, 1, 4>(t5);
+    const Prob t3h = {{40, 45, 1}, {21, 17, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 64, 1};
+    fails += test_fwd_tc<__half, 64, 8, 8, 1, 8, 8, 1, 4>(t3h);
+    const Prob t6 = {{9, 10, 11}, {5, 3, 7}, {1, 2, 1}, {2, 1, 1}, {0, 0, 1}, 2, 1, 128, 1};
+    const Prob t7 = {{7, 20, 40}, {5, 9, 33}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 1, 128, 1};
+    fails += test_fwd_tc<B16, 128, 4, 4, 4, 4, 4, 4, 4>(t6);
+    fails += test_fwd_tc<B16, 128, 2, 4, 8, 1, 2, 32, 4>(t6);
+    fails += test_fwd_tc<B16, 128, 2, 4, 8, 1, 2, 32, 4>(t7);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 4>(t7);
+    const Prob t8 = {{1000, 1, 1}, {300, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 1, 128, 1};
+    fails += test_fwd_tc<B16, 128, 64, 1, 1, 64, 1, 1, 4>(t8);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 4>(t8);
+    const Prob t2w = {{500, 1, 1}, {150, 1, 1}, {3, 1, 1}, {4, 1, 1}, {1, 0, 0}, 4, 2, 128, 2};
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8>(t2w);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 4>(t2w);
     printf("%s\n", fails ? "FAILED" : "ALL OK");
     return fails ? 1 : 0;
 }

@@ -336,15 +336,34 @@ def cuda_env(monkeypatch):
 @pytest.mark.parametrize("mode", ["128", "128w"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_tensor_core_forward_128_query_tiles(dtype, mode, cuda_env):
-    """128-query forward tiles: 2 m-tiles per warp (NATTEN_CUDA_TQ=128, head_dim <= 64)
-    and 8 warps of one m-tile (NATTEN_CUDA_TQ=128w, any head_dim), on problems big
-    enough to use them."""
+    """128-query forward tiles: 2 m-tiles per warp (NATTEN_CUDA_TQ=128; the default for
+    head_dim 128 on big problems) and 8 warps of one m-tile (NATTEN_CUDA_TQ=128w)."""
     cuda_env("NATTEN_CUDA_TQ", mode)
     case = ((64, 80), (7, 9), (1, 2), 1, 1, (False, True), 8, 4, 32, 32)
     _run_fused_case(case, _dt(dtype), seed=4, grads=False)
-    if mode == "128w":
-        case = ((48, 50), (13, 9), (2, 1), 1, 1, (True, False), 8, 4, 128, 128)
-        _run_fused_case(case, _dt(dtype), seed=6, grads=False)
+    case = ((48, 50), (13, 9), (2, 1), 1, 1, (True, False), 8, 4, 128, 128)
+    _run_fused_case(case, _dt(dtype), seed=6, grads=False)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_tensor_core_forward_64_query_tiles(dtype, cuda_env):
+    """NATTEN_CUDA_TQ=64 on a head_dim-128 problem big enough for the 128-query default."""
+    cuda_env("NATTEN_CUDA_TQ", "64")
+    case = ((48, 50), (13, 9), (2, 1), 1, 1, (True, False), 8, 4, 128, 128)
+    _run_fused_case(case, _dt(dtype), seed=7, grads=False)
+
+
+def test_forward_tile_plan(cuda_env):
+    """Which forward tile the tensor-core plan picks (pure Python, runs everywhere)."""
+    cuda_env("NATTEN_CUDA_TQ", "")
+    assert cuda._fwd_tc_shape(1, 24, 256 * 256, 128) == (128, 4)  # flux: 2 m-tiles per warp
+    assert cuda._fwd_tc_shape(1, 1, 32768, 128) == (128, 4)
+    assert cuda._fwd_tc_shape(1, 1, 4096, 128) == (64, 4)  # too few tiles to fill the GPU twice
+    assert cuda._fwd_tc_shape(8, 8, 64 * 64, 64) == (64, 4)  # head_dim 64: 64-query tiles
+    for mode, want in (("64", (64, 4)), ("128", (128, 4)), ("128w", (128, 8))):
+        cuda_env("NATTEN_CUDA_TQ", mode)
+        assert cuda._fwd_tc_shape(1, 1, 4096, 128) == want
 
 
 @gpu
