@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/bwd_block.h"
 #include "cpu/fast_internal.h"
 
 /* ------------------------------------------------------------------------ */
@@ -428,6 +429,14 @@ natten_status natten_fast_na_backward(
     c.drpb_t = rpb ? drpb : NULL;
     c.dek_t = dextra_k;
     c.dev_t = dextra_v;
+    if (bwd_block_run(&c, q, k, v, out, lse, dout, dq, dk, dv) == NATTEN_STATUS_SUCCESS) {
+        common_free(&c);
+        return NATTEN_STATUS_SUCCESS;
+    }
+    /* the blocked path may have built the last-axis windows and inverse tables (no views then) */
+    free(c.inv_start);
+    free(c.inv_ent);
+    c.inv_start = c.inv_ent = NULL;
     const int nt = natten_parallel_threads();
     const size_t pbytes = (size_t)(g->B * g->H * g->Oin * g->KKE) * sizeof(float);
     int ok = make_view(p, NATTEN_TENSOR_Q, q, &c.q, nt, 0) &&

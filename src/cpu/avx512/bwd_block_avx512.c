@@ -1,0 +1,204 @@
+/*
+ * bwd_block_avx512.c -- AVX-512 blocked-backward tiles, 16 lanes (contract
+ * in cpu/bwd_block.h).
+ *
+ * Query tile: like the blocked forward's QK, per channel one vector of 16
+ * queries (q, or dO) meets one key (value) vector per slot, built from the
+ * 32 positions [0, 32) of a lane-major row with one two-source permute
+ * (lane l, slot k: position off[l] + k); several leading rows per pass so
+ * ~12 FMA chains are in flight.  dq runs the same shifted vectors against
+ * dS, 8 channels at a time.  Key tile: per term one P (dS) vector and one
+ * row vector per channel, 16 channels' accumulators in registers; no
+ * gathers, no horizontal sums.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "cpu/avx512/simd_avx512.h"
+#include "cpu/bwd_block.h"
+#include "cpu/fwd_block.h"
+
+#define AI static inline __attribute__((always_inline))
+#define KEY_PF 6 /* terms ahead */
+
+/* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC): x (lane-major, C
+ * channels) against rows[i] shifted per lane by idx, into out[(i*K+k)*16]. */
+AI void dots_rows(const bwdq_args *a, const float *x, const float *const *rows, int64_t C, float *out, int64_t i0,
+                  const int NR, const int KC, int64_t k0, const __m512i *idx, int64_t *pfi) {
+    __m512 acc[NR * KC];
+    const float *p[NR];
+    for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
+    for (int rr = 0; rr < NR; ++rr) p[rr] = rows[i0 + rr];
+    const int64_t ld = a->ld;
+    for (int64_t c = 0; c < C; ++c) {
+        if (*pfi < a->npf) _mm_prefetch(a->pf[(*pfi)++], _MM_HINT_T0); /* one per channel step */
+        const __m512 xv = _mm512_load_ps(x + c * 16);
+        for (int rr = 0; rr < NR; ++rr) {
+            const float *kc = p[rr] + c * ld;
+            const __m512 lo = _mm512_loadu_ps(kc), hi = _mm512_loadu_ps(kc + 16);
+            for (int t = 0; t < KC; ++t)
+                acc[rr * KC + t] = _mm512_fmadd_ps(xv, _mm512_permutex2var_ps(lo, idx[k0 + t], hi), acc[rr * KC + t]);
+        }
+    }
+    for (int rr = 0; rr < NR; ++rr)
+        for (int t = 0; t < KC; ++t) _mm512_store_ps(out + ((i0 + rr) * a->K + k0 + t) * 16, acc[rr * KC + t]);
+}
+
+#define QK_SMALL(KC, NRM)                                                                 \
+    case KC: {                                                                            \
+        int64_t i = 0;                                                                    \
+        for (; i + NRM <= a->nrow; i += NRM) dots_rows(a, x, rows, C, out, i, NRM, KC, 0, idx, pfi); \
+        for (; i < a->nrow; ++i) dots_rows(a, x, rows, C, out, i, 1, KC, 0, idx, pfi);         \
+    } break
+
+#define QK_CHUNK(KC) \
+    case KC: dots_rows(a, x, rows, C, out, i, 1, KC, k0, idx, pfi); break
+
+static void dots_all(const bwdq_args *a, const float *x, const float *const *rows, int64_t C, float *out,
+                     const __m512i *idx, int64_t *pfi) {
+    BLK_QK_DISPATCH(a->K, a->nrow, 12, 6, 4, 3, 2, 2, 1, 1)
+}
+
+#undef QK_SMALL
+#undef QK_CHUNK
+
+/* dq channels [c0, c0+NC): sum over (i, k) of dS[i,k] times the shifted key vectors. */
+AI void dq_chunk(const bwdq_args *a, const float *ds, int64_t c0, const int NC, const __m512i *idx, __m512 sc) {
+    __m512 acc[NC];
+    for (int t = 0; t < NC; ++t) acc[t] = _mm512_setzero_ps();
+    const int64_t ld = a->ld, K = a->K;
+    for (int64_t i = 0; i < a->nrow; ++i) {
+        __m512 lo[NC], hi[NC];
+        const float *kc = a->kr[i] + c0 * ld;
+        for (int t = 0; t < NC; ++t) {
+            lo[t] = _mm512_loadu_ps(kc + t * ld);
+            hi[t] = _mm512_loadu_ps(kc + t * ld + 16);
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const __m512 w = _mm512_load_ps(ds + (i * K + k) * 16);
+            for (int t = 0; t < NC; ++t)
+                acc[t] = _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo[t], idx[k], hi[t]), acc[t]);
+        }
+    }
+    for (int t = 0; t < NC; ++t) _mm512_store_ps(a->dq_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], sc));
+}
+
+#define DQ_NC(NC) \
+    case NC: dq_chunk(a, ds, c0, NC, idx, sc); break
+
+static void bwd_query_avx512(const bwdq_args *a) {
+    const int64_t K = a->K, n = a->nrow * K;
+    __m512i idx[32];
+    const __m512i off = _mm512_loadu_si512(a->off);
+    for (int64_t k = 0; k < K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
+    float *sb = a->sbuf, *db = a->sbuf + n * 16;
+    int64_t pfi = 0;
+    dots_all(a, a->qt, a->kr, a->D, sb, idx, &pfi);
+    dots_all(a, a->dot, a->vr, a->Dv, db, idx, &pfi);
+    for (; pfi < a->npf; ++pfi) _mm_prefetch(a->pf[pfi], _MM_HINT_T0);
+    const __m512 sc = _mm512_set1_ps(a->scale), lse = _mm512_loadu_ps(a->lse), delta = _mm512_loadu_ps(a->delta);
+    const __mmask16 store = (__mmask16)((1u << a->nl) - 1u);
+    for (int64_t j = 0; j < n; ++j) {
+        const __mmask16 m = (__mmask16)a->vmask[j % K];
+        const __m512 p = _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_load_ps(sb + j * 16), sc, lse)));
+        const __m512 ds = _mm512_maskz_mov_ps(m, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_load_ps(db + j * 16), delta)));
+        if (a->stream) { /* no read-for-ownership of lines the key pass reads much later */
+            _mm512_stream_ps(a->pp[j], p);
+            _mm512_stream_ps(a->sp[j], ds);
+        } else {
+            _mm512_mask_storeu_ps(a->pp[j], store, p);
+            _mm512_mask_storeu_ps(a->sp[j], store, ds);
+        }
+        _mm512_store_ps(sb + j * 16, ds);
+    }
+    const float *ds = sb;
+    for (int64_t c0 = 0; c0 < a->D; c0 += 8) {
+        switch (a->D - c0 < 8 ? a->D - c0 : 8) {
+            DQ_NC(1);
+            DQ_NC(2);
+            DQ_NC(3);
+            DQ_NC(4);
+            DQ_NC(5);
+            DQ_NC(6);
+            DQ_NC(7);
+            DQ_NC(8);
+        }
+    }
+}
+
+/* out channels [c0, c0+NC) of a key tile: sum over terms of w * rows. */
+AI void key_chunk(const bwdk_args *a, const float *w, const float *const *rows, int64_t c0, const int NC,
+                  float *out, __m512 mul, const float *pf) {
+    __m512 acc[NC];
+    for (int t = 0; t < NC; ++t) acc[t] = _mm512_setzero_ps();
+    const int64_t ld = a->ld;
+    __m512 wv = _mm512_setzero_ps();
+    __mmask16 m = 0;
+    for (int64_t j = 0; j < a->nterm; ++j) {
+        /* P / dS planes were written a whole pass ago (out of cache) and their
+         * terms hop between planes: fetch KEY_PF terms ahead (pf: the other
+         * plane, fetched for the next pass) */
+        if (j + KEY_PF < a->nterm) {
+            _mm_prefetch((const char *)(w + a->poff[j + KEY_PF]), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + a->poff[j + KEY_PF] + 15), _MM_HINT_T0);
+        }
+        if (pf) { /* dS for the dk pass; the next tile's P and dS into L2 */
+            _mm_prefetch((const char *)(pf + a->poff[j]), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + a->poff[j] + 15), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + a->poff[j] + a->pf_next), _MM_HINT_T1);
+            _mm_prefetch((const char *)(pf + a->poff[j] + a->pf_next), _MM_HINT_T1);
+        }
+        /* terms of one shift: their lanes merged into one weight vector */
+        const __mmask16 mj = (__mmask16)a->mask[j];
+        wv = m ? _mm512_mask_loadu_ps(wv, mj, w + a->poff[j]) : _mm512_maskz_loadu_ps(mj, w + a->poff[j]);
+        m |= mj;
+        if (a->more[j]) continue;
+        const float *r = rows[j] + c0 * ld;
+        if (m == 0xffff) {
+            for (int t = 0; t < NC; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(r + t * ld), acc[t]);
+        } else { /* masked lanes' addresses may lie outside the row */
+            for (int t = 0; t < NC; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, r + t * ld), acc[t]);
+        }
+        m = 0;
+    }
+    for (int t = 0; t < NC; ++t) _mm512_store_ps(out + (c0 + t) * 16, _mm512_mul_ps(acc[t], mul));
+}
+
+#define KEY_NC(NC) \
+    case NC: key_chunk(a, w, rows, c0, NC, out, mul, c0 == 0 ? pf : NULL); break
+
+static void key_side(const bwdk_args *a, const float *w, const float *const *rows, int64_t C, float *out,
+                     __m512 mul, const float *pf) {
+    if (C > 0)
+        for (int64_t j = 0; j < KEY_PF && j < a->nterm; ++j) {
+            _mm_prefetch((const char *)(w + a->poff[j]), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + a->poff[j] + 15), _MM_HINT_T0);
+        }
+    for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        switch (C - c0 < 16 ? C - c0 : 16) {
+            KEY_NC(1);
+            KEY_NC(2);
+            KEY_NC(3);
+            KEY_NC(4);
+            KEY_NC(5);
+            KEY_NC(6);
+            KEY_NC(7);
+            KEY_NC(8);
+            KEY_NC(9);
+            KEY_NC(10);
+            KEY_NC(11);
+            KEY_NC(12);
+            KEY_NC(13);
+            KEY_NC(14);
+            KEY_NC(15);
+            KEY_NC(16);
+        }
+    }
+}
+
+static void bwd_key_avx512(const bwdk_args *a) {
+    key_side(a, a->pw, a->dr, a->Dv, a->dv_t, _mm512_set1_ps(1.0f), a->sw);
+    key_side(a, a->sw, a->qr, a->D, a->dk_t, _mm512_set1_ps(a->scale), NULL);
+}
+
+const bwd_blk_kernel natten_bwd_blk_avx512 = {bwd_query_avx512, bwd_key_avx512};

@@ -1,0 +1,81 @@
+/*
+ * bwd_block.h -- the blocked fused backward's tile contract (driver in
+ * src/cpu/fast_bwd_block.c, tiles per ISA).
+ *
+ * Packs are lane-major over the last axis: channel c of position x of a
+ * (batch, head, leading row) row is at row[c*ld + x].  P and dS are kept
+ * planar per query row: [lead slot][last slot][position].
+ *
+ * Query tile (16 consecutive queries of one row on lanes; lane l's slot k of
+ * leading row i is key position off[l] + k of kr[i] / vr[i]):
+ *   s  = scale * q.k,  P = exp(s - lse)  (0 where bit l of vmask[k] is clear),
+ *   dP = dO.v,  dS = P (dP - delta)  (0 where masked),
+ *   pp[i*K+k][l] = P, sp[i*K+k][l] = dS  for lanes l < nl,
+ *   dq_t[c*16 + l] = scale * sum_{i,k} dS k[c].
+ * Key tile (16 consecutive keys of one row on lanes) over nterm terms, each
+ * a shift of whole vectors:
+ *   dv_t[c*16 + l] = sum_t (mask_t[l] ? P_t[l] dO_t[c*ld + l] : 0),
+ *   dk_t[c*16 + l] = scale * sum_t (mask_t[l] ? dS_t[l] q_t[c*ld + l] : 0),
+ * where P_t = pw + poff[t], dS_t = sw + poff[t], dO_t = dr[t], q_t = qr[t].
+ * Masked lanes are never loaded (their addresses may lie outside a row).
+ * Every lane and term is summed in a fixed order, so a tile's result does
+ * not depend on the thread that runs it.
+ */
+#ifndef NATTEN_CPU_BWD_BLOCK_H
+#define NATTEN_CPU_BWD_BLOCK_H
+
+#include <stdint.h>
+
+#include "natten.h"
+
+typedef struct bwdq_args {
+    const float *qt, *dot;    /* q and dO of the tile's queries: channel c of lane l at qt[c*16 + l] */
+    const float *const *kr;   /* nrow lane-major key rows, shifted so lane l slot k is at off[l] + k */
+    const float *const *vr;   /* the same for values */
+    int64_t ld, nrow, K, D, Dv, nl;
+    const int32_t *off;       /* [16], 0 <= off[l] <= 32 - K */
+    int uniform;              /* off[l] == l for every lane */
+    const uint32_t *vmask;    /* [K]: bit l set where lane l's slot k is valid (lanes >= nl clear) */
+    float scale;
+    const float *lse, *delta; /* [16] */
+    float *const *pp, *const *sp; /* [nrow*K]: where lane 0's P / dS go */
+    float *sbuf;              /* 2*nrow*K*16 scratch, 64-byte aligned */
+    float *dq_t;              /* [D][16] */
+    int stream;               /* pp/sp are 64-byte aligned, nl == 16 and the planes are too large to
+                               * stay cached: stores may bypass the cache (the caller fences) */
+    const char *const *pf;    /* npf cache lines the caller needs soon: a tile spreads their */
+    int64_t npf;              /* prefetches over its arithmetic */
+} bwdq_args;
+
+typedef struct bwdk_args {
+    int64_t nterm, ld, D, Dv;
+    const float *pw, *sw;     /* P and dS planes */
+    const int64_t *poff;      /* [nterm] */
+    const float *const *qr, *const *dr; /* [nterm] q / dO lane-major rows at lane 0 */
+    const uint32_t *mask;     /* [nterm] */
+    const uint8_t *more;      /* [nterm]: term j+1 has the same rows (qr, dr) and disjoint lanes
+                               * (a hint: P / dS of such terms may be merged into one vector) */
+    float scale;
+    float *dk_t, *dv_t;       /* [D][16], [Dv][16] */
+    int64_t pf_next;          /* the next tile's P / dS are about pf_next floats further (a prefetch hint) */
+} bwdk_args;
+
+typedef struct bwd_blk_kernel {
+    void (*query)(const bwdq_args *a);
+    void (*key)(const bwdk_args *a);
+} bwd_blk_kernel;
+
+extern const bwd_blk_kernel natten_bwd_blk_scalar;
+#if defined(NATTEN_HAVE_X86)
+extern const bwd_blk_kernel natten_bwd_blk_avx512;
+#endif
+
+/* The blocked backward on the caller's tensors (fast_bwd_block.c): SUCCESS,
+ * or UNSUPPORTED (nothing written) for problems it leaves to the generic
+ * path.  c: common_init'ed, no views made. */
+struct common;
+natten_status bwd_block_run(struct common *c, const natten_tensor *q, const natten_tensor *k,
+                            const natten_tensor *v, const natten_tensor *out, const natten_tensor *lse,
+                            const natten_tensor *dout, natten_tensor *dq, natten_tensor *dk, natten_tensor *dv);
+
+#endif /* NATTEN_CPU_BWD_BLOCK_H */
