@@ -352,6 +352,14 @@ static const cfg configs[] = {
     {"blk 3d gna dil f16", 3, 1, 2, 1, 16, 16, {5, 4, 33}, {3, 3, 5}, {1, 1, 2}, {2, 1, 2}, {1, 1, 1}, {0, 0, 0}, 0, 0, 0, F16, T_PERMUTED},
     {"blk 3d varlen f16", 3, 2, 2, 2, 8, 8, {4, 6, 19}, {3, 3, 3}, {1, 2, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 0, 1, F16, T_CONTIG},
     {"3d f16 permuted", 3, 1, 2, 2, 16, 16, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 0, 0, F16, T_PERMUTED},
+    /* blocked backward (no rpb, extra KV, varlen, out strides or last-axis dilation): 64-position
+     * task segments (packed ranges), 16-key blocks whose border keys add terms of other shifts,
+     * leading-axis caches with dilation, GNA and causal windows, GQA groups, K = L = 17 */
+    {"bb 1d L150 segments GQA", 1, 1, 4, 2, 16, 8, {150}, {7}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_PADDED},
+    {"bb 1d K=L=17 causal", 1, 2, 1, 1, 8, 8, {17}, {17}, {1}, {1}, {1}, {1}, 0, 0, 0, F32, T_CONTIG},
+    {"bb 2d causal both L70", 2, 1, 2, 1, 16, 16, {5, 70}, {3, 9}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 0, 0, 0, F32, T_CONTIG},
+    {"bb 3d lead dil uneven", 3, 1, 2, 1, 16, 17, {6, 7, 17}, {3, 3, 3}, {2, 2, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 0, 0, F32, T_PERMUTED},
+    {"bb 3d gna causal 1 bf16", 3, 1, 2, 2, 16, 16, {4, 6, 18}, {3, 5, 5}, {1, 1, 1}, {2, 3, 2}, {1, 1, 1}, {0, 1, 0}, 0, 0, 0, BF16, T_CONTIG},
 };
 
 /*
@@ -421,19 +429,26 @@ int main(void) {
      * and tile paths with the first and the last) */
     /* the blocked forward's non-temporal output stores start at 32 MiB; the first mode
      * takes them for every aligned f32 output (the T_CONTIG ones with Dv % 16 == 0) */
-    static const char *const modes[3][3] = {{"0", "1", "0"}, {"0", "0", "0"}, {"1", "1", "0"}};
+    /* the backward: the blocked one (default, its P / dS non-temporal stores forced on) with the
+     * first mode, the generic lists and key tiles (NATTEN_CPU_BWD_BLOCK=0) with the last */
+    static const char *const modes[3][4] = {{"0", "1", "0", "1"}, {"0", "0", "0", "1"}, {"1", "1", "0", "0"}};
     for (int m = FAST_CPU_MODE_FIRST; m < FAST_CPU_MODE_END; ++m) {
         setenv("NATTEN_CPU_TILES", modes[m][0], 1);
         setenv("NATTEN_CPU_FWD_BLOCK", modes[m][1], 1);
         setenv("NATTEN_CPU_FWD_STREAM_BYTES", modes[m][2], 1);
+        setenv("NATTEN_CPU_BWD_STREAM_BYTES", modes[m][2], 1);
+        setenv("NATTEN_CPU_BWD_BLOCK", modes[m][3], 1);
         fwd_only = m == 1;
-        printf("test_fast_cpu: NATTEN_CPU_TILES=%s NATTEN_CPU_FWD_BLOCK=%s NATTEN_CPU_FWD_STREAM_BYTES=%s\n",
-               modes[m][0], modes[m][1], modes[m][2]);
+        printf("test_fast_cpu: NATTEN_CPU_TILES=%s NATTEN_CPU_FWD_BLOCK=%s NATTEN_CPU_FWD_STREAM_BYTES=%s "
+               "NATTEN_CPU_BWD_BLOCK=%s\n",
+               modes[m][0], modes[m][1], modes[m][2], modes[m][3]);
         for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 1000 + i);
     }
     unsetenv("NATTEN_CPU_TILES");
     unsetenv("NATTEN_CPU_FWD_BLOCK");
     unsetenv("NATTEN_CPU_FWD_STREAM_BYTES");
+    unsetenv("NATTEN_CPU_BWD_STREAM_BYTES");
+    unsetenv("NATTEN_CPU_BWD_BLOCK");
     fwd_only = 0;
     if (!FAST_CPU_EXTRAS) return t_summary("test_fast_cpu (tiles)");
     check_stream_stores();
