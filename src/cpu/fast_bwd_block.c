@@ -8,7 +8,7 @@
  * horizontal reductions and, in the key pass, gathers of P and dS from
  * [query][slot] scratch (82% of that pass, perf on 3-D 32^3).  Here
  *   1. q, dO, K and V are packed once per call lane-major per (batch, head,
- *      leading row): pack[c*XP + x] (f16/bf16 and any strides converted
+ *      leading row): [channel][position] (f16/bf16 and any strides converted
  *      here), with delta = dO.O per query beside them;
  *   2. query tiles (as the forward: lane l's slot k of leading row i is key
  *      position off[l] + k, borders / causal prefixes / GNA groups through
@@ -52,7 +52,7 @@ typedef struct bb_ctx {
     const bwd_blk_kernel *bk;
     const natten_tensor *q, *k, *v, *out, *lse, *dout;
     natten_tensor *dq, *dk, *dv;
-    int64_t L, XP, nR, Kl, nlead, nseg;
+    int64_t L, XP, CXP, nR, Kl, nlead, nseg; /* XP: P / dS plane pitch; CXP: cached rows' (a segment's range) */
     int64_t rq, rk, rv, rd, rp; /* row pitches (floats) of packed q, K, V, dO rows and of a P plane set */
     float *pw, *sw;             /* P and dS planes [B][H][nR][rp] */
     float *mem[2];
@@ -132,7 +132,7 @@ static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, 
 }
 
 /* Pack positions [xr[0], xr[1]) of row (b, head h, leading row R) of t:
- * dst[c*XP + x], then zeros up to the row pitch (positions past L and the
+ * dst[c*CXP + x - xr[0]], then zeros up to the row pitch (positions past L and the
  * gap after the row are read by masked slots and idle lanes, and 0 * x must
  * stay 0; other positions hold finite stale rows). */
 static void pack_row(const bb_ctx *x, const natten_tensor *t, int64_t b, int64_t h, int64_t R, int64_t C,
@@ -146,12 +146,11 @@ static void pack_row(const bb_ctx *x, const natten_tensor *t, int64_t b, int64_t
         const int64_t nb = xr[1] - x0 < 16 ? xr[1] - x0 : 16;
         if (x0 + 16 < xr[1]) /* the caller's rows are strided (H*C apart): fetch the next block early */
             prefetch_rows(c, t, off + (x0 + 16) * rs, rs, xr[1] - x0 - 16 < 16 ? xr[1] - x0 - 16 : 16, C, NULL, NULL);
-        lane_major(c, t, off + x0 * rs, rs, nb, C, cvt, dst + x0, x->XP);
+        lane_major(c, t, off + x0 * rs, rs, nb, C, cvt, dst + x0 - xr[0], x->CXP);
     }
-    if (xr[1] == x->L)
-        for (int64_t ch = 0; ch < C; ++ch)
-            for (int64_t u = x->L; u < x->XP; ++u) dst[ch * x->XP + u] = 0.f;
-    memset(dst + C * x->XP, 0, (size_t)(pitch - C * x->XP) * sizeof(float));
+    for (int64_t ch = 0; ch < C; ++ch)
+        for (int64_t u = xr[1] - xr[0]; u < x->CXP; ++u) dst[ch * x->CXP + u] = 0.f;
+    memset(dst + C * x->CXP, 0, (size_t)(pitch - C * x->CXP) * sizeof(float));
 }
 
 static int64_t cache_slot(const bb_ctx *x, const bb_cache *cc, int64_t R) {
@@ -378,21 +377,22 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
                                       s.pf, &npf);
                     }
                 }
+                const int64_t sh = w0.start - x->qrange[2 * seg]; /* cached rows start at the segment's range */
                 for (int64_t i = 0; i < nrow; ++i) {
-                    s.kr[i] += w0.start;
-                    s.vr[i] += w0.start;
+                    s.kr[i] += sh;
+                    s.vr[i] += sh;
                     for (int64_t k = 0; k < K; ++k) {
                         s.pp[i * K + k] += p;
                         s.sp[i * K + k] += p;
                     }
                 }
-                bwdq_args a = {s.tq, s.tdo, s.kr, s.vr, x->XP, nrow, K, g->D, g->Dv, nl, s.off, uniform,
+                bwdq_args a = {s.tq, s.tdo, s.kr, s.vr, x->CXP, nrow, K, g->D, g->Dv, nl, s.off, uniform,
                                s.vmask, g->scale, s.lse, s.delta, s.pp, s.sp, s.sbuf, s.tk,
                                x->stream && nl == 16 && p % 16 == 0, s.pf, npf};
                 x->bk->query(&a);
                 for (int64_t i = 0; i < nrow; ++i) {
-                    s.kr[i] -= w0.start;
-                    s.vr[i] -= w0.start;
+                    s.kr[i] -= sh;
+                    s.vr[i] -= sh;
                     for (int64_t k = 0; k < K; ++k) {
                         s.pp[i * K + k] -= p;
                         s.sp[i * K + k] -= p;
@@ -462,7 +462,7 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                     const int64_t h = hk * g->G + gg;
                     for (int64_t i = 0; i < nq; ++i) {
                         const int64_t pb = ((b * g->H + h) * x->nR + rows_q[i]) * x->rp + lis[i] * K * x->XP + x0;
-                        const float *qb = slots[i] + gg * hq + x0, *db = qb + x->rq;
+                        const float *qb = slots[i] + gg * hq + x0 - x->krange[2 * seg], *db = qb + x->rq;
                         for (int64_t t = x->tstart[blk]; t < x->tstart[blk + 1]; ++t, ++n) {
                             s.poff[n] = pb + x->tk[t] * x->XP + x->tc[t];
                             s.qr[n] = qb + x->tc[t];
@@ -475,7 +475,7 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 /* next tile: 16 positions on, or (x0 back to 0) the next row, whose
                  * query rows are one further at the same slots in the interior */
                 const int64_t pf_next = x0 + 16 < u1 ? 16 : x->rp - x0;
-                bwdk_args a = {n, x->XP, g->D, g->Dv, x->pw, x->sw, s.poff, s.qr, s.dr, s.mask, s.more, g->scale,
+                bwdk_args a = {n, x->CXP, g->D, g->Dv, x->pw, x->sw, s.poff, s.qr, s.dr, s.mask, s.more, g->scale,
                                s.tk, s.tv, pf_next};
                 x->bk->key(&a);
                 pos[r - 1] = x0;
@@ -641,13 +641,6 @@ natten_status bwd_block_run(common *c, const natten_tensor *q, const natten_tens
     for (int a = 0; a < r - 1; ++a) x.nR *= g->L[a];
     x.nseg = (x.L + BB_SEG - 1) / BB_SEG;
     x.XP = (x.L + 15) / 16 * 16;
-    /* channel rows 1 KiB-multiples apart put a tile's 16-32 rows on 1-4 L1
-     * sets (4 KiB per way): one line more (1-D L1024: 2.1 -> 1.4 ms) */
-    if (x.XP % 256 == 0) x.XP += 16;
-    /* rows one cache line past a multiple of 4 KiB apart: a tile's leading
-     * rows would otherwise share L1 sets */
-    x.rq = x.rk = g->D * x.XP + 16;
-    x.rv = x.rd = g->Dv * x.XP + 16;
     x.rp = x.nlead * x.Kl * x.XP + 16;
     const int nt = natten_parallel_threads();
     const int64_t planes = g->B * g->H * x.nR * x.rp;
@@ -657,6 +650,22 @@ natten_status bwd_block_run(common *c, const natten_tensor *q, const natten_tens
         okm = x.mem[i] != NULL;
     }
     if (okm) okm = build_terms(&x);
+    if (okm) {
+        int64_t span = 16;
+        for (int64_t sg = 0; sg < 2 * x.nseg; ++sg) {
+            const int64_t n = x.qrange[2 * sg + 1] - x.qrange[2 * sg]; /* krange follows qrange */
+            span = n > span ? n : span;
+        }
+        x.CXP = (span + 15) / 16 * 16;
+        /* channel rows 1 KiB-multiples apart put a tile's 16-32 rows on 1-4 L1
+         * sets (4 KiB per way): one line more (1-D L1024 before the
+         * per-segment rows: 2.1 -> 1.8 ms) */
+        if (x.CXP % 256 == 0) x.CXP += 16;
+        /* cached rows one cache line past a multiple of 4 KiB apart: a tile's
+         * leading rows would otherwise share L1 sets */
+        x.rq = x.rk = g->D * x.CXP + 16;
+        x.rv = x.rd = g->Dv * x.CXP + 16;
+    }
     natten_status st = NATTEN_STATUS_UNSUPPORTED;
     if (okm) {
         float **dst[2] = {&x.pw, &x.sw};
