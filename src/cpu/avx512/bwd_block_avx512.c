@@ -30,8 +30,10 @@ AI void dots_rows(const bwdq_args *a, const float *x, const float *const *rows, 
     for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
     for (int rr = 0; rr < NR; ++rr) p[rr] = rows[i0 + rr];
     const int64_t ld = a->ld;
+    /* up to 16 of the caller's prefetches per call, before the loop: inside
+     * it they made GCC store every accumulator each channel step */
+    for (int n = 0; n < 16 && *pfi < a->npf; ++n) _mm_prefetch(a->pf[(*pfi)++], _MM_HINT_T0);
     for (int64_t c = 0; c < C; ++c) {
-        if (*pfi < a->npf) _mm_prefetch(a->pf[(*pfi)++], _MM_HINT_T0); /* one per channel step */
         const __m512 xv = _mm512_load_ps(x + c * 16);
         for (int rr = 0; rr < NR; ++rr) {
             const float *kc = p[rr] + c * ld;
@@ -126,11 +128,12 @@ static void bwd_query_avx512(const bwdq_args *a) {
     }
 }
 
-/* out channels [c0, c0+NC) of a key tile: sum over terms of w * rows. */
+/* out channels [c0, c0+NC) of a key tile: sum over terms of w * rows.
+ * Named accumulators: with an array GCC kept them in memory (one load and
+ * store per FMA). */
 AI void key_chunk(const bwdk_args *a, const float *w, const float *const *rows, int64_t c0, const int NC,
                   float *out, __m512 mul, const float *pf) {
-    __m512 acc[NC];
-    for (int t = 0; t < NC; ++t) acc[t] = _mm512_setzero_ps();
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     const int64_t ld = a->ld;
     __m512 wv = _mm512_setzero_ps();
     __mmask16 m = 0;
@@ -152,21 +155,31 @@ AI void key_chunk(const bwdk_args *a, const float *w, const float *const *rows, 
         const __mmask16 mj = (__mmask16)a->mask[j];
         wv = m ? _mm512_mask_loadu_ps(wv, mj, w + a->poff[j]) : _mm512_maskz_loadu_ps(mj, w + a->poff[j]);
         m |= mj;
-        if (a->more[j]) continue;
-        const float *r = rows[j] + c0 * ld;
-        if (m == 0xffff) {
-            for (int t = 0; t < NC; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(r + t * ld), acc[t]);
-        } else { /* masked lanes' addresses may lie outside the row */
-            for (int t = 0; t < NC; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, r + t * ld), acc[t]);
+        if (!a->more[j]) { /* masked lanes' addresses may lie outside the row */
+            const float *r = rows[j] + c0 * ld;
+#define KEY_FMA(T, A) \
+    if (NC > T) A = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, r + T * ld), A)
+            KEY_FMA(0, a0);
+            KEY_FMA(1, a1);
+            KEY_FMA(2, a2);
+            KEY_FMA(3, a3);
+            KEY_FMA(4, a4);
+            KEY_FMA(5, a5);
+            KEY_FMA(6, a6);
+            KEY_FMA(7, a7);
+#undef KEY_FMA
+            m = 0;
         }
-        m = 0;
     }
+    const __m512 acc[8] = {a0, a1, a2, a3, a4, a5, a6, a7};
     for (int t = 0; t < NC; ++t) _mm512_store_ps(out + (c0 + t) * 16, _mm512_mul_ps(acc[t], mul));
 }
 
 #define KEY_NC(NC) \
     case NC: key_chunk(a, w, rows, c0, NC, out, mul, c0 == 0 ? pf : NULL); break
 
+/* 8 channels per pass: with 16, GCC kept the accumulators in memory and
+ * the 16 row addresses in vector registers (spills in the inner loop). */
 static void key_side(const bwdk_args *a, const float *w, const float *const *rows, int64_t C, float *out,
                      __m512 mul, const float *pf) {
     if (C > 0)
@@ -174,8 +187,8 @@ static void key_side(const bwdk_args *a, const float *w, const float *const *row
             _mm_prefetch((const char *)(w + a->poff[j]), _MM_HINT_T0);
             _mm_prefetch((const char *)(w + a->poff[j] + 15), _MM_HINT_T0);
         }
-    for (int64_t c0 = 0; c0 < C; c0 += 16) {
-        switch (C - c0 < 16 ? C - c0 : 16) {
+    for (int64_t c0 = 0; c0 < C; c0 += 8) {
+        switch (C - c0 < 8 ? C - c0 : 8) {
             KEY_NC(1);
             KEY_NC(2);
             KEY_NC(3);
@@ -184,14 +197,6 @@ static void key_side(const bwdk_args *a, const float *w, const float *const *row
             KEY_NC(6);
             KEY_NC(7);
             KEY_NC(8);
-            KEY_NC(9);
-            KEY_NC(10);
-            KEY_NC(11);
-            KEY_NC(12);
-            KEY_NC(13);
-            KEY_NC(14);
-            KEY_NC(15);
-            KEY_NC(16);
         }
     }
 }
