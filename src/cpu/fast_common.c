@@ -162,7 +162,10 @@ void store_row(void *base, int64_t off, int64_t stride, natten_dtype dt, const f
     }
     case NATTEN_DTYPE_BF16: {
         uint16_t *d = (uint16_t *)base + off;
-        for (int64_t i = 0; i < n; ++i) d[i * stride] = natten_f32_to_bf16(src[i]);
+        if (stride == 1) /* vectorizable */
+            for (int64_t i = 0; i < n; ++i) d[i] = natten_f32_to_bf16(src[i]);
+        else
+            for (int64_t i = 0; i < n; ++i) d[i * stride] = natten_f32_to_bf16(src[i]);
         return;
     }
     case NATTEN_DTYPE_F16: {

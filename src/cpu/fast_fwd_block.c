@@ -32,6 +32,10 @@
 
 #define BLK_TASKS_PER_THREAD 8 /* tasks to balance; fewer lines per task re-pack more rows */
 #define BLK_SEGQ 256   /* last-axis (group-major) positions per task */
+#define BLK_SEGQ_1D 128 /* rank 1: tasks of 128 positions, each packing only the keys
+                         * its segment reads: 1-D L1024 K7 H4 on 2 threads packed every
+                         * head's whole row once per thread that touched it (~220 vs
+                         * ~330 us forward); 64 and 256 measured within noise */
 #define NATTEN_BLK_MAX_BYTES ((size_t)64 << 20)
 
 typedef struct blk_ctx {
@@ -40,6 +44,7 @@ typedef struct blk_ctx {
     const natten_tensor *q, *k, *v;
     natten_tensor *out, *lse;
     int64_t XP, vld, NS, S0, S1, nR, nchunk, clines, nseg;
+    int64_t segq;        /* group-major positions per task segment (BLK_SEGQ, BLK_SEGQ_1D) */
     int64_t slot_floats; /* pitch of one packed row (keys then values) */
     int stream;          /* output rows may take non-temporal stores (see blk_args) */
     int64_t *goff;    /* dilation groups of the last axis (full extent), d+1 entries */
@@ -56,10 +61,14 @@ typedef struct blk_scratch {
     natten_window *wl;
     float *qt, *sbuf, *orow, *lse, *cvt, *pack;
     float **optr;
+    uint16_t **o16;     /* bf16 output rows (kernels with bf16_out) */
     int64_t *lrpb;      /* rpb: table offset of each leading row's part */
     float *bias;        /* rpb: [nrow*K][lanes] of a tile */
     int64_t *pfk, *pfv; /* the next line's rows to pack: source offsets (position 0) */
     int64_t npf, pfq;   /* their count; the next line's query offset (position 0), or -1 */
+    int64_t *kra;       /* per dilation group: local key range [kra[2rr], kra[2rr+1]) the
+                         * current segment's queries read (what pack_row packs) */
+    int64_t seg;        /* the current segment (part of the pack tags) */
     const char **pfa;   /* a tile's share of those, as cache-line addresses */
     int64_t npfa;
 } blk_scratch;
@@ -86,11 +95,13 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
     CARVE(vmask, uint32_t, Kl);
     CARVE(wl, natten_window, LN);
     CARVE(optr, float *, LN);
+    CARVE(o16, uint16_t *, LN);
     CARVE(pfa, const char *, BLK_PF_MAX);
     CARVE(lrpb, int64_t, nrow);
     CARVE(bias, float, nrow * Kl * LN);
     CARVE(pfk, int64_t, nrow);
     CARVE(pfv, int64_t, nrow);
+    CARVE(kra, int64_t, 2 * g->dil[g->rank - 1]);
     CARVE(qt, float, g->D * LN);
     CARVE(sbuf, float, nrow * Kl * LN);
     CARVE(orow, float, LN * g->Dv);
@@ -102,8 +113,13 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
 }
 
 /* n channels of one row (element offset off, channel stride cs) as f32. */
-static void row_f32(const common *c, const natten_tensor *t, int64_t off, int64_t cs, int64_t n, float *dst) {
+static void row_f32(const blk_ctx *x, const natten_tensor *t, int64_t off, int64_t cs, int64_t n, float *dst) {
+    const common *c = x->c;
     const natten_dtype dt = c->p->dtype;
+    if (dt == NATTEN_DTYPE_BF16 && cs == 1 && x->bk->widen_bf16) {
+        x->bk->widen_bf16((const uint16_t *)t->data + off, 0, 1, n, dst);
+        return;
+    }
     if (dt == NATTEN_DTYPE_F32) {
         const float *s = (const float *)t->data + off;
         if (cs == 1) memcpy(dst, s, (size_t)n * sizeof(float));
@@ -113,7 +129,10 @@ static void row_f32(const common *c, const natten_tensor *t, int64_t off, int64_
         c->kern->f16_to_f32((const uint16_t *)t->data + off, dst, n);
     } else if (dt == NATTEN_DTYPE_BF16) {
         const uint16_t *s = (const uint16_t *)t->data + off;
-        for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(s[i * cs]);
+        if (cs == 1) /* a unit stride: the compiler vectorizes the shift (levels without widen_bf16) */
+            for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(s[i]);
+        else
+            for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(s[i * cs]);
     } else {
         for (int64_t i = 0; i < n; ++i) dst[i] = (float)natten_load(t->data, off + i * cs, dt);
     }
@@ -141,28 +160,41 @@ static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, 
     prefetch_rows_to(c, t, off, rs, n, C, NULL, NULL);
 }
 
-/* nr rows (offsets off0 + i*rs) of C channels, lane-major into dst[c*ld + i]. */
-static void rows_lane_major(const common *c, const natten_tensor *t, int64_t off0, int64_t rs, int64_t nr,
+/* nr rows (offsets off0 + i*rs) of C channels, lane-major into dst[c*ld + i].
+ * Blocks of 16 rows end at 64-byte boundaries of dst (ld is a multiple of 16
+ * wherever dst is aligned): a key pack starts 16 + K/2 positions in, and
+ * split-line stores made its transposes 40% slower (0.85 vs 0.61 cycles a float). */
+static void rows_lane_major(const blk_ctx *x, const natten_tensor *t, int64_t off0, int64_t rs, int64_t nr,
                             int64_t C, float *cvt, float *dst, int64_t ld) {
+    const common *c = x->c;
     const int r = c->g.rank;
     const int64_t cs = t->stride[r + 2];
-    for (int64_t i0 = 0; i0 < nr; i0 += 16) {
-        const int64_t nb = nr - i0 < 16 ? nr - i0 : 16;
+    const int64_t mis = (int64_t)(((uintptr_t)dst / sizeof(float)) % 16);
+    for (int64_t i0 = 0, nb; i0 < nr; i0 += nb) {
+        nb = i0 == 0 && mis ? 16 - mis : 16;
+        if (nb > nr - i0) nb = nr - i0;
         /* the caller's rows are strided (H*C apart): fetch the next block early */
-        if (i0 + 16 < nr) prefetch_rows(c, t, off0 + (i0 + 16) * rs, rs, nr - i0 - 16 < 16 ? nr - i0 - 16 : 16, C);
+        if (i0 + nb < nr) prefetch_rows(c, t, off0 + (i0 + nb) * rs, rs, nr - i0 - nb < 16 ? nr - i0 - nb : 16, C);
         if (c->p->dtype == NATTEN_DTYPE_F32 && cs == 1) {
             c->kern->transpose((const float *)t->data + off0 + i0 * rs, rs, dst + i0, ld, nb, C);
             continue;
         }
-        for (int64_t i = 0; i < nb; ++i) row_f32(c, t, off0 + (i0 + i) * rs, cs, C, cvt + i * C);
+        if (c->p->dtype == NATTEN_DTYPE_BF16 && cs == 1 && x->bk->widen_bf16)
+            x->bk->widen_bf16((const uint16_t *)t->data + off0 + i0 * rs, rs, nb, C, cvt);
+        else
+            for (int64_t i = 0; i < nb; ++i) row_f32(x, t, off0 + (i0 + i) * rs, cs, C, cvt + i * C);
         c->kern->transpose(cvt, C, dst + i0, ld, nb, C);
     }
 }
 
 /* Pack key and value row (b, hk, leading position lead[]) of sample extent e
- * into slot memory.  Pads were zeroed once per call (masked and idle lanes
- * read them, and 0 * x must stay 0); positions past a varlen sample are
- * zeroed here. */
+ * into slot memory: of each dilation group rr the local positions
+ * [s->kra[2rr], s->kra[2rr+1]) that the current segment's windows read
+ * (every slot of them, masked ones too: a masked weight is 0, and 0 * x must
+ * stay 0, so they must hold finite data).  Pads were zeroed once per call
+ * (masked slots before a causal start, idle lanes); other positions of the
+ * slot may hold another segment's rows, which only idle lanes (zero queries,
+ * results dropped) read. */
 static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int64_t hk, const int64_t lead[2],
                      const int64_t e[3]) {
     const common *c = x->c;
@@ -180,9 +212,12 @@ static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int
     const int vdirect = c->p->dtype == NATTEN_DTYPE_F32 && vcs == 1;
     for (int64_t rr = 0; rr < d; ++rr) {
         const int64_t u0 = x->gpos[rr], nfull = x->goff[rr + 1] - x->goff[rr];
-        const int64_t n = rr < e[r - 1] ? (e[r - 1] - rr - 1) / d + 1 : 0;
-        if (n > 0) rows_lane_major(c, x->k, kb + rr * ksx, d * ksx, n, g->D, s->cvt, kp + u0, XP);
-        for (int64_t p = 0; p < n; ++p) {
+        const int64_t ne = rr < e[r - 1] ? (e[r - 1] - rr - 1) / d + 1 : 0;
+        const int64_t pa = s->kra[2 * rr], pb = s->kra[2 * rr + 1];
+        const int64_t n = ne < pb ? ne : pb; /* positions [pa, n) are in the sample */
+        if (n > pa)
+            rows_lane_major(x, x->k, kb + (rr + d * pa) * ksx, d * ksx, n - pa, g->D, s->cvt, kp + u0 + pa, XP);
+        for (int64_t p = pa; p < n; ++p) {
             float *dst = vp + (u0 + p) * vld;
             if (p % 8 == 0 && p + 8 < n)
                 prefetch_rows(c, x->v, vb + (rr + d * (p + 8)) * vsx, d * vsx, n - p - 8 < 8 ? n - p - 8 : 8, Dv);
@@ -190,13 +225,14 @@ static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int
                 const float *src = (const float *)x->v->data + vb + (rr + d * p) * vsx;
                 for (int64_t ch = 0; ch < Dv; ++ch) dst[ch] = src[ch];
             } else {
-                row_f32(c, x->v, vb + (rr + d * p) * vsx, vcs, Dv, dst);
+                row_f32(x, x->v, vb + (rr + d * p) * vsx, vcs, Dv, dst);
             }
         }
-        if (nfull > n) { /* varlen */
+        const int64_t z0 = n > pa ? n : pa, z1 = nfull < pb ? nfull : pb;
+        if (z1 > z0) { /* varlen: positions past the sample */
             for (int64_t ch = 0; ch < g->D; ++ch)
-                for (int64_t p = n; p < nfull; ++p) kp[ch * XP + u0 + p] = 0.f;
-            memset(vp + (u0 + n) * vld, 0, (size_t)((nfull - n) * vld) * sizeof(float));
+                for (int64_t p = z0; p < z1; ++p) kp[ch * XP + u0 + p] = 0.f;
+            memset(vp + (u0 + z0) * vld, 0, (size_t)((z1 - z0) * vld) * sizeof(float));
         }
     }
 }
@@ -242,7 +278,7 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
                 slot = (lead[0] % x->S0) * x->S1 + lead[1] % x->S1;
                 R = lead[0] * g->L[1] + lead[1];
             }
-            const int64_t tag = (b * g->Hkv + hk) * x->nR + R;
+            const int64_t tag = ((b * g->Hkv + hk) * x->nR + R) * x->nseg + s->seg;
             float *kp = s->pack + (size_t)slot * slot_floats;
             if (!pack) {
                 if (s->tags[slot] != tag) {
@@ -317,11 +353,13 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     for (int a = 0; a < r; ++a) pos[a] = o[a] * g->os[a];
     const int64_t qoff = row_off(x->q->stride, r, b, pos, h);
     if (nl < LN) memset(s->qt, 0, (size_t)(g->D * LN) * sizeof(float));
-    rows_lane_major(c, x->q, qoff, d * x->q->stride[r], nl, g->D, s->cvt, s->qt, LN);
+    rows_lane_major(x, x->q, qoff, d * x->q->stride[r], nl, g->D, s->cvt, s->qt, LN);
     const int direct = c->p->dtype == NATTEN_DTYPE_F32 && x->out->stride[r + 2] == 1;
     const int64_t ooff = row_off(x->out->stride, r, b, o, h), ostep = d * x->out->stride[r];
     for (int64_t l = 0; l < nl; ++l)
         s->optr[l] = direct ? (float *)x->out->data + ooff + l * ostep : s->orow + l * g->Dv;
+    const int bf16_direct = x->bk->bf16_out && c->p->dtype == NATTEN_DTYPE_BF16 && x->out->stride[r + 2] == 1;
+    for (int64_t l = 0; bf16_direct && l < nl; ++l) s->o16[l] = (uint16_t *)x->out->data + ooff + l * ostep;
     /* the longest run of lanes whose offsets step by one (a clamped border's
      * complement, say): the kernel shares value loads across it */
     int32_t rlo = 0, rhi = 0;
@@ -345,13 +383,14 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     }
     blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform, rlo, rhi, rsh,
                   allvalid ? NULL : s->vmask, c->rpb ? s->bias : NULL, g->scale, s->sbuf, s->optr,
-                  direct && x->stream && ((uintptr_t)s->optr[0] & 63) == 0, s->lse, s->pfa, s->npfa};
+                  direct && x->stream && ((uintptr_t)s->optr[0] & 63) == 0, s->lse, s->pfa, s->npfa,
+                  bf16_direct ? s->o16 : NULL};
     x->bk->fwd(&a);
     for (int64_t i = 0; i < nrow; ++i) {
         s->kr[i] -= shift;
         s->vr[i] -= shift * x->vld;
     }
-    if (!direct)
+    if (!direct && !bf16_direct)
         for (int64_t l = 0; l < nl; ++l)
             store_row(x->out->data, ooff + l * ostep, x->out->stride[r + 2], c->p->dtype, s->optr[l], g->Dv);
     if (x->lse) {
@@ -369,6 +408,39 @@ static void store_fence(void) {
 #endif
 }
 
+/* The key range of each dilation group that segment [u0, u1) (group-major)
+ * reads, into s->kra; one segment: whole groups, as before segments had
+ * ranges (so one-segment problems pack exactly what they did). */
+static void seg_keys(const blk_ctx *x, blk_scratch *s, int64_t seg, const int64_t u0, int64_t u1,
+                     const int64_t e[3]) {
+    const common *c = x->c;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t d = g->dil[r - 1], K = g->K[r - 1];
+    s->seg = seg;
+    for (int64_t rr = 0; rr < d; ++rr) {
+        const int64_t nfull = x->goff[rr + 1] - x->goff[rr];
+        if (x->nseg == 1) {
+            s->kra[2 * rr] = 0;
+            s->kra[2 * rr + 1] = nfull;
+            continue;
+        }
+        const int64_t ne = rr < e[r - 1] ? (e[r - 1] - rr - 1) / d + 1 : 0;
+        const int64_t ga = x->goff[rr] > u0 ? x->goff[rr] : u0, gb = x->goff[rr + 1] < u1 ? x->goff[rr + 1] : u1;
+        const int64_t pa = ga - x->goff[rr], pb = gb - x->goff[rr] < ne ? gb - x->goff[rr] : ne;
+        int64_t lo = INT64_MAX, hi = 0;
+        for (int64_t p = pa; p < pb; ++p) {
+            const natten_window w = last_window(c, e[r - 1], rr + d * p);
+            const int64_t ls = d == 1 ? w.start : (w.start - rr) / d;
+            lo = ls < lo ? ls : lo;
+            hi = ls + K > hi ? ls + K : hi;
+        }
+        s->kra[2 * rr] = lo < 0 ? 0 : lo;
+        s->kra[2 * rr + 1] = hi > ne ? ne : hi;
+        if (s->kra[2 * rr] >= s->kra[2 * rr + 1]) s->kra[2 * rr] = s->kra[2 * rr + 1] = 0;
+    }
+}
+
 static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const blk_ctx *x = vctx;
     const common *c = x->c;
@@ -384,7 +456,8 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
         const int64_t hk = h / g->G;
         int64_t e[3];
         sample_extent(g, b, e);
-        const int64_t u0 = seg * BLK_SEGQ, u1 = u0 + BLK_SEGQ < g->L[r - 1] ? u0 + BLK_SEGQ : g->L[r - 1];
+        const int64_t u0 = seg * x->segq, u1 = u0 + x->segq < g->L[r - 1] ? u0 + x->segq : g->L[r - 1];
+        seg_keys(x, &s, seg, u0, u1, e);
         const int64_t l1 = (chunk + 1) * x->clines < g->lines ? (chunk + 1) * x->clines : g->lines;
         for (int64_t line = chunk * x->clines; line < l1; ++line) {
             int64_t o[3] = {0, 0, 0};
@@ -531,7 +604,12 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
         x.NS = x.S0 * x.S1;
     }
     x.nR = r == 1 ? 1 : r == 2 ? g->L[0] : g->L[0] * g->L[1];
-    x.nseg = (L + BLK_SEGQ - 1) / BLK_SEGQ;
+    x.segq = r == 1 ? BLK_SEGQ_1D : BLK_SEGQ;
+    { /* NATTEN_CPU_FWD_SEGQ: segment length (tests: several segments on small problems) */
+        const char *env = getenv("NATTEN_CPU_FWD_SEGQ");
+        if (env && atoll(env) > 0) x.segq = atoll(env);
+    }
+    x.nseg = (L + x.segq - 1) / x.segq;
     /* as few chunks of lines as balance allows: a chunk re-packs the rows its
      * first lines' windows reach back to (16-line chunks with K=7 read every
      * key and value row 1.4 times from memory).  Tiles do not depend on the

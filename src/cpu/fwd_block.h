@@ -41,6 +41,8 @@ typedef struct blk_args {
     float *lse;               /* [lanes] */
     const char *const *pf;    /* npf cache lines the caller needs soon: a tile spreads their */
     int64_t npf;              /* prefetches over its arithmetic (a burst would stall on the fill buffers) */
+    uint16_t *const *out16;   /* or NULL: nl bf16 rows (contiguous channels) the tile rounds its outputs
+                               * into, as natten_f32_to_bf16 does (only kernels with bf16_out) */
 } blk_args;
 
 /*
@@ -80,6 +82,10 @@ typedef struct blk_kernel {
     void (*fwd)(const blk_args *a);
     int lanes; /* queries per tile */
     int span;  /* positions a lane's offset plus K may reach */
+    int bf16_out; /* takes out16 (a store_row per output row cost 20% of a bf16 1-D forward) */
+    /* or NULL: rows rows of C contiguous bf16 channels, src_ld apart, widened
+     * to f32 at dst[i*C + c] (the portable loop took ~15% of a bf16 1-D forward) */
+    void (*widen_bf16)(const uint16_t *src, int64_t src_ld, int64_t rows, int64_t C, float *dst);
 } blk_kernel;
 
 extern const blk_kernel natten_blk_scalar;

@@ -30,6 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/dtype.h"
 #include "support.h"
 
 static int n_ref_compared = 0;
@@ -351,6 +352,11 @@ static const cfg configs[] = {
     {"blk 3d causal bf16", 3, 1, 2, 2, 32, 32, {4, 5, 20}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 1, 1}, 0, 0, 0, BF16, T_PADDED},
     {"blk 3d gna dil f16", 3, 1, 2, 1, 16, 16, {5, 4, 33}, {3, 3, 5}, {1, 1, 2}, {2, 1, 2}, {1, 1, 1}, {0, 0, 0}, 0, 0, 0, F16, T_PERMUTED},
     {"blk 3d varlen f16", 3, 2, 2, 2, 8, 8, {4, 6, 19}, {3, 3, 3}, {1, 2, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 0, 1, F16, T_CONTIG},
+    /* 1-D tasks cover 64 positions and pack only their segment's keys: several
+     * segments, a segment boundary inside a tile, causal, dilation, varlen, bf16 */
+    {"blk 1d L150 segments GQA", 1, 1, 4, 2, 32, 32, {150}, {7}, {1}, {1}, {1}, {0}, 0, 0, 0, F32, T_CONTIG},
+    {"blk 1d L131 causal dil 2", 1, 2, 2, 2, 16, 16, {131}, {5}, {2}, {1}, {1}, {1}, 0, 0, 0, F32, T_PADDED},
+    {"blk 1d L140 varlen bf16", 1, 3, 2, 2, 16, 16, {140}, {9}, {1}, {1}, {1}, {0}, 0, 0, 1, BF16, T_CONTIG},
     {"3d f16 permuted", 3, 1, 2, 2, 16, 16, {4, 5, 6}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 0, 0, F16, T_PERMUTED},
     /* blocked backward (no rpb, extra KV, varlen, out strides or last-axis dilation): 64-position
      * task segments (packed ranges), 16-key blocks whose border keys add terms of other shifts,
@@ -412,12 +418,77 @@ static void check_stream_stores(void) {
     free(lsebuf);
 }
 
+/* A bf16 forward rounds, bit for bit, what the f32 forward computes from the
+ * same (widened) inputs: the blocked kernels widen bf16 rows and round their
+ * outputs themselves (AVX-512), so this pins both conversions to
+ * natten_bf16_to_f32 / natten_f32_to_bf16 exactly (a tolerance would not see a
+ * wrong rounding).  A NaN in v makes NaN outputs (quiet-NaN rounding). */
+static void check_bf16_rounding(void) {
+    natten_problem p;
+    natten_problem_init(&p, 1);
+    p.batch = 1;
+    p.heads = p.kv_heads = 2;
+    p.head_dim = p.head_dim_v = 40; /* a 16-channel tail */
+    p.extent[0] = 83;
+    p.kernel[0] = 7;
+    p.impl = NATTEN_IMPL_FAST;
+    const int64_t n = 83 * 2 * 40, nl = 83 * 2;
+    uint16_t *h[4];
+    float *f[4], *lse[2];
+    for (int i = 0; i < 4; ++i) {
+        h[i] = malloc((size_t)n * sizeof(uint16_t));
+        f[i] = malloc((size_t)n * sizeof(float));
+    }
+    lse[0] = malloc((size_t)nl * sizeof(float));
+    lse[1] = malloc((size_t)nl * sizeof(float));
+    t_rng rng;
+    t_rng_seed(&rng, 77);
+    for (int i = 0; i < 3; ++i)
+        for (int64_t e = 0; e < n; ++e) {
+            h[i][e] = natten_f32_to_bf16((float)t_rng_uniform(&rng, -2.0, 2.0));
+            f[i][e] = natten_bf16_to_f32(h[i][e]);
+        }
+    h[2][5 * 80 + 3] = 0x7fc1; /* NaN in v at position 5, head 0 */
+    f[2][5 * 80 + 3] = natten_bf16_to_f32(0x7fc1);
+    const natten_cpu_isa isa0 = natten_cpu_isa_get();
+    for (int ii = 0; ii < T_NUM_CPU_ISAS; ++ii) {
+        if (natten_cpu_isa_set(t_cpu_isas[ii]) != NATTEN_STATUS_SUCCESS) continue;
+        natten_tensor t[8];
+        for (int dt = 0; dt < 2; ++dt) {
+            p.dtype = dt ? NATTEN_DTYPE_BF16 : NATTEN_DTYPE_F32;
+            natten_tensor_contiguous(&p, NATTEN_TENSOR_Q, dt ? (void *)h[0] : (void *)f[0], &t[0]);
+            natten_tensor_contiguous(&p, NATTEN_TENSOR_K, dt ? (void *)h[1] : (void *)f[1], &t[1]);
+            natten_tensor_contiguous(&p, NATTEN_TENSOR_V, dt ? (void *)h[2] : (void *)f[2], &t[2]);
+            natten_tensor_contiguous(&p, NATTEN_TENSOR_OUT, dt ? (void *)h[3] : (void *)f[3], &t[3]);
+            natten_tensor_contiguous(&p, NATTEN_TENSOR_LSE, lse[dt], &t[4]);
+            const natten_status st = natten_na_forward(&p, &t[0], &t[1], &t[2], NULL, NULL, NULL, &t[3], &t[4]);
+            t_check(st == NATTEN_STATUS_SUCCESS, "bf16 rounding [%s]: forward: %s",
+                    natten_cpu_isa_name(t_cpu_isas[ii]), natten_status_string(st));
+        }
+        int bad = 0, nan = 0;
+        for (int64_t e = 0; e < n; ++e) {
+            bad += h[3][e] != natten_f32_to_bf16(f[3][e]);
+            nan += f[3][e] != f[3][e];
+        }
+        t_check(bad == 0 && nan > 0, "bf16 rounding [%s]: %d of %lld outputs differ from the rounded f32 forward "
+                "(%d NaN outputs)", natten_cpu_isa_name(t_cpu_isas[ii]), bad, (long long)n, nan);
+        t_check(memcmp(lse[0], lse[1], (size_t)nl * sizeof(float)) == 0, "bf16 rounding [%s]: lse differs",
+                natten_cpu_isa_name(t_cpu_isas[ii]));
+    }
+    natten_cpu_isa_set(isa0);
+    for (int i = 0; i < 4; ++i) {
+        free(h[i]);
+        free(f[i]);
+    }
+    free(lse[0]);
+    free(lse[1]);
+}
+
 /* Forward strategies this executable runs (modes below); test_fast_cpu_tiles.c
- * includes this file for the last one alone, so each executable stays inside
+ * includes this file for the tiles (2) alone, so each executable stays inside
  * ctest's time limit under the sanitizers. */
-#ifndef FAST_CPU_MODE_FIRST
-#define FAST_CPU_MODE_FIRST 0
-#define FAST_CPU_MODE_END 2
+#ifndef FAST_CPU_MODE_LIST
+#define FAST_CPU_MODE_LIST 0, 1, 3
 #define FAST_CPU_EXTRAS 1
 #endif
 
@@ -430,18 +501,28 @@ int main(void) {
     /* the blocked forward's non-temporal output stores start at 32 MiB; the first mode
      * takes them for every aligned f32 output (the T_CONTIG ones with Dv % 16 == 0) */
     /* the backward: the blocked one (default, its P / dS non-temporal stores forced on) with the
-     * first mode, the generic lists and key tiles (NATTEN_CPU_BWD_BLOCK=0) with the last */
-    static const char *const modes[3][4] = {{"0", "1", "0", "1"}, {"0", "0", "0", "1"}, {"1", "1", "0", "0"}};
-    for (int m = FAST_CPU_MODE_FIRST; m < FAST_CPU_MODE_END; ++m) {
+     * first mode, the generic lists and key tiles (NATTEN_CPU_BWD_BLOCK=0) with the last.
+     * Mode 3: the blocked forward with 5-position task segments (NATTEN_CPU_FWD_SEGQ),
+     * so every configuration, of every rank, packs per-segment key ranges whose
+     * boundaries cut tiles and dilation groups (forward checks only) */
+    static const char *const modes[4][5] = {{"0", "1", "0", "1", ""},
+                                            {"0", "0", "0", "1", ""},
+                                            {"1", "1", "0", "0", ""},
+                                            {"0", "1", "0", "1", "5"}};
+    static const int mode_list[] = {FAST_CPU_MODE_LIST};
+    for (size_t mi = 0; mi < sizeof mode_list / sizeof mode_list[0]; ++mi) {
+        const int m = mode_list[mi];
         setenv("NATTEN_CPU_TILES", modes[m][0], 1);
         setenv("NATTEN_CPU_FWD_BLOCK", modes[m][1], 1);
         setenv("NATTEN_CPU_FWD_STREAM_BYTES", modes[m][2], 1);
         setenv("NATTEN_CPU_BWD_STREAM_BYTES", modes[m][2], 1);
         setenv("NATTEN_CPU_BWD_BLOCK", modes[m][3], 1);
-        fwd_only = m == 1;
+        if (modes[m][4][0]) setenv("NATTEN_CPU_FWD_SEGQ", modes[m][4], 1);
+        else unsetenv("NATTEN_CPU_FWD_SEGQ");
+        fwd_only = m == 1 || m == 3;
         printf("test_fast_cpu: NATTEN_CPU_TILES=%s NATTEN_CPU_FWD_BLOCK=%s NATTEN_CPU_FWD_STREAM_BYTES=%s "
-               "NATTEN_CPU_BWD_BLOCK=%s\n",
-               modes[m][0], modes[m][1], modes[m][2], modes[m][3]);
+               "NATTEN_CPU_BWD_BLOCK=%s NATTEN_CPU_FWD_SEGQ=%s\n",
+               modes[m][0], modes[m][1], modes[m][2], modes[m][3], modes[m][4]);
         for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i) check_config(&configs[i], 1000 + i);
     }
     unsetenv("NATTEN_CPU_TILES");
@@ -449,9 +530,11 @@ int main(void) {
     unsetenv("NATTEN_CPU_FWD_STREAM_BYTES");
     unsetenv("NATTEN_CPU_BWD_STREAM_BYTES");
     unsetenv("NATTEN_CPU_BWD_BLOCK");
+    unsetenv("NATTEN_CPU_FWD_SEGQ");
     fwd_only = 0;
     if (!FAST_CPU_EXTRAS) return t_summary("test_fast_cpu (tiles)");
     check_stream_stores();
+    check_bf16_rounding();
 
     /* API of the runtime */
     t_check(natten_num_threads_set(0) == NATTEN_STATUS_INVALID_ARGUMENT, "num_threads_set(0) must fail");

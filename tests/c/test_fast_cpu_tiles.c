@@ -4,7 +4,6 @@
  * executable so that each stays inside ctest's time limit under the
  * sanitizers.
  */
-#define FAST_CPU_MODE_FIRST 2
-#define FAST_CPU_MODE_END 3
+#define FAST_CPU_MODE_LIST 2
 #define FAST_CPU_EXTRAS 0
 #include "test_fast_cpu.c"

@@ -19,6 +19,24 @@
 
 #define AI static inline __attribute__((always_inline))
 
+/* Output channels [c, c + 16) (mask m) of lane l: f32, streamed or not, or
+ * rounded to bf16 exactly as natten_f32_to_bf16 (quiet NaNs, else RNE). */
+AI void store_out(const blk_args *a, int64_t l, int64_t c, __mmask16 m, __m512 o) {
+    if (a->out16) {
+        const __m512i u = _mm512_castps_si512(o);
+        const __mmask16 nan =
+            _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        __m512i h = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+        h = _mm512_mask_mov_epi32(h, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+        _mm256_mask_storeu_epi16(a->out16[l] + c, m, _mm512_cvtepi32_epi16(h));
+    } else if (a->stream) {
+        _mm512_stream_ps(a->out[l] + c, o); /* no read-for-ownership of the line */
+    } else {
+        _mm512_mask_storeu_ps(a->out[l] + c, m, o);
+    }
+}
+
 /* Positions [k, k+16) of the 32 in lo:hi (k a compile-time constant after inlining). */
 AI __m512 alignr(__m512 hi, __m512 lo, const int k) {
     switch (k) {
@@ -136,8 +154,7 @@ AI void av_pair(const blk_args *a, int64_t l, int64_t l1, const int TWO, int64_t
             const __m512 o = u == 0 ? _mm512_add_ps(A0[v], B0[v]) : _mm512_add_ps(A1[v], B1[v]);
             const int64_t rem = a->Dv - c0 - 16 * v;
             const __mmask16 m = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
-            if (a->stream) _mm512_stream_ps(a->out[lu] + c0 + 16 * v, _mm512_mul_ps(o, sc));
-            else _mm512_mask_storeu_ps(a->out[lu] + c0 + 16 * v, m, _mm512_mul_ps(o, sc));
+            store_out(a, lu, c0 + 16 * v, m, _mm512_mul_ps(o, sc));
         }
     }
 }
@@ -172,8 +189,7 @@ AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv)
     for (int l = 0; l < 16; ++l)
         if (l >= lo && l < hi) {
             const __m512 o = _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l]));
-            if (a->stream) _mm512_stream_ps(a->out[l] + c0, o); /* no read-for-ownership of the line */
-            else _mm512_mask_storeu_ps(a->out[l] + c0, mk, o);
+            store_out(a, l, c0, mk, o);
         }
 }
 
@@ -187,6 +203,16 @@ AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv)
         if (two) av_pair(a, rest[j], rest[j + 1], 1, c0, NVC, inv); \
         else av_pair(a, rest[j], rest[j], 0, c0, NVC, inv);         \
         break
+
+/* bf16 -> f32 is a 16-bit shift (exact). */
+static void widen_bf16_avx512(const uint16_t *src, int64_t src_ld, int64_t rows, int64_t C, float *dst) {
+    for (int64_t i = 0; i < rows; ++i)
+        for (int64_t c = 0; c < C; c += 16) {
+            const __mmask16 m = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
+            const __m256i h = _mm256_maskz_loadu_epi16(m, src + i * src_ld + c);
+            _mm512_mask_storeu_ps(dst + i * C + c, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        }
+}
 
 static void blk_fwd_avx512(const blk_args *a) {
     const int64_t K = a->K, n = a->nrow * K;
@@ -261,4 +287,4 @@ static void blk_fwd_avx512(const blk_args *a) {
     }
 }
 
-const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32};
+const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32, 1, widen_bf16_avx512};
