@@ -528,6 +528,26 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
     if (x->stream) store_fence();
 }
 
+/* Zero the positions of a pack slot that no row is packed into (the front
+ * pad, the pads after each dilation group) and the value rows' channels past
+ * Dv: masked slots and idle lanes read them (see pack_row).  Zeroing the whole
+ * slot instead was a serial ~170 KiB memset per call for 1-D L256 on two
+ * threads (~550 KiB at L1024), 5-10% of those forwards. */
+static void zero_pads(const blk_ctx *x, float *kp) {
+    const geom *g = &x->c->g;
+    const int64_t d = g->dil[g->rank - 1], XP = x->XP, vld = x->vld;
+    float *vp = kp + g->D * XP;
+    for (int64_t rr = -1; rr < d; ++rr) {
+        const int64_t a = rr < 0 ? 0 : x->gpos[rr] + (x->goff[rr + 1] - x->goff[rr]);
+        const int64_t b = rr + 1 < d ? x->gpos[rr + 1] : XP;
+        if (b <= a) continue;
+        for (int64_t ch = 0; ch < g->D; ++ch) memset(kp + ch * XP + a, 0, (size_t)(b - a) * sizeof(float));
+        memset(vp + a * vld, 0, (size_t)((b - a) * vld) * sizeof(float));
+    }
+    if (vld > g->Dv)
+        for (int64_t u = 0; u < XP; ++u) memset(vp + u * vld + g->Dv, 0, (size_t)(vld - g->Dv) * sizeof(float));
+}
+
 /* The blocked kernel for the active ISA, or NULL. */
 static const blk_kernel *blk_kernel_of(const natten_cpu_kernels *kern) {
     switch (kern->isa) {
@@ -570,17 +590,21 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
     /* Pack positions: a front pad so that an interior tile (16 lanes from a
      * multiple of 16, window shift -K/2, or -(K-1) causal) starts on a
      * 64-byte boundary: its two key vectors are then aligned loads.  The pad
-     * (>= 16 >= K-1) also holds causal prefixes' masked positions.  Groups
-     * are padded to multiples of 16 unless that costs over half the extent. */
+     * (>= 16 >= K-1) also holds causal prefixes' masked positions, and so do
+     * gaps of K-1 after each group when causal (else a later group's masked
+     * slots read the end of the group before it, which a segment may not
+     * have packed: zero_pads zeroes pads only).  Groups are padded to
+     * multiples of 16 unless that costs over half the extent. */
     const int64_t Kl = g->K[r - 1], sh = g->causal[r - 1] ? Kl - 1 : Kl / 2;
-    const int64_t FP = 16 + sh % 16;
+    const int64_t FP = 16 + sh % 16, gap = g->causal[r - 1] ? Kl - 1 : 0;
     int64_t padded = 0;
-    for (int64_t rr = 0; rr < d; ++rr) padded += (x.goff[rr + 1] - x.goff[rr] + 15) / 16 * 16;
+    for (int64_t rr = 0; rr < d; ++rr) padded += (x.goff[rr + 1] - x.goff[rr] + gap + 15) / 16 * 16;
     const int pad_groups = padded <= L + L / 2;
     int64_t pos = FP;
     for (int64_t rr = 0; rr < d; ++rr) {
         x.gpos[rr] = pos;
-        pos += pad_groups ? (x.goff[rr + 1] - x.goff[rr] + 15) / 16 * 16 : x.goff[rr + 1] - x.goff[rr];
+        const int64_t n = x.goff[rr + 1] - x.goff[rr] + gap;
+        pos += pad_groups ? (n + 15) / 16 * 16 : n;
     }
     x.XP = (pos + bk->span + 15) / 16 * 16;
     /* L1 sets (64 B lines, 4 KiB per way): an odd number of lines per channel
@@ -647,8 +671,10 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
         for (int t = 0; t < nt; ++t) {
             blk_scratch s;
             blk_layout(&x, x.scratch + (size_t)t * x.per_thread, &s);
-            for (int64_t i = 0; i < x.NS; ++i) s.tags[i] = -1;
-            memset(s.pack, 0, (size_t)(x.NS * x.slot_floats) * sizeof(float));
+            for (int64_t i = 0; i < x.NS; ++i) {
+                s.tags[i] = -1;
+                zero_pads(&x, s.pack + (size_t)i * (size_t)x.slot_floats);
+            }
         }
         natten_parallel_for(nt, g->B * g->H * x.nchunk * x.nseg, 1, blk_task, &x);
         st = NATTEN_STATUS_SUCCESS;

@@ -484,6 +484,82 @@ static void check_bf16_rounding(void) {
     free(lse[1]);
 }
 
+/* The blocked forward's pack slots are reused across calls, and a task packs
+ * only the keys its segment reads; nothing else of a slot may reach a valid
+ * output.  A forward on all-NaN inputs leaves NaN in every packed position,
+ * then a finite forward of the same shape must still match the reference:
+ * causal windows over dilation groups (masked slots read the zero gaps
+ * between groups), several segments, 1 and 3 threads. */
+static void check_stale_packs(void) {
+    static const struct {
+        int rank;
+        int64_t B, H, Hkv, D, L[2], K[2], dil[2];
+        int causal[2];
+    } cs[] = {
+        {1, 2, 2, 1, 8, {53}, {5}, {3}, {1}},
+        {1, 1, 2, 2, 16, {150}, {7}, {1}, {1}},
+        {1, 1, 2, 2, 16, {64}, {5}, {4}, {1}}, /* groups of 16: no alignment pad between them */
+        {2, 1, 2, 2, 16, {5, 45}, {3, 5}, {1, 2}, {0, 1}},
+    };
+    const char *segq[2] = {"5", NULL};
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ++ci) {
+        natten_problem p;
+        natten_problem_init(&p, cs[ci].rank);
+        p.batch = cs[ci].B;
+        p.heads = cs[ci].H;
+        p.kv_heads = cs[ci].Hkv;
+        p.head_dim = p.head_dim_v = cs[ci].D;
+        for (int a = 0; a < cs[ci].rank; ++a) {
+            p.extent[a] = cs[ci].L[a];
+            p.kernel[a] = cs[ci].K[a];
+            p.dilation[a] = cs[ci].dil[a];
+            p.causal[a] = cs[ci].causal[a];
+        }
+        p.dtype = NATTEN_DTYPE_F32;
+        static const natten_tensor_kind kinds[5] = {NATTEN_TENSOR_Q, NATTEN_TENSOR_K, NATTEN_TENSOR_V,
+                                                    NATTEN_TENSOR_OUT, NATTEN_TENSOR_LSE};
+        natten_tensor t[6];
+        float *m[6];
+        int64_t n[6];
+        for (int i = 0; i < 6; ++i) {
+            int64_t shape[NATTEN_MAX_DIMS];
+            int nd;
+            natten_tensor_shape(&p, kinds[i < 5 ? i : 3], shape, &nd);
+            n[i] = 1;
+            for (int j = 0; j < nd; ++j) n[i] *= shape[j];
+            m[i] = malloc((size_t)n[i] * sizeof(float));
+            natten_tensor_contiguous(&p, kinds[i < 5 ? i : 3], m[i], &t[i]);
+        }
+        t_rng rng;
+        t_rng_seed(&rng, 900 + ci);
+        for (int s = 0; s < 2; ++s)
+            for (int th = 1; th <= 3; th += 2) {
+                if (segq[s]) setenv("NATTEN_CPU_FWD_SEGQ", segq[s], 1);
+                else unsetenv("NATTEN_CPU_FWD_SEGQ");
+                natten_num_threads_set(th);
+                p.impl = NATTEN_IMPL_FAST;
+                for (int i = 0; i < 3; ++i)
+                    for (int64_t e = 0; e < n[i]; ++e) m[i][e] = NAN;
+                natten_status st = natten_na_forward(&p, &t[0], &t[1], &t[2], NULL, NULL, NULL, &t[3], &t[4]);
+                for (int i = 0; i < 3; ++i)
+                    for (int64_t e = 0; e < n[i]; ++e) m[i][e] = (float)t_rng_uniform(&rng, -1.5, 1.5);
+                if (st == NATTEN_STATUS_SUCCESS)
+                    st = natten_na_forward(&p, &t[0], &t[1], &t[2], NULL, NULL, NULL, &t[3], &t[4]);
+                p.impl = NATTEN_IMPL_REFERENCE;
+                if (st == NATTEN_STATUS_SUCCESS)
+                    st = natten_na_forward(&p, &t[0], &t[1], &t[2], NULL, NULL, NULL, &t[5], &t[4]);
+                t_check(st == NATTEN_STATUS_SUCCESS, "stale packs %zu: %s", ci, natten_status_string(st));
+                int bad = 0;
+                for (int64_t e = 0; e < n[3]; ++e)
+                    bad += !(fabsf(m[3][e] - m[5][e]) <= 2e-5f * (1.0f + fabsf(m[5][e])));
+                t_check(bad == 0, "stale packs %zu (segq %s, %d threads): %d of %lld outputs off the reference",
+                        ci, segq[s] ? segq[s] : "default", th, bad, (long long)n[3]);
+            }
+        unsetenv("NATTEN_CPU_FWD_SEGQ");
+        for (int i = 0; i < 6; ++i) free(m[i]);
+    }
+}
+
 /* Forward strategies this executable runs (modes below); test_fast_cpu_tiles.c
  * includes this file for the tiles (2) alone, so each executable stays inside
  * ctest's time limit under the sanitizers. */
@@ -535,6 +611,7 @@ int main(void) {
     if (!FAST_CPU_EXTRAS) return t_summary("test_fast_cpu (tiles)");
     check_stream_stores();
     check_bf16_rounding();
+    check_stale_packs();
 
     /* API of the runtime */
     t_check(natten_num_threads_set(0) == NATTEN_STATUS_INVALID_ARGUMENT, "num_threads_set(0) must fail");
