@@ -24,15 +24,12 @@
 /* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC): x (lane-major, C
  * channels) against rows[i] shifted per lane by idx, into out[(i*K+k)*16]. */
 AI void dots_rows(const bwdq_args *a, const float *x, const float *const *rows, int64_t C, float *out, int64_t i0,
-                  const int NR, const int KC, int64_t k0, const __m512i *idx, int64_t *pfi) {
+                  const int NR, const int KC, int64_t k0, const __m512i *idx) {
     __m512 acc[NR * KC];
     const float *p[NR];
     for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
     for (int rr = 0; rr < NR; ++rr) p[rr] = rows[i0 + rr];
     const int64_t ld = a->ld;
-    /* up to 16 of the caller's prefetches per call, before the loop: inside
-     * it they made GCC store every accumulator each channel step */
-    for (int n = 0; n < 16 && *pfi < a->npf; ++n) _mm_prefetch(a->pf[(*pfi)++], _MM_HINT_T0);
     for (int64_t c = 0; c < C; ++c) {
         const __m512 xv = _mm512_load_ps(x + c * 16);
         for (int rr = 0; rr < NR; ++rr) {
@@ -49,15 +46,15 @@ AI void dots_rows(const bwdq_args *a, const float *x, const float *const *rows, 
 #define QK_SMALL(KC, NRM)                                                                 \
     case KC: {                                                                            \
         int64_t i = 0;                                                                    \
-        for (; i + NRM <= a->nrow; i += NRM) dots_rows(a, x, rows, C, out, i, NRM, KC, 0, idx, pfi); \
-        for (; i < a->nrow; ++i) dots_rows(a, x, rows, C, out, i, 1, KC, 0, idx, pfi);         \
+        for (; i + NRM <= a->nrow; i += NRM) dots_rows(a, x, rows, C, out, i, NRM, KC, 0, idx); \
+        for (; i < a->nrow; ++i) dots_rows(a, x, rows, C, out, i, 1, KC, 0, idx);         \
     } break
 
 #define QK_CHUNK(KC) \
-    case KC: dots_rows(a, x, rows, C, out, i, 1, KC, k0, idx, pfi); break
+    case KC: dots_rows(a, x, rows, C, out, i, 1, KC, k0, idx); break
 
 static void dots_all(const bwdq_args *a, const float *x, const float *const *rows, int64_t C, float *out,
-                     const __m512i *idx, int64_t *pfi) {
+                     const __m512i *idx) {
     BLK_QK_DISPATCH(a->K, a->nrow, 12, 6, 4, 3, 2, 2, 1, 1)
 }
 
@@ -94,13 +91,17 @@ static void bwd_query_avx512(const bwdq_args *a) {
     const __m512i off = _mm512_loadu_si512(a->off);
     for (int64_t k = 0; k < K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
     float *sb = a->sbuf, *db = a->sbuf + n * 16;
+    dots_all(a, a->qt, a->kr, a->D, sb, idx);
+    dots_all(a, a->dot, a->vr, a->Dv, db, idx);
+    /* the caller's prefetches spread over the softmax loop (inside the dot
+     * loops they made GCC keep the accumulators in memory; in one burst they
+     * stall on the fill buffers) */
+    const int64_t pfstep = (a->npf + n - 1) / n;
     int64_t pfi = 0;
-    dots_all(a, a->qt, a->kr, a->D, sb, idx, &pfi);
-    dots_all(a, a->dot, a->vr, a->Dv, db, idx, &pfi);
-    for (; pfi < a->npf; ++pfi) _mm_prefetch(a->pf[pfi], _MM_HINT_T0);
     const __m512 sc = _mm512_set1_ps(a->scale), lse = _mm512_loadu_ps(a->lse), delta = _mm512_loadu_ps(a->delta);
     const __mmask16 store = (__mmask16)((1u << a->nl) - 1u);
     for (int64_t j = 0; j < n; ++j) {
+        for (int64_t t = 0; t < pfstep && pfi < a->npf; ++t) _mm_prefetch(a->pf[pfi++], _MM_HINT_T0);
         const __mmask16 m = (__mmask16)a->vmask[j % K];
         const __m512 p = _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_load_ps(sb + j * 16), sc, lse)));
         const __m512 ds = _mm512_maskz_mov_ps(m, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_load_ps(db + j * 16), delta)));
