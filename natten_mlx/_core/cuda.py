@@ -27,6 +27,7 @@ Kernels (src/cuda):
   na_fwd_f32.cuh tiled f32 fused forward and backward dq pass (FMA units,
                  IEEE f32) for f32 with D == Dv in {32, 64}, same other limits
                  as the tensor-core path
+  na_bwd_f32.cuh tiled f32 backward dk/dv pass, same scope
 
 Importing this module never fails; on machines without MLX's CUDA backend
 ``is_available()`` is False and ``supports()`` always says no.
@@ -131,7 +132,7 @@ def supports(op: str, p: NAParams, dtype, device=None, **features) -> bool:
 # ----------------------------------------------------------------------------
 
 _HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh",
-                 "na_bwd_tc.cuh")
+                 "na_bwd_tc.cuh", "na_bwd_f32.cuh")
 # what each kind of kernel needs: MLX rebuilds the full source string (header
 # included) on every call, so a smaller header is less per-call host work
 _HEADER_SETS = {
@@ -139,6 +140,8 @@ _HEADER_SETS = {
     "fwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh"),
     "fwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh"),
     "bwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_bwd_tc.cuh"),
+    "bwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh", "na_bwd_tc.cuh",
+                "na_bwd_f32.cuh"),
 }
 
 
@@ -255,6 +258,12 @@ _SPECS = {
         ["dq", "delta"],
         "na_bwd_dq_f32_entry<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse, dout, dlse, dq, delta);",
     ),
+    # tiled f32 dk/dv pass: one CTA of 128 threads per (key box, b, kv head)
+    "bwd_dkdv_f32": (
+        ["params", "q", "k", "v", "lse", "dout", "delta"],
+        ["dk", "dv"],
+        "na_bwd_dkdv_f32_entry<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, lse, dout, delta, dk, dv);",
+    ),
     "bwd_dq_tc": (
         ["params", "q", "k", "v", "dout", "lse", "delta"],
         ["dq"],
@@ -271,7 +280,7 @@ _SPECS = {
         "na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv);",
     ),
 }
-_TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_f32", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
+_TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_f32", "bwd_dkdv_f32", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
 
 
 def _header_kind(name: str) -> str:
@@ -279,6 +288,8 @@ def _header_kind(name: str) -> str:
         return name
     if name == "bwd_dq_f32":
         return "fwd_f32"
+    if name == "bwd_dkdv_f32":
+        return "bwd_f32"
     return "bwd_tc" if name in _TC_NAMES else "simple"
 
 _kernels: Dict[tuple, object] = {}
@@ -546,9 +557,12 @@ def _f32_smem(D, n_query_tiles):
     return (64 * n_query_tiles + 4 * 64) * (D + 4) * 4 + 64 * 68 * 4 + 8 * 64
 
 
-def _bwd_dq_f32(prm, q, k, v, out, lse, dout, dlse, p):
-    """Tiled f32 dq pass: (dq, delta), or None when the launch does not fit."""
+def _bwd_f32(prm, q, k, v, out, lse, dout, dlse, p):
+    """Tiled f32 backward: (dq, dk, dv), or None when the launch does not fit.
+    The dq pass also writes delta; the dk/dv pass swaps the roles of the tile
+    shapes (key boxes of the query box' shape), as na_bwd_tc_entry does."""
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    Hkv = k.shape[-2]
     plan = _default_tiles(p, X, 64)
     if plan is None or _prod(X) * H * D >= 2**31 or B * H >= 65536:
         return None
@@ -558,9 +572,15 @@ def _bwd_dq_f32(prm, q, k, v, out, lse, dout, dlse, p):
         return None
     tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
             ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
-    return _kernel("bwd_dq_f32", _f32_smem(D, 2))(
+    dq, delta = _kernel("bwd_dq_f32", _f32_smem(D, 2))(
         inputs=[prm, q, k, v, out, lse, dout, dlse], template=tmpl, grid=(tiles * 128, B * H, 1),
         threadgroup=(128, 1, 1), output_shapes=[q.shape, lse.shape], output_dtypes=[mx.float32, mx.float32])
+    swapped = [("HD", int(D)), ("TQ0", tk[0]), ("TQ1", tk[1]), ("TQ2", tk[2]),
+               ("TK0", tq[0]), ("TK1", tq[1]), ("TK2", tq[2])]
+    dk, dv = _kernel("bwd_dkdv_f32", _f32_smem(D, 2) + 4 * 64 * 4)(
+        inputs=[prm, q, k, v, lse, dout, delta], template=swapped, grid=(tiles * 128, B * Hkv, 1),
+        threadgroup=(128, 1, 1), output_shapes=[k.shape, v.shape], output_dtypes=[mx.float32, mx.float32])
+    return dq, dk, dv
 
 
 def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
@@ -586,8 +606,8 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
         return None
     tq, tk = plan
     Hkv = k.shape[-2]
-    qt, kt = _tc_grid(X, p, tq), _tc_grid(X, p, tk)
-    if (qt + kt) * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
+    qt = _tc_grid(X, p, tq)  # dq query boxes; the dk/dv pass' key boxes have the same shape
+    if 2 * qt * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
         return None
     T = q.dtype
     (delta,) = _launch("delta", [prm, out, dout, dlse], [lse.shape], [mx.float32], _prod(lse.shape), T, 1,
@@ -598,13 +618,15 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     if not _env["NATTEN_CUDA_SPLIT_BWD"]:
         # one launch for both passes (dq tiles first, then dk/dv tiles)
         return _kernel("bwd_tc", smem + 4 * 64 * 4)(
-            inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=((qt + kt) * 128, B * H, 1),
+            inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(2 * qt * 128, B * H, 1),
             threadgroup=(128, 1, 1), output_shapes=[q.shape, k.shape, v.shape], output_dtypes=[T, T, T])
     (dq,) = _kernel("bwd_dq_tc", smem)(
         inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(qt * 128, B * H, 1),
         threadgroup=(128, 1, 1), output_shapes=[q.shape], output_dtypes=[T])
+    swapped = [("T", T), ("HD", int(D)), ("TQ0", tk[0]), ("TQ1", tk[1]), ("TQ2", tk[2]),
+               ("TK0", tq[0]), ("TK1", tq[1]), ("TK2", tq[2])]  # as na_bwd_tc_entry: key boxes of tq's shape
     dk, dv = _kernel("bwd_dkdv_tc", smem + 4 * 64 * 4)(
-        inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(kt * 128, B * Hkv, 1),
+        inputs=[prm, q, k, v, dout, lse, delta], template=swapped, grid=(qt * 128, B * Hkv, 1),
         threadgroup=(128, 1, 1), output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
     return dq, dk, dv
 
@@ -629,11 +651,11 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
     dout = dout.astype(T)
     dlse = dlse.astype(mx.float32)
     ins = [prm, q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse]
-    res = _bwd_dq_f32(prm, q, k, v, out, lse, dout, dlse, p) if kind == "f32" else None
+    res = _bwd_f32(prm, q, k, v, out, lse, dout, dlse, p) if kind == "f32" else None
     if res is not None:
-        dq, delta = res
-        drpb = mx.zeros_like(rpb)
-    elif has_rpb:
+        dq, dk, dv = res
+        return dq, dk, dv, mx.zeros_like(rpb), mx.zeros_like(ek), mx.zeros_like(ev)
+    if has_rpb:
         dq, delta, drpb = _launch(
             "bwd_dq_rpb", ins, [q.shape, lse.shape, rpb.shape], [T, mx.float32, mx.float32],
             B * ntok * H, T, NPL, NVPL, init=0.0,

@@ -43,6 +43,34 @@ NA_DEV void na_query_range(int L, int K, int d, int s, int causal, int r, int k0
     *hi = a - 1;
 }
 
+/* Validity mask of a T0 x T1 x T2 (= 64) tile for one row whose window,
+ * relative to the tile base, is [lo, hi] per axis: bit u0*T1*T2 + u1*T2 + u2.
+ * Each axis' run is contiguous, so its bits are one range, replicated over
+ * the faster axes by a multiply (no carries: the range fits its block).  The
+ * per-element test then is one constant-shift bit test; the per-axis masks
+ * and column decode it replaces cost ~13 integer ops per score, the
+ * integer pipe was the busiest one on H100 (vision-2d-64-k7, ncu). */
+NA_DEV unsigned long long na_rep_bits(int block) { /* 1 every `block` bits */
+    return block >= 64 ? 1ull : block == 32 ? 0x100000001ull : block == 16 ? 0x0001000100010001ull
+         : block == 8 ? 0x0101010101010101ull : block == 4 ? 0x1111111111111111ull
+         : block == 2 ? 0x5555555555555555ull : ~0ull;
+}
+template <int T0, int T1, int T2>
+NA_DEV unsigned long long na_tile_mask(const int lo[3], const int hi[3]) {
+    const int Ta[3] = {T0, T1, T2};
+    const int Sa[3] = {T1 * T2, T2, 1}; /* bits per step of each axis */
+    unsigned long long m = ~0ull;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        const int a = min(max(lo[x], 0), Ta[x]), b = max(min(hi[x], Ta[x] - 1), -1);
+        const unsigned long long run = na_range_bits(a * Sa[x], b * Sa[x] + Sa[x] - 1);
+        m &= x == 0 ? run : run * na_rep_bits(Ta[x] * Sa[x]);
+    }
+    return m;
+}
+/* Column j*8 + t4*2 + c of the tile in mask mt = m >> (2*t4). */
+NA_DEV bool na_mask_bit(unsigned long long mt, int j, int c) { return (mt >> (8 * j + c)) & 1ull; }
+
 /* ------------------------------------------------------------------ dQ */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
@@ -67,6 +95,7 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
     const int TKa[3] = {TK0, TK1, TK2};
     int r[3], n[3], q0[3], qlast[3], kmin[3], kmax[3], nkt[3];
     if (!na_box_of<TQ0, TQ1, TQ2>(P, tile, r, n, q0, qlast)) return;
+#pragma unroll
     for (int x = 0; x < 3; ++x) {
         kmin[x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], q0[x]);
         kmax[x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], qlast[x]);
@@ -83,10 +112,12 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
     bool ract[2];
     float rl2[2], rdl[2];
     const float sl2 = P.scale * 1.4426950408889634f;
+#pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
         const int row = warp * 16 + g4 + rr * 8;
         const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
         bool act = true;
+#pragma unroll
         for (int x = 0; x < 3; ++x) {
             const int ql = q0[x] + t[x];
             act = act && ql < n[x];
@@ -98,6 +129,7 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
         rl2[rr] = 0.f;
         rdl[rr] = 0.f;
         if (!act) {
+#pragma unroll
             for (int x = 0; x < 3; ++x) { rlo[rr][x] = 1 << 30; rhi[rr][x] = -(1 << 30); }
         } else {
             const long long orow = na_tok(b, rowpos[rr], P.X) * P.H + h;
@@ -128,26 +160,23 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
             }
         }
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
-        int kt[3];
-        na_tile_coords<TK0, TK1, TK2>(tt, nkt, kt);
-        unsigned long long mk[2][3];
-        bool full = true, empty = true;
+        int base[3];
+        na_ktile_base<TK0, TK1, TK2>(tt, nkt, kmin, base);
+        unsigned long long mk[2];
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            bool rowfull = true, rowempty = false;
+            int lo[3], hi[3];
 #pragma unroll
             for (int x = 0; x < 3; ++x) {
-                const int base = kmin[x] + kt[x] * TKa[x];
-                mk[rr][x] = na_range_bits(rlo[rr][x] - base, rhi[rr][x] - base);
-                const unsigned long long all = TKa[x] == 64 ? ~0ull : ((1ull << TKa[x]) - 1);
-                rowfull = rowfull && ((mk[rr][x] & all) == all);
-                rowempty = rowempty || ((mk[rr][x] & all) == 0ull);
+                lo[x] = rlo[rr][x] - base[x];
+                hi[x] = rhi[rr][x] - base[x];
             }
-            full = full && rowfull;
-            empty = empty && rowempty;
+            mk[rr] = na_tile_mask<TK0, TK1, TK2>(lo, hi);
         }
-        full = __all_sync(0xffffffffu, full);
-        empty = __all_sync(0xffffffffu, empty);
+        const bool full = __all_sync(0xffffffffu, (mk[0] & mk[1]) == ~0ull);
+        const bool empty = __all_sync(0xffffffffu, (mk[0] | mk[1]) == 0ull);
+        mk[0] >>= 2 * t4;
+        mk[1] >>= 2 * t4;
         if (!empty) {
             float s[8][4], dp[8][4];
 #pragma unroll
@@ -175,12 +204,7 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int rr = e >> 1;
-                    bool ok = true;
-                    if (!full) {
-                        const int col = j * 8 + t4 * 2 + (e & 1);
-                        const int u0 = col / (TK1 * TK2), u1 = (col / TK2) % TK1, u2 = col % TK2;
-                        ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
-                    }
+                    const bool ok = full || na_mask_bit(mk[rr], j, e & 1);
                     const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -rl2[rr])) : 0.f;
                     s[j][e] = pr * (dp[j][e] - rdl[rr]); /* dS */
                 }
@@ -213,6 +237,89 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
     }
 }
 
+/* Query ranges of the dk/dv pass, computed once per CTA: for each axis x and
+ * each coordinate u of the key box along it, the group-local queries whose
+ * windows hold key k0[x] + u (empty past the group), at tab[off(x) + u],
+ * off = 0, TK0, TK0 + TK1; parallel over threads.  Each range is two binary
+ * searches (na_query_range); done per row and axis by every thread they
+ * cost ~2000 instructions a thread, as much as a few tiles of vision-2d-64-k7. */
+template <int TK0, int TK1, int TK2>
+NA_DEV void na_key_ranges(const na_params &P, const int r[3], const int n[3], const int k0[3], int2 *tab, int tid) {
+    static_assert(TK0 + TK1 + TK2 <= 128, "one entry per thread of a 128-thread CTA");
+#pragma unroll
+    for (int x = 0; x < 3; ++x) { /* unrolled: no run-time index into P (it would go to local memory) */
+        const int off = x == 0 ? 0 : x == 1 ? TK0 : TK0 + TK1, cnt = x == 0 ? TK0 : x == 1 ? TK1 : TK2;
+        const int kl = k0[x] + tid - off;
+        if (tid >= off && tid < off + cnt) {
+            int lo = 1 << 30, hi = -(1 << 30);
+            if (kl < n[x]) na_query_range(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], kl, kl, &lo, &hi);
+            tab[tid] = make_int2(lo, hi);
+        }
+    }
+}
+/* The box of query tiles (shape TQ) whose windows meet the key box [k0, klast]:
+ * local query range [qmin, qmax] (monotone windows: from the box' first and
+ * last keys) and tile counts nqt per axis. */
+template <int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV void na_dkdv_qbox(const int2 *tab, const int k0[3], const int klast[3], int qmin[3], int qmax[3], int nqt[3]) {
+    const int TQa[3] = {TQ0, TQ1, TQ2}, off[3] = {0, TK0, TK0 + TK1};
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        qmin[x] = tab[off[x]].x;
+        qmax[x] = tab[off[x] + klast[x] - k0[x]].y;
+        nqt[x] = qmax[x] >= qmin[x] ? (qmax[x] - qmin[x] + TQa[x]) / TQa[x] : 0;
+    }
+}
+/* The queries (group-local, per axis) whose windows hold key row `row` of
+ * the key box, and its position; an inactive row (outside the group) gets an
+ * empty range.  Returns whether it is active. */
+template <int TK0, int TK1, int TK2>
+NA_DEV bool na_key_row_range(const na_params &P, const int r[3], const int n[3], const int k0[3], const int2 *tab,
+                             int row, int lo[3], int hi[3], int pos[3]) {
+    const int u[3] = {row / (TK1 * TK2), (row / TK2) % TK1, row % TK2}, off[3] = {0, TK0, TK0 + TK1};
+    bool act = true;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        act = act && k0[x] + u[x] < n[x];
+        pos[x] = (k0[x] + u[x]) * P.dil[x] + r[x];
+    }
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        const int2 e = tab[off[x] + u[x]];
+        lo[x] = act ? e.x : 1 << 30;
+        hi[x] = act ? e.y : -(1 << 30);
+    }
+    return act;
+}
+NA_DEV void na_cp_async4(void *smem, const void *gmem, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(na_smem_u32(smem)), "l"(gmem),
+                 "r"(valid ? 4 : 0));
+}
+/* cp.async query tile t (of the nqt box from qmin, clipped at qmax) of Q and
+ * dO of head h into one pipeline stage, with lse and delta of its rows
+ * (inactive rows 0).  All by cp.async: plain loads of lse / delta here
+ * stalled the loading warps for a global-memory latency on every tile. */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int NT>
+NA_DEV void na_load_qtile(const na_params &P, int b, const int r[3], int h, const int qmin[3], const int qmax[3],
+                          const int nqt[3], int t, const T *q, const T *dout, const float *lse, const float *delta,
+                          T *sQ, T *sO, float *sL, float *sD, int LD, const int *tOff, const int *tU, int tid) {
+    constexpr int TQ = TQ0 * TQ1 * TQ2;
+    int base[3], lim[3];
+    na_ktile_base<TQ0, TQ1, TQ2>(t, nqt, qmin, base);
+#pragma unroll
+    for (int x = 0; x < 3; ++x) lim[x] = qmax[x] - base[x];
+    const long long org = na_box_origin(P, b, base, r, P.H, h, HD);
+    na_box_load<T, HD, TQ, NT>(sQ, LD, q, org, tOff, tU, lim, tid);
+    na_box_load<T, HD, TQ, NT>(sO, LD, dout, org, tOff, tU, lim, tid);
+    for (int row = tid; row < TQ; row += NT) {
+        const int uu = tU[row];
+        const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
+        const long long orow = ok ? (org + tOff[row]) / HD : 0; /* token*H + h */
+        na_cp_async4(sL + row, lse + orow, ok);
+        na_cp_async4(sD + row, delta + orow, ok);
+    }
+}
+
 /* ------------------------------------------------------------------ dK, dV */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
@@ -227,7 +334,7 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
     T *sV = sK + TK * LD;
     T *sQ = sV + TK * LD;  /* [2][TQ][LD] */
     T *sO = sQ + 2 * TQ * LD; /* [2][TQ][LD] */
-    float *sL = reinterpret_cast<float *>(sO + 2 * TQ * LD); /* [2][TQ] lse*log2e */
+    float *sL = reinterpret_cast<float *>(sO + 2 * TQ * LD); /* [2][TQ] lse */
     float *sD = sL + 2 * TQ;                                   /* [2][TQ] delta   */
     int *tOff = reinterpret_cast<int *>(sD + 2 * TQ);          /* [TQ] query-box table */
     int *tU = tOff + TQ;
@@ -236,66 +343,32 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int b = bh / P.Hkv, kvh = bh % P.Hkv;
     const int G = P.H / P.Hkv;
-    const int TQa[3] = {TQ0, TQ1, TQ2};
     int r[3], n[3], k0[3], klast[3], qmin[3], qmax[3], nqt[3];
     if (!na_box_of<TK0, TK1, TK2>(P, tile, r, n, k0, klast)) return;
-    for (int x = 0; x < 3; ++x) {
-        na_query_range(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], k0[x], klast[x], &qmin[x], &qmax[x]);
-        nqt[x] = qmax[x] >= qmin[x] ? (qmax[x] - qmin[x] + TQa[x]) / TQa[x] : 0;
-    }
-    const int ntq = nqt[0] * nqt[1] * nqt[2];
-    const int ntiles = ntq * G;
     const int lastk[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
     na_load_box<T, HD, TK0, TK1, TK2, NT>(sK, LD, k, P.Hkv, kvh, b, P, r, k0, lastk, tid);
     na_load_box<T, HD, TK0, TK1, TK2, NT>(sV, LD, v, P.Hkv, kvh, b, P, r, k0, lastk, tid);
     na_cp_commit();
+    int2 *tab = reinterpret_cast<int2 *>(sQ + TQ * LD); /* pipeline stage 1: free until the first step */
+    na_key_ranges<TK0, TK1, TK2>(P, r, n, k0, tab, tid);
+    na_box_table<TQ0, TQ1, TQ2>(tOff, tU, P, P.H, HD, tid, NT);
+    __syncthreads();
+    na_dkdv_qbox<TQ0, TQ1, TQ2, TK0, TK1, TK2>(tab, k0, klast, qmin, qmax, nqt);
+    const int ntq = nqt[0] * nqt[1] * nqt[2];
+    const int ntiles = ntq * G;
 
     /* per key row (g, g+8 of this warp): the queries that read it, per axis */
     const int g4 = lane >> 2, t4 = lane & 3;
     int rlo[2][3], rhi[2][3], rowpos[2][3];
     bool ract[2];
-    for (int rr = 0; rr < 2; ++rr) {
-        const int row = warp * 16 + g4 + rr * 8;
-        const int u[3] = {row / (TK1 * TK2), (row / TK2) % TK1, row % TK2};
-        bool act = true;
-        for (int x = 0; x < 3; ++x) {
-            const int kl = k0[x] + u[x];
-            act = act && kl < n[x];
-            rowpos[rr][x] = kl * P.dil[x] + r[x];
-            if (kl < n[x]) {
-                na_query_range(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], kl, kl, &rlo[rr][x], &rhi[rr][x]);
-            } else {
-                rlo[rr][x] = 1 << 30;
-                rhi[rr][x] = -(1 << 30);
-            }
-        }
-        ract[rr] = act;
-        if (!act)
-            for (int x = 0; x < 3; ++x) { rlo[rr][x] = 1 << 30; rhi[rr][x] = -(1 << 30); }
-    }
+    for (int rr = 0; rr < 2; ++rr)
+        ract[rr] = na_key_row_range<TK0, TK1, TK2>(P, r, n, k0, tab, warp * 16 + g4 + rr * 8, rlo[rr], rhi[rr],
+                                                   rowpos[rr]);
     const float sl2 = P.scale * 1.4426950408889634f;
-
-    na_box_table<TQ0, TQ1, TQ2>(tOff, tU, P, P.H, HD, tid, NT);
-    __syncthreads();
     auto load_q = [&](int tt, int stage) {
-        const int h = kvh * G + tt / ntq;
-        int qt[3], base[3], lim[3];
-        na_tile_coords<TQ0, TQ1, TQ2>(tt % ntq, nqt, qt);
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            base[x] = qmin[x] + qt[x] * TQa[x];
-            lim[x] = qmax[x] - base[x];
-        }
-        const long long org = na_box_origin(P, b, base, r, P.H, h, HD);
-        na_box_load<T, HD, TQ, NT>(sQ + stage * TQ * LD, LD, q, org, tOff, tU, lim, tid);
-        na_box_load<T, HD, TQ, NT>(sO + stage * TQ * LD, LD, dout, org, tOff, tU, lim, tid);
-        for (int row = tid; row < TQ; row += NT) {
-            const int uu = tU[row];
-            const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
-            const long long orow = (org + tOff[row]) / HD; /* token*H + h */
-            sL[stage * TQ + row] = ok ? lse[orow] * 1.4426950408889634f : 0.f;
-            sD[stage * TQ + row] = ok ? delta[orow] : 0.f;
-        }
+        na_load_qtile<T, HD, TQ0, TQ1, TQ2, NT>(P, b, r, kvh * G + tt / ntq, qmin, qmax, nqt, tt % ntq, q, dout, lse,
+                                                delta, sQ + stage * TQ * LD, sO + stage * TQ * LD, sL + stage * TQ,
+                                                sD + stage * TQ, LD, tOff, tU, tid);
     };
 
     float dka[HD / 8][4], dva[HD / 8][4];
@@ -313,26 +386,23 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
         const int st = tt & 1;
         const T *cQ = sQ + st * TQ * LD, *cO = sO + st * TQ * LD;
         const float *cL = sL + st * TQ, *cD = sD + st * TQ;
-        int qt[3];
-        na_tile_coords<TQ0, TQ1, TQ2>(tt % ntq, nqt, qt);
-        unsigned long long mk[2][3];
-        bool full = true, empty = true;
+        int base[3];
+        na_ktile_base<TQ0, TQ1, TQ2>(tt % ntq, nqt, qmin, base);
+        unsigned long long mk[2];
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            bool rowfull = true, rowempty = false;
+            int lo[3], hi[3];
 #pragma unroll
             for (int x = 0; x < 3; ++x) {
-                const int base = qmin[x] + qt[x] * TQa[x];
-                mk[rr][x] = na_range_bits(rlo[rr][x] - base, rhi[rr][x] - base);
-                const unsigned long long all = TQa[x] == 64 ? ~0ull : ((1ull << TQa[x]) - 1);
-                rowfull = rowfull && ((mk[rr][x] & all) == all);
-                rowempty = rowempty || ((mk[rr][x] & all) == 0ull);
+                lo[x] = rlo[rr][x] - base[x];
+                hi[x] = rhi[rr][x] - base[x];
             }
-            full = full && rowfull;
-            empty = empty && rowempty;
+            mk[rr] = na_tile_mask<TQ0, TQ1, TQ2>(lo, hi);
         }
-        full = __all_sync(0xffffffffu, full);
-        empty = __all_sync(0xffffffffu, empty);
+        const bool full = __all_sync(0xffffffffu, (mk[0] & mk[1]) == ~0ull);
+        const bool empty = __all_sync(0xffffffffu, (mk[0] | mk[1]) == 0ull);
+        mk[0] >>= 2 * t4;
+        mk[1] >>= 2 * t4;
         if (!empty) {
             float s[8][4], dp[8][4];
 #pragma unroll
@@ -363,12 +433,8 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
                 for (int e = 0; e < 4; ++e) {
                     const int rr = e >> 1;
                     const int col = j * 8 + t4 * 2 + (e & 1);
-                    bool ok = true;
-                    if (!full) {
-                        const int u0 = col / (TQ1 * TQ2), u1 = (col / TQ2) % TQ1, u2 = col % TQ2;
-                        ok = ((mk[rr][0] >> u0) & (mk[rr][1] >> u1) & (mk[rr][2] >> u2) & 1ull) != 0ull;
-                    }
-                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -cL[col])) : 0.f;
+                    const bool ok = full || na_mask_bit(mk[rr], j, e & 1);
+                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -cL[col] * 1.4426950408889634f)) : 0.f;
                     s[j][e] = pr;
                     dp[j][e] = pr * (dp[j][e] - cD[col]);
                 }
@@ -420,9 +486,14 @@ NA_DEV int na_num_tiles(const na_params &P) {
     return t;
 }
 
-/* Both backward passes in one launch (grid.x = dq tiles + dk/dv tiles,
- * grid.y = B*H): problems with few tiles per pass (long 1-D sequences, one
- * head) fill the GPU with the two passes side by side. */
+/* Both backward passes in one launch (grid.x = 2 * query-box tiles, grid.y =
+ * B*H): problems with few tiles per pass (long 1-D sequences, one head) fill
+ * the GPU with the two passes side by side.  The dk/dv pass uses the roles
+ * swapped: key boxes of the dq pass' query-box shape, query tiles of its
+ * key-tile shape.  The windows' union around a box has the same extent both
+ * ways, so both passes walk the fewest tiles _choose_tiles found (with the
+ * dq pass' shapes, vision-2d-64-k7's 4x16 key boxes read 6 query tiles of
+ * 8x8; 8x8 key boxes read 4 of 4x16). */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
                             const float *lse, const float *delta, T *dq, T *dk, T *dv) {
@@ -432,7 +503,7 @@ NA_DEV void na_bwd_tc_entry(const int *params, const T *q, const T *k, const T *
         na_bwd_dq_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dq,
                                                                blockIdx.x, blockIdx.y);
     } else if ((int)blockIdx.y < P.B * P.Hkv) {
-        na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv,
+        na_bwd_dkdv_tc_entry<T, HD, TK0, TK1, TK2, TQ0, TQ1, TQ2>(params, q, k, v, dout, lse, delta, dk, dv,
                                                                  blockIdx.x - nq, blockIdx.y);
     }
 }
