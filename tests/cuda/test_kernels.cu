@@ -8,7 +8,11 @@
  *   2. na_queries_of_key == brute force over all queries (inverse rule);
  *   3. the simple fused forward (f32), the tiled f32 forward and the
  *      tensor-core forward (bf16) against a double-precision host brute
- *      force built on window.h.
+ *      force built on window.h;
+ *   4. the tensor-core backward (bf16, the fused dq + dk/dv launch) and the
+ *      tiled f32 backward (dq pass, dk/dv pass) against a double-precision
+ *      host backward, over 1-D/2-D/3-D tile shapes, dilation, causal per
+ *      axis, GNA stride, GQA and head dims 32/64/128.
  * The Python tests (tests/python/test_cuda*.py) cover every op through MLX.
  * Exit status 0 = pass (or no GPU), 1 = failure.
  */
@@ -22,6 +26,7 @@
 #include "../../src/cuda/na_fwd_tc.cuh"
 #include "../../src/cuda/na_fwd_f32.cuh"
 #include "../../src/cuda/na_bwd_tc.cuh"
+#include "../../src/cuda/na_bwd_f32.cuh"
 #include "../../src/core/window.h"
 
 #define CK(x)                                                                      \
@@ -101,6 +106,11 @@ template <int HD, int A, int B_, int C, int D, int E, int F>
 __global__ void k_bwd_dq_f32(const int *pa, const float *q, const float *k, const float *v, const float *o,
                              const float *lse, const float *dout, const float *dlse, float *dq, float *delta) {
     na_bwd_dq_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse, dout, dlse, dq, delta);
+}
+template <int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_bwd_dkdv_f32(const int *pa, const float *q, const float *k, const float *v, const float *lse,
+                               const float *dout, const float *delta, float *dk, float *dv) {
+    na_bwd_dkdv_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, lse, dout, delta, dk, dv);
 }
 template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int NW>
 __global__ void k_fwd_tc_nw(const int *pa, const T *q, const T *k, const T *v, T *o, float *lse) {
@@ -464,6 +474,159 @@ static int test_fwd_tc(const Prob &P) {
     return bad;
 }
 
+/* ---- 4: backward vs a double-precision host backward */
+template <class F>
+static void host_for_window(const Prob &P, int t, F &&f) { /* f(key token) over query token t's window */
+    const int i[3] = {t / (P.X[1] * P.X[2]), (t / P.X[2]) % P.X[1], t % P.X[2]};
+    natten_window w[3];
+    for (int x = 0; x < 3; ++x) w[x] = natten_window_of(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], i[x]);
+    for (int a = (int)w[0].valid_begin; a < w[0].valid_end; ++a)
+        for (int c = (int)w[1].valid_begin; c < w[1].valid_end; ++c)
+            for (int e = (int)w[2].valid_begin; e < w[2].valid_end; ++e)
+                f(((int)(w[0].start + a * w[0].step) * P.X[1] + (int)(w[1].start + c * w[1].step)) * P.X[2] +
+                  (int)(w[2].start + e * w[2].step));
+}
+static void host_bwd(const Prob &P, const std::vector<float> &q, const std::vector<float> &k,
+                     const std::vector<float> &v, const std::vector<float> &dout, const std::vector<double> &out,
+                     const std::vector<double> &lse, std::vector<double> &dq, std::vector<double> &dk,
+                     std::vector<double> &dv) {
+    const int ntok = P.X[0] * P.X[1] * P.X[2], D = P.D;
+    const double scale = 1.0 / std::sqrt((double)D);
+    dq.assign(q.size(), 0.0);
+    dk.assign(k.size(), 0.0);
+    dv.assign(v.size(), 0.0);
+    for (int b = 0; b < P.B; ++b)
+        for (int t = 0; t < ntok; ++t)
+            for (int h = 0; h < P.H; ++h) {
+                const size_t qo = ((size_t)b * ntok + t) * P.H + h;
+                double delta = 0;
+                for (int d = 0; d < D; ++d) delta += (double)dout[qo * D + d] * out[qo * D + d];
+                host_for_window(P, t, [&](int kt) {
+                    const size_t ko = ((size_t)b * ntok + kt) * P.Hkv + h / (P.H / P.Hkv);
+                    double s = 0, dp = 0;
+                    for (int d = 0; d < D; ++d) {
+                        s += (double)q[qo * D + d] * k[ko * D + d];
+                        dp += (double)dout[qo * D + d] * v[ko * D + d];
+                    }
+                    const double pr = std::exp(s * scale - lse[qo]), ds = pr * (dp - delta) * scale;
+                    for (int d = 0; d < D; ++d) {
+                        dq[qo * D + d] += ds * k[ko * D + d];
+                        dk[ko * D + d] += ds * q[qo * D + d];
+                        dv[ko * D + d] += pr * dout[qo * D + d];
+                    }
+                });
+            }
+}
+static int grid_of(const Prob &P, const int t[3]) {
+    int g = 1;
+    for (int x = 0; x < 3; ++x) g *= P.dil[x] * (((P.X[x] + P.dil[x] - 1) / P.dil[x] + t[x] - 1) / t[x]);
+    return g;
+}
+template <typename T> static std::vector<float> download(const T *d, size_t n) {
+    std::vector<T> h(n);
+    CK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    std::vector<float> r(n);
+    for (size_t i = 0; i < n; ++i) r[i] = (float)h[i];
+    return r;
+}
+/* max |got - ref| / max |ref| */
+static double rel_err(const std::vector<float> &got, const std::vector<double> &ref) {
+    double e = 0, m = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+        if (!(fabs(got[i] - ref[i]) <= e)) e = fabs(got[i] - ref[i]); /* NaN sticks */
+        m = fmax(m, fabs(ref[i]));
+    }
+    return e / (m > 0 ? m : 1);
+}
+/* TC: bf16 fused backward (na_bwd_tc_entry); else the tiled f32 passes.  Poisoned outputs. */
+template <int HD, int Q0, int Q1, int Q2, int K0, int K1, int K2>
+static int test_bwd(const Prob &P, bool tc) {
+    typedef __nv_bfloat16 B16;
+    const int ntok = P.X[0] * P.X[1] * P.X[2];
+    const size_t nq = (size_t)P.B * ntok * P.H * HD, nk = (size_t)P.B * ntok * P.Hkv * HD;
+    const size_t rows = (size_t)P.B * ntok * P.H;
+    std::vector<float> q(nq), k(nk), v(nk), dout(nq);
+    srand(11 + HD + Q0 * 3 + K2);
+    for (auto *vec : {&q, &k, &v, &dout})
+        for (auto &x : *vec) x = bf16r((float)rand() / RAND_MAX * 2.f - 1.f);
+    std::vector<double> ro, rl, rdq, rdk, rdv;
+    host_fwd(P, q, k, v, ro, rl);
+    host_bwd(P, q, k, v, dout, ro, rl, rdq, rdk, rdv);
+    std::vector<float> lse(rows), delta(rows, 0.f), outf(nq);
+    for (size_t i = 0; i < rows; ++i) {
+        lse[i] = (float)rl[i];
+        double d = 0;
+        for (int c = 0; c < HD; ++c) d += (double)dout[i * HD + c] * ro[i * HD + c];
+        delta[i] = (float)d;
+    }
+    for (size_t i = 0; i < nq; ++i) outf[i] = (float)ro[i];
+    std::vector<int> pa = make_params(P);
+    int *dp;
+    CK(cudaMalloc(&dp, pa.size() * 4));
+    CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
+    float *dl = upload<float>(lse), *dd = upload<float>(delta);
+    const int tq[3] = {Q0, Q1, Q2};
+    const int nqt = grid_of(P, tq);
+    std::vector<float> gq, gk, gv;
+    if (tc) {
+        B16 *d_q = upload<B16>(q), *d_k = upload<B16>(k), *d_v = upload<B16>(v), *d_do = upload<B16>(dout);
+        B16 *o_q, *o_k, *o_v;
+        CK(cudaMalloc(&o_q, nq * 2));
+        CK(cudaMalloc(&o_k, nk * 2));
+        CK(cudaMalloc(&o_v, nk * 2));
+        CK(cudaMemset(o_q, 0xff, nq * 2)); /* NaN poison */
+        CK(cudaMemset(o_k, 0xff, nk * 2));
+        CK(cudaMemset(o_v, 0xff, nk * 2));
+        auto kern = k_bwd_tc<B16, HD, Q0, Q1, Q2, K0, K1, K2>;
+        const int smem = 6 * 64 * (HD + 8) * 2 + 8 * 64 + 4 * 64 * 4;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        kern<<<dim3(2 * nqt, P.B * P.H), 128, smem>>>(dp, d_q, d_k, d_v, d_do, dl, dd, o_q, o_k, o_v);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        gq = download(o_q, nq);
+        gk = download(o_k, nk);
+        gv = download(o_v, nk);
+        for (B16 *x : {d_q, d_k, d_v, d_do, o_q, o_k, o_v}) cudaFree(x);
+    } else {
+        std::vector<float> zero(rows, 0.f);
+        float *d_q = upload<float>(q), *d_k = upload<float>(k), *d_v = upload<float>(v), *d_do = upload<float>(dout);
+        float *d_o = upload<float>(outf), *d_z = upload<float>(zero), *d_dl, *o_q, *o_k, *o_v;
+        CK(cudaMalloc(&d_dl, rows * 4));
+        CK(cudaMalloc(&o_q, nq * 4));
+        CK(cudaMalloc(&o_k, nk * 4));
+        CK(cudaMalloc(&o_v, nk * 4));
+        CK(cudaMemset(o_q, 0xff, nq * 4));
+        CK(cudaMemset(o_k, 0xff, nk * 4));
+        CK(cudaMemset(o_v, 0xff, nk * 4));
+        auto kq = k_bwd_dq_f32<HD, Q0, Q1, Q2, K0, K1, K2>;
+        auto kk = k_bwd_dkdv_f32<HD, K0, K1, K2, Q0, Q1, Q2>; /* roles swapped, as cuda.py */
+        const int smq = (2 * 64 + 4 * 64) * (HD + 4) * 4 + 64 * 68 * 4 + 8 * 64, smk = smq + 4 * 64 * 4;
+        CK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, smq));
+        CK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, smk));
+        kq<<<dim3(nqt, P.B * P.H), 128, smq>>>(dp, d_q, d_k, d_v, d_o, dl, d_do, d_z, o_q, d_dl);
+        CK(cudaGetLastError());
+        kk<<<dim3(nqt, P.B * P.Hkv), 128, smk>>>(dp, d_q, d_k, d_v, dl, d_do, d_dl, o_k, o_v);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        gq = download(o_q, nq);
+        gk = download(o_k, nk);
+        gv = download(o_v, nk);
+        for (float *x : {d_q, d_k, d_v, d_do, d_o, d_z, d_dl, o_q, o_k, o_v}) cudaFree(x);
+    }
+    cudaFree(dp);
+    cudaFree(dl);
+    cudaFree(dd);
+    const double eq = rel_err(gq, rdq), ek = rel_err(gk, rdk), ev = rel_err(gv, rdv);
+    const double tol = tc ? 2e-2 : 2e-5;
+    const int bad = !(eq <= tol && ek <= tol && ev <= tol);
+    printf("bwd %s HD=%d tiles %dx%dx%d/%dx%dx%d X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d gs=%dx%dx%d causal=%d%d%d "
+           "H=%d/%d: rel err dq %.1e dk %.1e dv %.1e %s\n",
+           tc ? "tc-bf16" : "tile-f32", HD, Q0, Q1, Q2, K0, K1, K2, P.X[0], P.X[1], P.X[2], P.K[0], P.K[1], P.K[2],
+           P.dil[0], P.dil[1], P.dil[2], P.gs[0], P.gs[1], P.gs[2], P.causal[0], P.causal[1], P.causal[2], P.H,
+           P.Hkv, eq, ek, ev, bad ? "FAIL" : "ok");
+    return bad;
+}
+
 int main() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -513,6 +676,23 @@ int main() {
     const Prob t2w = {{500, 1, 1}, {150, 1, 1}, {3, 1, 1}, {4, 1, 1}, {1, 0, 0}, 4, 2, 128, 2};
     fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8>(t2w);
     fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 4>(t2w);
+    /* backward: tile shapes of the 2-D (asymmetric: the dk/dv pass swaps them), 1-D and 3-D plans */
+    Prob b2 = {{20, 23, 1}, {7, 9, 1}, {1, 2, 1}, {1, 1, 1}, {0, 1, 0}, 4, 2, 32, 2};
+    fails += test_bwd<32, 8, 8, 1, 4, 16, 1>(b2, true);
+    fails += test_bwd<32, 8, 8, 1, 4, 16, 1>(b2, false);
+    Prob b2s = {{17, 30, 1}, {5, 7, 1}, {2, 1, 1}, {2, 3, 1}, {1, 0, 0}, 2, 2, 64, 1};
+    fails += test_bwd<64, 8, 8, 1, 4, 16, 1>(b2s, true);
+    fails += test_bwd<64, 8, 8, 1, 4, 16, 1>(b2s, false);
+    Prob b1 = {{150, 1, 1}, {13, 1, 1}, {2, 1, 1}, {1, 1, 1}, {0, 0, 0}, 4, 2, 64, 2};
+    fails += test_bwd<64, 64, 1, 1, 64, 1, 1>(b1, true);
+    fails += test_bwd<64, 64, 1, 1, 64, 1, 1>(b1, false);
+    Prob b1c = {{200, 1, 1}, {33, 1, 1}, {1, 1, 1}, {4, 1, 1}, {1, 0, 0}, 2, 1, 128, 1};
+    fails += test_bwd<128, 64, 1, 1, 64, 1, 1>(b1c, true);
+    Prob b3 = {{6, 7, 20}, {3, 3, 5}, {1, 2, 1}, {1, 1, 2}, {1, 0, 0}, 4, 2, 32, 1};
+    fails += test_bwd<32, 2, 2, 16, 4, 4, 4>(b3, true);
+    fails += test_bwd<32, 2, 2, 16, 4, 4, 4>(b3, false);
+    Prob b2h = {{19, 21, 1}, {9, 11, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 1};
+    fails += test_bwd<128, 8, 8, 1, 8, 8, 1>(b2h, true);
     printf("%s\n", fails ? "FAILED" : "ALL OK");
     return fails ? 1 : 0;
 }

@@ -381,6 +381,28 @@ def test_tiled_f32_forward_big():
     _run_fused_case(case, mx.float32, seed=7, grads=False)
 
 
+@gpu
+def test_tiled_f32_backward_uses_tiled_dkdv(monkeypatch):
+    """f32 gradients run the tiled dk/dv pass (na_bwd_f32.cuh), not the warp-per-row one,
+    on a problem with asymmetric tiles (8x8 query boxes, 4x16 key tiles: the dk/dv pass
+    swaps them), GQA, and many CTAs; gradients against the float64 reference."""
+    used = []
+    orig = cuda._kernel
+    monkeypatch.setattr(cuda, "_kernel", lambda name, smem=0: (used.append(name), orig(name, smem))[1])
+    case = ((40, 36), (7, 7), (1, 1), 1, 1, (False, False), 4, 2, 64, 64)
+    _run_fused_case(case, mx.float32, seed=9)
+    assert "bwd_dkdv_f32" in used and "bwd_dkdv" not in used, used
+
+
+@gpu
+@pytest.mark.parametrize("case", [TC_CASES[i] for i in (0, 3, 4, 5)], ids=lambda c: "x".join(map(str, c[0])))
+def test_tensor_core_backward_split_launch(case, cuda_env):
+    """NATTEN_CUDA_SPLIT_BWD=1: the dq and dk/dv passes as two launches (the dk/dv one
+    with the tile roles swapped, as in the fused launch): same gradients."""
+    cuda_env("NATTEN_CUDA_SPLIT_BWD", "1")
+    _run_fused_case(case, mx.bfloat16, seed=5)
+
+
 SPLIT_CASES = [
     ((13,), 5, 2, 1, 1, False, 2, 2, 16),
     ((12,), 4, 1, 2, 1, True, 4, 2, 40),
