@@ -196,7 +196,7 @@ static void run_tc(const Case &c) {
     CK(cudaMalloc(&dp, pa.size() * 4));
     CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
     const int qt = grid_of(c, Q0, Q1, Q2), BH = c.B * c.H, BHkv = c.B * c.Hkv;
-    const int smf = (64 + 4 * 64) * (HD + 8) * 2 + 8 * 64;
+    const int smf = NA_FWD_TC_SMEM(64, HD);
     const int smq = 6 * 64 * (HD + 8) * 2 + 8 * 64, smk = smq + 4 * 64 * 4;
     auto kf = k_fwd_tc<T, HD, Q0, Q1, Q2, K0, K1, K2>;
     auto kq = k_bwd_dq_tc<T, HD, Q0, Q1, Q2, K0, K1, K2>;

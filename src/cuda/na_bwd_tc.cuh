@@ -43,32 +43,10 @@ NA_DEV void na_query_range(int L, int K, int d, int s, int causal, int r, int k0
     *hi = a - 1;
 }
 
-/* Validity mask of a T0 x T1 x T2 (= 64) tile for one row whose window,
- * relative to the tile base, is [lo, hi] per axis: bit u0*T1*T2 + u1*T2 + u2.
- * Each axis' run is contiguous, so its bits are one range, replicated over
- * the faster axes by a multiply (no carries: the range fits its block).  The
- * per-element test then is one constant-shift bit test; the per-axis masks
- * and column decode it replaces cost ~13 integer ops per score, the
- * integer pipe was the busiest one on H100 (vision-2d-64-k7, ncu). */
-NA_DEV unsigned long long na_rep_bits(int block) { /* 1 every `block` bits */
-    return block >= 64 ? 1ull : block == 32 ? 0x100000001ull : block == 16 ? 0x0001000100010001ull
-         : block == 8 ? 0x0101010101010101ull : block == 4 ? 0x1111111111111111ull
-         : block == 2 ? 0x5555555555555555ull : ~0ull;
-}
-template <int T0, int T1, int T2>
-NA_DEV unsigned long long na_tile_mask(const int lo[3], const int hi[3]) {
-    const int Ta[3] = {T0, T1, T2};
-    const int Sa[3] = {T1 * T2, T2, 1}; /* bits per step of each axis */
-    unsigned long long m = ~0ull;
-#pragma unroll
-    for (int x = 0; x < 3; ++x) {
-        const int a = min(max(lo[x], 0), Ta[x]), b = max(min(hi[x], Ta[x] - 1), -1);
-        const unsigned long long run = na_range_bits(a * Sa[x], b * Sa[x] + Sa[x] - 1);
-        m &= x == 0 ? run : run * na_rep_bits(Ta[x] * Sa[x]);
-    }
-    return m;
-}
-/* Column j*8 + t4*2 + c of the tile in mask mt = m >> (2*t4). */
+/* Column j*8 + t4*2 + c of a tile whose mask (na_tile_mask, na_fwd_tc.cuh) is
+ * mt << (2*t4): a constant-shift bit test per score, where the per-axis masks
+ * and column decode cost ~13 integer ops (the integer pipe was the busiest
+ * one in the backward on vision-2d-64-k7, ncu on H100). */
 NA_DEV bool na_mask_bit(unsigned long long mt, int j, int c) { return (mt >> (8 * j + c)) & 1ull; }
 
 /* ------------------------------------------------------------------ dQ */
