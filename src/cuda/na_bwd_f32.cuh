@@ -45,17 +45,11 @@ NA_DEV void na_bwd_dkdv_f32_entry(const int *params, const float *q, const float
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, kg = tid & 7, qg = tid >> 3; /* key rows 4qg+i; queries kg+8j */
     const int b = blockIdx.y / P.Hkv, kvh = blockIdx.y % P.Hkv, G = P.H / P.Hkv;
-    int r[3], n[3], k0[3], klast[3], qmin[3], qmax[3], nqt[3];
-    if (!na_box_of<TK0, TK1, TK2>(P, blockIdx.x, r, n, k0, klast)) return;
-    const int lastk[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
-    na_load_box<float, HD, TK0, TK1, TK2, NT>(sK, LD, k, P.Hkv, kvh, b, P, r, k0, lastk, tid);
-    na_load_box<float, HD, TK0, TK1, TK2, NT>(sV, LD, v, P.Hkv, kvh, b, P, r, k0, lastk, tid);
-    na_cp_commit();
-    int2 *tab = reinterpret_cast<int2 *>(sQ + TQ * LD); /* pipeline stage 1: free until the first step */
-    na_key_ranges<TK0, TK1, TK2>(P, r, n, k0, tab, tid);
-    na_box_table<TQ0, TQ1, TQ2>(tOff, tU, P, P.H, HD, tid, NT);
-    __syncthreads();
-    na_dkdv_qbox<TQ0, TQ1, TQ2, TK0, TK1, TK2>(tab, k0, klast, qmin, qmax, nqt);
+    int r[3], n[3], k0[3], qmin[3], qmax[3], nqt[3];
+    const int2 *tab;
+    if (!na_dkdv_setup<float, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, NT>(P, blockIdx.x, b, kvh, k, v, sK, sV, sQ, LD, tOff,
+                                                                     tU, tid, r, n, k0, qmin, qmax, nqt, tab))
+        return;
     const int ntq = nqt[0] * nqt[1] * nqt[2], ntiles = ntq * G;
     int rlo[4][3], rhi[4][3], pos[4][3];
     bool act[4];

@@ -269,6 +269,28 @@ NA_DEV bool na_key_row_range(const na_params &P, const int r[3], const int n[3],
     }
     return act;
 }
+/* Per-CTA setup of both dk/dv passes (tensor-core and tiled f32): key box of
+ * this tile, its K and V rows (cp.async, committed), the query-box table, the
+ * query-range table in pipeline stage 1 of sQ (free until the first step) and
+ * the box of query tiles.  False: no key here (the whole CTA returns). */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, int NT>
+NA_DEV bool na_dkdv_setup(const na_params &P, int tile, int b, int kvh, const T *k, const T *v, T *sK, T *sV, T *sQ,
+                          int LD, int *tOff, int *tU, int tid, int r[3], int n[3], int k0[3], int qmin[3],
+                          int qmax[3], int nqt[3], const int2 *&tab) {
+    int klast[3];
+    if (!na_box_of<TK0, TK1, TK2>(P, tile, r, n, k0, klast)) return false;
+    const int lastk[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
+    na_load_box<T, HD, TK0, TK1, TK2, NT>(sK, LD, k, P.Hkv, kvh, b, P, r, k0, lastk, tid);
+    na_load_box<T, HD, TK0, TK1, TK2, NT>(sV, LD, v, P.Hkv, kvh, b, P, r, k0, lastk, tid);
+    na_cp_commit();
+    int2 *t = reinterpret_cast<int2 *>(sQ + TQ0 * TQ1 * TQ2 * LD);
+    na_key_ranges<TK0, TK1, TK2>(P, r, n, k0, t, tid);
+    na_box_table<TQ0, TQ1, TQ2>(tOff, tU, P, P.H, HD, tid, NT);
+    __syncthreads();
+    na_dkdv_qbox<TQ0, TQ1, TQ2, TK0, TK1, TK2>(t, k0, klast, qmin, qmax, nqt);
+    tab = t;
+    return true;
+}
 NA_DEV void na_cp_async4(void *smem, const void *gmem, bool valid) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(na_smem_u32(smem)), "l"(gmem),
                  "r"(valid ? 4 : 0));
@@ -321,17 +343,11 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int b = bh / P.Hkv, kvh = bh % P.Hkv;
     const int G = P.H / P.Hkv;
-    int r[3], n[3], k0[3], klast[3], qmin[3], qmax[3], nqt[3];
-    if (!na_box_of<TK0, TK1, TK2>(P, tile, r, n, k0, klast)) return;
-    const int lastk[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
-    na_load_box<T, HD, TK0, TK1, TK2, NT>(sK, LD, k, P.Hkv, kvh, b, P, r, k0, lastk, tid);
-    na_load_box<T, HD, TK0, TK1, TK2, NT>(sV, LD, v, P.Hkv, kvh, b, P, r, k0, lastk, tid);
-    na_cp_commit();
-    int2 *tab = reinterpret_cast<int2 *>(sQ + TQ * LD); /* pipeline stage 1: free until the first step */
-    na_key_ranges<TK0, TK1, TK2>(P, r, n, k0, tab, tid);
-    na_box_table<TQ0, TQ1, TQ2>(tOff, tU, P, P.H, HD, tid, NT);
-    __syncthreads();
-    na_dkdv_qbox<TQ0, TQ1, TQ2, TK0, TK1, TK2>(tab, k0, klast, qmin, qmax, nqt);
+    int r[3], n[3], k0[3], qmin[3], qmax[3], nqt[3];
+    const int2 *tab;
+    if (!na_dkdv_setup<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, NT>(P, tile, b, kvh, k, v, sK, sV, sQ, LD, tOff, tU, tid,
+                                                                 r, n, k0, qmin, qmax, nqt, tab))
+        return;
     const int ntq = nqt[0] * nqt[1] * nqt[2];
     const int ntiles = ntq * G;
 

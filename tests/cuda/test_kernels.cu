@@ -28,18 +28,8 @@
 #include "../../src/cuda/na_bwd_tc.cuh"
 #include "../../src/cuda/na_bwd_f32.cuh"
 #include "../../src/core/window.h"
+#include "kernel_wrappers.cuh"
 
-#define CK(x)                                                                      \
-    do {                                                                           \
-        cudaError_t e_ = (x);                                                      \
-        if (e_ != cudaSuccess) {                                                   \
-            fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
-
-#define GW (((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5)
-#define LANE (threadIdx.x & 31)
 
 /* ---- one __global__ wrapper per kernel body (instantiated below per dtype) */
 template <typename T, int NPL, int NVPL>
@@ -93,43 +83,9 @@ template <typename T, int NVPL>
 __global__ void k_av_dv(const int *pa, const T *a, const T *g, T *dv) {
     na_av_bwd_dv_simple<T, NVPL>(na_load_params(pa), a, g, dv, GW, LANE);
 }
-template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
-__global__ void k_fwd_tc(const int *pa, const T *q, const T *k, const T *v, T *o, float *lse) {
-    na_fwd_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
-}
-
-template <int HD, int A, int B_, int C, int D, int E, int F>
-__global__ void k_fwd_f32(const int *pa, const float *q, const float *k, const float *v, float *o, float *lse) {
-    na_fwd_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
-}
-template <int HD, int A, int B_, int C, int D, int E, int F>
-__global__ void k_bwd_dq_f32(const int *pa, const float *q, const float *k, const float *v, const float *o,
-                             const float *lse, const float *dout, const float *dlse, float *dq, float *delta) {
-    na_bwd_dq_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse, dout, dlse, dq, delta);
-}
-template <int HD, int A, int B_, int C, int D, int E, int F>
-__global__ void k_bwd_dkdv_f32(const int *pa, const float *q, const float *k, const float *v, const float *lse,
-                               const float *dout, const float *delta, float *dk, float *dv) {
-    na_bwd_dkdv_f32_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, lse, dout, delta, dk, dv);
-}
 template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int NW>
 __global__ void k_fwd_tc_nw(const int *pa, const T *q, const T *k, const T *v, T *o, float *lse) {
     na_fwd_tc_entry<T, HD, A, B_, C, D, E, F, NW>(pa, q, k, v, o, lse);
-}
-template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
-__global__ void k_bwd_dq_tc(const int *pa, const T *q, const T *k, const T *v, const T *dout, const float *lse,
-                            const float *delta, T *dq) {
-    na_bwd_dq_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dq);
-}
-template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
-__global__ void k_bwd_dkdv_tc(const int *pa, const T *q, const T *k, const T *v, const T *dout,
-                              const float *lse, const float *delta, T *dk, T *dv) {
-    na_bwd_dkdv_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dk, dv);
-}
-template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
-__global__ void k_bwd_tc(const int *pa, const T *q, const T *k, const T *v, const T *dout, const float *lse,
-                         const float *delta, T *dq, T *dk, T *dv) {
-    na_bwd_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dq, dk, dv);
 }
 template __global__ void k_bwd_tc<__nv_bfloat16, 128, 8, 8, 1, 8, 8, 1>(const int *, const __nv_bfloat16 *,
                                                                        const __nv_bfloat16 *,
