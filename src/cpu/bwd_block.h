@@ -11,7 +11,8 @@
  *   s  = scale * q.k,  P = exp(s - lse)  (0 where bit l of vmask[k] is clear),
  *   dP = dO.v,  dS = P (dP - delta)  (0 where masked),
  *   pp[i*K+k][l] = P, sp[i*K+k][l] = dS  for lanes l < nl,
- *   dq_t[c*16 + l] = scale * sum_{i,k} dS k[c].
+ *   dq_t[c*16 + l] = scale * sum_{i,k valid} dS k[c]  (masked slots are never multiplied: their
+ *                    key positions belong to other queries and may hold inf).
  * Key tile (16 consecutive keys of one row on lanes) over nterm terms, each
  * a shift of whole vectors:
  *   dv_t[c*16 + l] = sum_t (mask_t[l] ? P_t[l] dO_t[c*ld + l] : 0),

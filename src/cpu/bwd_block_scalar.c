@@ -35,7 +35,8 @@ static void bwd_query_scalar(const bwdq_args *a) {
     for (int64_t c = 0; c < a->D; ++c)
         for (int l = 0; l < LANES; ++l) {
             float acc = 0.f;
-            for (int64_t j = 0; j < n; ++j) acc += ds[j * LANES + l] * a->kr[j / K][c * ld + a->off[l] + j % K];
+            for (int64_t j = 0; j < n; ++j) /* masked slots: another query's key, maybe inf */
+                if ((a->vmask[j % K] >> l) & 1u) acc += ds[j * LANES + l] * a->kr[j / K][c * ld + a->off[l] + j % K];
             a->dq_t[c * LANES + l] = acc * a->scale;
         }
 }

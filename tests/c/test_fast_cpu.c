@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "core/dtype.h"
+#include "core/window.h"
 #include "support.h"
 
 static int n_ref_compared = 0;
@@ -560,6 +561,75 @@ static void check_stale_packs(void) {
     }
 }
 
+/*
+ * An inf in one key: queries that do not see it must get the reference's
+ * finite dq.  Causal GNA windows mask slots past the query whose positions
+ * are real keys (here key 13 for query 12): the blocked backward's tiles
+ * read them and must not multiply them (0 * inf is NaN).  Every ISA level.
+ */
+static void check_inf_key(void) {
+    natten_problem p;
+    natten_problem_init(&p, 1);
+    p.batch = 1;
+    p.heads = p.kv_heads = 1;
+    p.head_dim = p.head_dim_v = 16;
+    p.extent[0] = 40;
+    p.kernel[0] = 5;
+    p.gna_stride[0] = 3;
+    p.causal[0] = 1;
+    p.dtype = NATTEN_DTYPE_F32;
+    const int64_t L = 40, D = 16, n = L * D, xinf = 13;
+    float *buf[9];
+    for (int i = 0; i < 9; ++i) buf[i] = calloc((size_t)n, sizeof(float));
+    float *lsebuf = calloc((size_t)L, sizeof(float));
+    t_rng rng;
+    t_rng_seed(&rng, 777);
+    for (int i = 0; i < 3; ++i)
+        for (int64_t e = 0; e < n; ++e) buf[i][e] = (float)t_rng_uniform(&rng, -1.0, 1.0);
+    for (int64_t e = 0; e < n; ++e) buf[4][e] = (float)t_rng_uniform(&rng, -1.0, 1.0);
+    buf[1][xinf * D] = INFINITY;
+    natten_tensor q, k, v, o, lse, dout, dq[2], dk, dv;
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_Q, buf[0], &q);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_K, buf[1], &k);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_V, buf[2], &v);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_OUT, buf[3], &o);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_OUT, buf[4], &dout);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_Q, buf[5], &dq[0]);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_Q, buf[6], &dq[1]);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_K, buf[7], &dk);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_V, buf[8], &dv);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_LSE, lsebuf, &lse);
+    p.impl = NATTEN_IMPL_REFERENCE;
+    natten_status st = natten_na_forward(&p, &q, &k, &v, NULL, NULL, NULL, &o, &lse);
+    t_check(st == NATTEN_STATUS_SUCCESS, "inf key: forward: %s", natten_status_string(st));
+    st = natten_na_backward(&p, &q, &k, &v, NULL, NULL, NULL, &o, &lse, &dout, &dq[1], &dk, &dv, NULL, NULL, NULL);
+    t_check(st == NATTEN_STATUS_SUCCESS, "inf key: reference backward: %s", natten_status_string(st));
+    const natten_cpu_isa isa0 = natten_cpu_isa_get();
+    p.impl = NATTEN_IMPL_FAST;
+    for (int isa = NATTEN_CPU_ISA_SCALAR; isa <= NATTEN_CPU_ISA_NEON; ++isa) {
+        if (natten_cpu_isa_set((natten_cpu_isa)isa) != NATTEN_STATUS_SUCCESS) continue;
+        st = natten_na_backward(&p, &q, &k, &v, NULL, NULL, NULL, &o, &lse, &dout, &dq[0], &dk, &dv, NULL, NULL,
+                                NULL);
+        t_check(st == NATTEN_STATUS_SUCCESS, "inf key [%s]: backward: %s", natten_cpu_isa_name(natten_cpu_isa_get()),
+                natten_status_string(st));
+        int bad = 0, finite = 0;
+        for (int64_t x = 0; x < L; ++x) {
+            const natten_window w = natten_window_of(L, 5, 1, 3, 1, x);
+            if (xinf >= w.start + w.valid_begin && xinf < w.start + w.valid_end) continue; /* sees the inf */
+            for (int64_t c = 0; c < D; ++c) {
+                const float got = buf[5][x * D + c], want = buf[6][x * D + c];
+                finite += isfinite(want) != 0;
+                bad += !(fabsf(got - want) <= 1e-4f * (1.0f + fabsf(want)));
+            }
+        }
+        t_check(bad == 0 && finite > 0, "inf key [%s]: %d dq elements of queries not seeing it off the reference",
+                natten_cpu_isa_name(natten_cpu_isa_get()), bad);
+    }
+    natten_cpu_isa_set(isa0);
+    for (int i = 0; i < 9; ++i) free(buf[i]);
+    free(lsebuf);
+}
+
 /* Forward strategies this executable runs (modes below); test_fast_cpu_tiles.c
  * includes this file for the tiles (2) alone, so each executable stays inside
  * ctest's time limit under the sanitizers. */
@@ -610,6 +680,7 @@ int main(void) {
     fwd_only = 0;
     if (!FAST_CPU_EXTRAS) return t_summary("test_fast_cpu (tiles)");
     check_stream_stores();
+    check_inf_key();
     check_bf16_rounding();
     check_stale_packs();
 

@@ -74,9 +74,12 @@ AI void dq_chunk(const bwdq_args *a, const float *ds, int64_t c0, const int NC, 
             hi[t] = _mm512_loadu_ps(kc + t * ld + 16);
         }
         for (int64_t k = 0; k < K; ++k) {
+            /* masked lanes skip the FMA: their key position is another
+             * query's key, which may be inf (0 * inf would be NaN) */
+            const __mmask16 m = (__mmask16)a->vmask[k];
             const __m512 w = _mm512_load_ps(ds + (i * K + k) * 16);
             for (int t = 0; t < NC; ++t)
-                acc[t] = _mm512_fmadd_ps(w, _mm512_permutex2var_ps(lo[t], idx[k], hi[t]), acc[t]);
+                acc[t] = _mm512_mask3_fmadd_ps(w, _mm512_permutex2var_ps(lo[t], idx[k], hi[t]), acc[t], m);
         }
     }
     for (int t = 0; t < NC; ++t) _mm512_store_ps(a->dq_t + (c0 + t) * 16, _mm512_mul_ps(acc[t], sc));
