@@ -161,15 +161,17 @@ static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, 
 }
 
 /* nr rows (offsets off0 + i*rs) of C channels, lane-major into dst[c*ld + i].
- * Blocks of 16 rows end at 64-byte boundaries of dst (ld is a multiple of 16
- * wherever dst is aligned): a key pack starts 16 + K/2 positions in, and
- * split-line stores made its transposes 40% slower (0.85 vs 0.61 cycles a float). */
+ * From 64 rows on, blocks of 16 rows end at 64-byte boundaries of dst (ld is
+ * a multiple of 16 wherever dst is aligned): a key pack starts 16 + K/2
+ * positions in, and split-line stores made its transposes 40% slower (0.85
+ * vs 0.61 cycles a float); shorter rows would pay a whole extra (masked)
+ * block for it (3-D 16^3 K3: 16-position rows as 15 + 1). */
 static void rows_lane_major(const blk_ctx *x, const natten_tensor *t, int64_t off0, int64_t rs, int64_t nr,
                             int64_t C, float *cvt, float *dst, int64_t ld) {
     const common *c = x->c;
     const int r = c->g.rank;
     const int64_t cs = t->stride[r + 2];
-    const int64_t mis = (int64_t)(((uintptr_t)dst / sizeof(float)) % 16);
+    const int64_t mis = nr >= 64 ? (int64_t)(((uintptr_t)dst / sizeof(float)) % 16) : 0;
     for (int64_t i0 = 0, nb; i0 < nr; i0 += nb) {
         nb = i0 == 0 && mis ? 16 - mis : 16;
         if (nb > nr - i0) nb = nr - i0;
@@ -591,12 +593,12 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
      * multiple of 16, window shift -K/2, or -(K-1) causal) starts on a
      * 64-byte boundary: its two key vectors are then aligned loads.  The pad
      * (>= 16 >= K-1) also holds causal prefixes' masked positions, and so do
-     * gaps of K-1 after each group when causal (else a later group's masked
+     * gaps of K-1 after each group when causal with dilation (else a later group's masked
      * slots read the end of the group before it, which a segment may not
      * have packed: zero_pads zeroes pads only).  Groups are padded to
      * multiples of 16 unless that costs over half the extent. */
     const int64_t Kl = g->K[r - 1], sh = g->causal[r - 1] ? Kl - 1 : Kl / 2;
-    const int64_t FP = 16 + sh % 16, gap = g->causal[r - 1] ? Kl - 1 : 0;
+    const int64_t FP = 16 + sh % 16, gap = g->causal[r - 1] && d > 1 ? Kl - 1 : 0;
     int64_t padded = 0;
     for (int64_t rr = 0; rr < d; ++rr) padded += (x.goff[rr + 1] - x.goff[rr] + gap + 15) / 16 * 16;
     const int pad_groups = padded <= L + L / 2;
