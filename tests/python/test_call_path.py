@@ -174,8 +174,10 @@ def test_na_out_falls_back_to_na_fused_for_tiers_without_it(monkeypatch, rng):
 def test_compiled_callers_trace_once(tier, rng):
     q, _ = rand(rng, (1, 12, 2, 8))
     g, _ = rand(rng, (1, 12, 2, 8))
-    # inputs evaluated before the first compiled call: on the GPU, mx.compile
-    # traces a plain `a * b + c` twice when its inputs are still unevaluated
+    # inputs made by an MLX op: with arrays built by mx.array(numpy), MLX 0.32.4's
+    # compile traces even a plain `a * b + c` a second time on the second call
+    # (then never again), on the CPU and the GPU alike
+    q, g = q * 1, g * 1
     mx.eval(q, g)
     traces = []
 
