@@ -84,8 +84,9 @@ static void pos_of(const geom *g, int64_t R, int64_t x, int64_t pos[3]) {
 }
 
 /* nb rows (offsets off + i*rs) of C channels of tensor t as f32 [nb][C]. */
-static void rows_f32(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t nb, int64_t C,
+static void rows_f32(const bb_ctx *x, const natten_tensor *t, int64_t off, int64_t rs, int64_t nb, int64_t C,
                      float *dst) {
+    const common *c = x->c;
     const int64_t cs = t->stride[c->g.rank + 2];
     const natten_dtype dt = c->p->dtype;
     for (int64_t i = 0; i < nb; ++i) {
@@ -94,6 +95,8 @@ static void rows_f32(const common *c, const natten_tensor *t, int64_t off, int64
         if (dt == NATTEN_DTYPE_F32) {
             const float *s = (const float *)t->data + o;
             for (int64_t ch = 0; ch < C; ++ch) d[ch] = s[ch * cs];
+        } else if (dt == NATTEN_DTYPE_BF16 && cs == 1) {
+            x->bk->bf16_in((const uint16_t *)t->data + o, d, C);
         } else if (dt == NATTEN_DTYPE_BF16) {
             const uint16_t *s = (const uint16_t *)t->data + o;
             for (int64_t ch = 0; ch < C; ++ch) d[ch] = natten_bf16_to_f32(s[ch * cs]);
@@ -106,13 +109,14 @@ static void rows_f32(const common *c, const natten_tensor *t, int64_t off, int64
 }
 
 /* nb rows of C channels (row offsets off + i*rs) into dst[c*ld + i]; cvt: 16*C floats. */
-static void lane_major(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t nb, int64_t C,
+static void lane_major(const bb_ctx *x, const natten_tensor *t, int64_t off, int64_t rs, int64_t nb, int64_t C,
                        float *cvt, float *dst, int64_t ld) {
+    const common *c = x->c;
     if (c->p->dtype == NATTEN_DTYPE_F32 && t->stride[c->g.rank + 2] == 1) {
         c->kern->transpose((const float *)t->data + off, rs, dst, ld, nb, C);
         return;
     }
-    rows_f32(c, t, off, rs, nb, C, cvt);
+    rows_f32(x, t, off, rs, nb, C, cvt);
     c->kern->transpose(cvt, C, dst, ld, nb, C);
 }
 
@@ -146,7 +150,7 @@ static void pack_row(const bb_ctx *x, const natten_tensor *t, int64_t b, int64_t
         const int64_t nb = xr[1] - x0 < 16 ? xr[1] - x0 : 16;
         if (x0 + 16 < xr[1]) /* the caller's rows are strided (H*C apart): fetch the next block early */
             prefetch_rows(c, t, off + (x0 + 16) * rs, rs, xr[1] - x0 - 16 < 16 ? xr[1] - x0 - 16 : 16, C, NULL, NULL);
-        lane_major(c, t, off + x0 * rs, rs, nb, C, cvt, dst + x0 - xr[0], x->CXP);
+        lane_major(x, t, off + x0 * rs, rs, nb, C, cvt, dst + x0 - xr[0], x->CXP);
     }
     for (int64_t ch = 0; ch < C; ++ch)
         for (int64_t u = xr[1] - xr[0]; u < x->CXP; ++u) dst[ch * x->CXP + u] = 0.f;
@@ -168,7 +172,7 @@ typedef struct bb_scratch {
     float **pp, **sp;
     int32_t *off;
     uint32_t *vmask;
-    float *lse, *delta, *sbuf, *tq, *tdo, *tk, *tv, *row, *cvt, *cvo;
+    float *lse, *delta, *sbuf, *tq, *tdo, *tk, *tv, *cvt, *cvo;
     int64_t *poff;
     const float **qr, **dr;
     uint32_t *mask;
@@ -208,7 +212,6 @@ static size_t bb_layout(const bb_ctx *x, char *base, bb_scratch *out) {
     s.tdo = carve(base, &o, (size_t)(g->Dv * 16) * sizeof(*s.tdo));
     s.tk = carve(base, &o, (size_t)(g->D * 16) * sizeof(*s.tk));
     s.tv = carve(base, &o, (size_t)(g->Dv * 16) * sizeof(*s.tv));
-    s.row = carve(base, &o, (size_t)(Cm) * sizeof(*s.row));
     s.cvt = carve(base, &o, (size_t)(16 * Cm) * sizeof(*s.cvt));
     s.cvo = carve(base, &o, (size_t)(16 * Cm) * sizeof(*s.cvo));
     s.poff = carve(base, &o, (size_t)(nterm) * sizeof(*s.poff));
@@ -222,18 +225,22 @@ static size_t bb_layout(const bb_ctx *x, char *base, bb_scratch *out) {
     return o;
 }
 
-/* Store a [C][16] tile result as nl rows of t from position (b, pos, h) along the last axis. */
-static void tile_store(const common *c, const float *tt, natten_tensor *t, int64_t b, const int64_t pos[3],
-                       int64_t h, int64_t C, int64_t nl, float *row) {
+/* Store a [C][16] tile result as nl rows of t from position (b, pos, h) along
+ * the last axis; cvt: 16*C floats. */
+static void tile_store(const bb_ctx *x, const float *tt, natten_tensor *t, int64_t b, const int64_t pos[3],
+                       int64_t h, int64_t C, int64_t nl, float *cvt) {
+    const common *c = x->c;
     const int r = c->g.rank;
-    const int64_t off = row_off(t->stride, r, b, pos, h), ls = t->stride[r];
-    if (c->p->dtype == NATTEN_DTYPE_F32 && t->stride[r + 2] == 1) {
+    const int64_t off = row_off(t->stride, r, b, pos, h), ls = t->stride[r], cs = t->stride[r + 2];
+    const natten_dtype dt = c->p->dtype;
+    if (dt == NATTEN_DTYPE_F32 && cs == 1) {
         c->kern->transpose(tt, 16, (float *)t->data + off, ls, C, nl);
         return;
     }
+    c->kern->transpose(tt, 16, cvt, C, C, nl); /* rows, then rounded like the reference */
     for (int64_t l = 0; l < nl; ++l) {
-        for (int64_t ch = 0; ch < C; ++ch) row[ch] = tt[ch * 16 + l];
-        store_row(t->data, off + l * ls, t->stride[r + 2], c->p->dtype, row, C);
+        if (dt == NATTEN_DTYPE_BF16 && cs == 1) x->bk->bf16_out(cvt + l * C, (uint16_t *)t->data + off + l * ls, C);
+        else store_row(t->data, off + l * ls, cs, dt, cvt + l * C, C);
     }
 }
 
@@ -257,13 +264,13 @@ static void query_lanes(const bb_ctx *x, bb_scratch *s, int64_t b, int64_t h, in
         memset(s->tq, 0, (size_t)(g->D * 16) * sizeof(float));
         memset(s->tdo, 0, (size_t)(g->Dv * 16) * sizeof(float));
     }
-    lane_major(c, x->q, row_off(x->q->stride, r, b, pos, h), x->q->stride[r], nl, g->D, s->cvt, s->tq, 16);
+    lane_major(x, x->q, row_off(x->q->stride, r, b, pos, h), x->q->stride[r], nl, g->D, s->cvt, s->tq, 16);
     const int64_t doff = row_off(x->dout->stride, r, b, pos, h), ooff = row_off(x->out->stride, r, b, pos, h);
     const float *drows = (const float *)x->dout->data + doff, *orows = (const float *)x->out->data + ooff;
     int64_t dls = x->dout->stride[r], ols = x->out->stride[r];
     if (c->p->dtype != NATTEN_DTYPE_F32 || x->dout->stride[r + 2] != 1 || x->out->stride[r + 2] != 1) {
-        rows_f32(c, x->dout, doff, dls, nl, g->Dv, s->cvt);
-        rows_f32(c, x->out, ooff, ols, nl, g->Dv, s->cvo);
+        rows_f32(x, x->dout, doff, dls, nl, g->Dv, s->cvt);
+        rows_f32(x, x->out, ooff, ols, nl, g->Dv, s->cvo);
         drows = s->cvt;
         orows = s->cvo;
         dls = ols = g->Dv;
@@ -399,7 +406,7 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
                     }
                 }
                 pos[r - 1] = p;
-                tile_store(c, s.tk, x->dq, b, pos, h, g->D, nl, s.row);
+                tile_store(x, s.tk, x->dq, b, pos, h, g->D, nl, s.cvt);
                 pos[r - 1] = 0;
                 p += nl;
             }
@@ -479,8 +486,8 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                                s.tk, s.tv, pf_next};
                 x->bk->key(&a);
                 pos[r - 1] = x0;
-                tile_store(c, s.tk, x->dk, b, pos, hk, g->D, nl, s.row);
-                tile_store(c, s.tv, x->dv, b, pos, hk, g->Dv, nl, s.row);
+                tile_store(x, s.tk, x->dk, b, pos, hk, g->D, nl, s.cvt);
+                tile_store(x, s.tv, x->dv, b, pos, hk, g->Dv, nl, s.cvt);
                 pos[r - 1] = 0;
             }
         }

@@ -630,6 +630,84 @@ static void check_inf_key(void) {
     free(lsebuf);
 }
 
+/*
+ * The backward in bf16 is the f32 backward of the widened tensors, rounded:
+ * dq, dk, dv bit for bit at every ISA (the blocked backward's vector bf16
+ * conversions against natten_f32_to_bf16; a NaN in dO reaches some outputs).
+ */
+static void check_bf16_bwd_rounding(void) {
+    natten_problem p;
+    natten_problem_init(&p, 2);
+    p.batch = 1;
+    p.heads = p.kv_heads = 2;
+    p.head_dim = p.head_dim_v = 40; /* a partial 16-channel block */
+    p.extent[0] = 5;
+    p.extent[1] = 37;
+    p.kernel[0] = 3;
+    p.kernel[1] = 5;
+    p.causal[1] = 1;
+    p.impl = NATTEN_IMPL_FAST;
+    const int64_t n = 5 * 37 * 2 * 40, nl = 5 * 37 * 2;
+    uint16_t *h[8];
+    float *f[8], *lse = malloc((size_t)nl * sizeof(float));
+    for (int i = 0; i < 8; ++i) {
+        h[i] = malloc((size_t)n * sizeof(uint16_t));
+        f[i] = malloc((size_t)n * sizeof(float));
+    }
+    t_rng rng;
+    t_rng_seed(&rng, 78);
+    for (int i = 0; i < 5; ++i) /* q, k, v, out (set below), dO */
+        for (int64_t e = 0; e < n; ++e) {
+            h[i][e] = natten_f32_to_bf16((float)t_rng_uniform(&rng, -2.0, 2.0));
+            f[i][e] = natten_bf16_to_f32(h[i][e]);
+        }
+    h[4][(9 * 2 + 1) * 40 + 7] = 0x7fc1; /* NaN in dO at row 9, head 1 */
+    f[4][(9 * 2 + 1) * 40 + 7] = natten_bf16_to_f32(0x7fc1);
+    natten_tensor t[10];
+    p.dtype = NATTEN_DTYPE_F32;
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_Q, f[0], &t[0]);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_K, f[1], &t[1]);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_V, f[2], &t[2]);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_OUT, f[3], &t[3]);
+    natten_tensor_contiguous(&p, NATTEN_TENSOR_LSE, lse, &t[4]);
+    natten_status st = natten_na_forward(&p, &t[0], &t[1], &t[2], NULL, NULL, NULL, &t[3], &t[4]);
+    t_check(st == NATTEN_STATUS_SUCCESS, "bf16 bwd rounding: forward: %s", natten_status_string(st));
+    for (int64_t e = 0; e < n; ++e) { /* one out for both: the bf16 one, widened */
+        h[3][e] = natten_f32_to_bf16(f[3][e]);
+        f[3][e] = natten_bf16_to_f32(h[3][e]);
+    }
+    const natten_cpu_isa isa0 = natten_cpu_isa_get();
+    for (int ii = 0; ii < T_NUM_CPU_ISAS; ++ii) {
+        if (natten_cpu_isa_set(t_cpu_isas[ii]) != NATTEN_STATUS_SUCCESS) continue;
+        for (int dt = 0; dt < 2; ++dt) {
+            p.dtype = dt ? NATTEN_DTYPE_BF16 : NATTEN_DTYPE_F32;
+            const natten_tensor_kind kinds[8] = {NATTEN_TENSOR_Q, NATTEN_TENSOR_K, NATTEN_TENSOR_V, NATTEN_TENSOR_OUT,
+                                                 NATTEN_TENSOR_OUT, NATTEN_TENSOR_Q, NATTEN_TENSOR_K, NATTEN_TENSOR_V};
+            natten_tensor u[8];
+            for (int i = 0; i < 8; ++i)
+                natten_tensor_contiguous(&p, kinds[i], dt ? (void *)h[i] : (void *)f[i], &u[i]);
+            st = natten_na_backward(&p, &u[0], &u[1], &u[2], NULL, NULL, NULL, &u[3], &t[4], &u[4], &u[5], &u[6],
+                                    &u[7], NULL, NULL, NULL);
+            t_check(st == NATTEN_STATUS_SUCCESS, "bf16 bwd rounding [%s]: backward: %s",
+                    natten_cpu_isa_name(t_cpu_isas[ii]), natten_status_string(st));
+        }
+        int bad = 0, nan = 0;
+        for (int i = 5; i < 8; ++i)
+            for (int64_t e = 0; e < n; ++e) {
+                bad += h[i][e] != natten_f32_to_bf16(f[i][e]);
+                nan += f[i][e] != f[i][e];
+            }
+        t_check(bad == 0 && nan > 0, "bf16 bwd rounding [%s]: %d gradient elements differ from the rounded f32 "
+                "backward (%d NaN)", natten_cpu_isa_name(t_cpu_isas[ii]), bad, nan);
+    }
+    natten_cpu_isa_set(isa0);
+    for (int i = 0; i < 8; ++i) {
+        free(h[i]);
+        free(f[i]);
+    }
+    free(lse);
+}
+
 /* Forward strategies this executable runs (modes below); test_fast_cpu_tiles.c
  * includes this file for the tiles (2) and the short segments (3), so each
  * executable stays inside ctest's time limit under the sanitizers (this one
@@ -682,6 +760,7 @@ int main(void) {
     if (!FAST_CPU_EXTRAS) return t_summary("test_fast_cpu (tiles)");
     check_stream_stores();
     check_inf_key();
+    check_bf16_bwd_rounding();
     check_bf16_rounding();
     check_stale_packs();
 
