@@ -10,6 +10,7 @@ tiers (min over repetitions, after warm-up, around mx.eval of the result),
 the speedups of the compiled tier over the other two, its GFLOP/s and its
 share of this machine's f32 FMA peak, and its backward/forward ratio.
 
+Forward+backward is mx.vjp of the op with a random cotangent for its output.
 FLOPs: forward 4*B*H*N*KK*D (QK and AV, one multiply-add = 2 FLOPs);
 backward 2.5x that, so forward+backward = 3.5x.
 
@@ -42,6 +43,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 UPSTREAM_DIR = os.path.join(ROOT, ".venv-natten-mlx-0.3.3")  # ignored by /.venv*/
+# MLX's CPU buffer cache keeps 32 MiB by default, so outputs larger than that are
+# fresh mappings (page faults) on every call.  NATTEN_BENCH_CACHE_LIMIT_GB raises
+# it for every tier; unset, MLX's default is measured.
+CACHE_LIMIT_GB = float(os.environ.get("NATTEN_BENCH_CACHE_LIMIT_GB", "0") or 0)
 
 CASES = [
     # name, B, spatial, H, D, K, dilation, causal
@@ -111,6 +116,8 @@ def _run_cases(na_fns, cases, dtypes, reps, mem_limit=None):
     import mlx.core as mx
 
     mx.set_default_device(mx.cpu)
+    if CACHE_LIMIT_GB:  # every tier, the 0.3.3 child too (it inherits the environment)
+        mx.set_cache_limit(int(CACHE_LIMIT_GB * 2**30))
     out = {}
     for case in cases:
         name, B, spatial, H, D, K, dil, causal = case
@@ -127,13 +134,13 @@ def _run_cases(na_fns, cases, dtypes, reps, mem_limit=None):
             def fwd():
                 return fn(q, k, v, **kw)
 
-            def loss(q_, k_, v_):
-                return (fn(q_, k_, v_, **kw) * g).sum()
+            def attend(q_, k_, v_):
+                return fn(q_, k_, v_, **kw)
 
-            grad = mx.grad(loss, argnums=(0, 1, 2))
-
+            # forward + backward with g as the output's cotangent (no loss
+            # reduction, whose elementwise passes would be timed too)
             def fwd_bwd():
-                return grad(q, k, v)
+                return mx.vjp(attend, [q, k, v], [g])[1]
 
             key = f"{name}|{dt_name}"
             if mem_limit is not None and pure_bytes(case, dt_name) > mem_limit:
@@ -270,6 +277,9 @@ def main():
     print(f"f32 FMA peak: {peak_line}  -> peak = all_cores GFLOP/s "
           "(benchmarks/c/cpu_fma_peak.c: 12 independent FMA chains per thread, widest vectors, "
           "one thread per core, best of 3)")
+    print(f"MLX buffer cache limit: "
+          f"{f'{CACHE_LIMIT_GB:g} GiB (NATTEN_BENCH_CACHE_LIMIT_GB)' if CACHE_LIMIT_GB else 'MLX default'}; "
+          f"forward+backward = mx.vjp with a random output cotangent")
     print(f"load average at start: {os.getloadavg()}")
 
     fns = {1: nm.na1d, 2: nm.na2d, 3: nm.na3d}
