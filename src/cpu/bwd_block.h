@@ -64,8 +64,7 @@ typedef struct bwdk_args {
 typedef struct bwd_blk_kernel {
     void (*query)(const bwdq_args *a);
     void (*key)(const bwdk_args *a);
-    /* n contiguous bf16 <-> f32, rounding as natten_f32_to_bf16 (nearest even, NaN kept) */
-    void (*bf16_in)(const uint16_t *src, float *dst, int64_t n);
+    /* n contiguous f32 -> bf16, rounding as natten_f32_to_bf16 (nearest even, NaN kept) */
     void (*bf16_out)(const float *src, uint16_t *dst, int64_t n);
 } bwd_blk_kernel;
 

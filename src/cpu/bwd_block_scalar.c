@@ -59,12 +59,8 @@ static void bwd_key_scalar(const bwdk_args *a) {
         }
 }
 
-static void bf16_in_scalar(const uint16_t *src, float *dst, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(src[i]);
-}
-
 static void bf16_out_scalar(const float *src, uint16_t *dst, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = natten_f32_to_bf16(src[i]);
 }
 
-const bwd_blk_kernel natten_bwd_blk_scalar = {bwd_query_scalar, bwd_key_scalar, bf16_in_scalar, bf16_out_scalar};
+const bwd_blk_kernel natten_bwd_blk_scalar = {bwd_query_scalar, bwd_key_scalar, bf16_out_scalar};

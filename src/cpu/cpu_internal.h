@@ -28,6 +28,8 @@ typedef struct natten_cpu_kernels {
     float (*expsum)(float *s, int64_t n, float m);
     /* f16 bits -> f32 for n elements. */
     void (*f16_to_f32)(const uint16_t *src, float *dst, int64_t n);
+    /* bf16 bits -> f32 for n elements (a 16-bit shift, exact). */
+    void (*bf16_to_f32)(const uint16_t *src, float *dst, int64_t n);
     /* dst[c*dst_ld + r] = src[r*src_ld + c] for r < rows, c < cols. */
     void (*transpose)(const float *src, int64_t src_ld, float *dst, int64_t dst_ld, int64_t rows,
                       int64_t cols);
@@ -92,6 +94,9 @@ void natten_parallel_for(int nthreads, int64_t n, int64_t grain, natten_parallel
 /* Reusable large buffers (cached across calls); put(NULL) is a no-op. */
 void *natten_cpu_ws_get(size_t bytes);
 void natten_cpu_ws_put(void *ptr);
+
+/* Portable bf16 widening (the scalar, AVX2 and NEON tables' entry; compilers vectorize the shift). */
+void natten_cpu_bf16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n);
 
 /* Portable blocked transpose (the scalar table's entry). */
 void natten_cpu_transpose_scalar(const float *src, int64_t src_ld, float *dst, int64_t dst_ld,

@@ -87,25 +87,8 @@ static void pos_of(const geom *g, int64_t R, int64_t x, int64_t pos[3]) {
 static void rows_f32(const bb_ctx *x, const natten_tensor *t, int64_t off, int64_t rs, int64_t nb, int64_t C,
                      float *dst) {
     const common *c = x->c;
-    const int64_t cs = t->stride[c->g.rank + 2];
-    const natten_dtype dt = c->p->dtype;
-    for (int64_t i = 0; i < nb; ++i) {
-        const int64_t o = off + i * rs;
-        float *d = dst + i * C;
-        if (dt == NATTEN_DTYPE_F32) {
-            const float *s = (const float *)t->data + o;
-            for (int64_t ch = 0; ch < C; ++ch) d[ch] = s[ch * cs];
-        } else if (dt == NATTEN_DTYPE_BF16 && cs == 1) {
-            x->bk->bf16_in((const uint16_t *)t->data + o, d, C);
-        } else if (dt == NATTEN_DTYPE_BF16) {
-            const uint16_t *s = (const uint16_t *)t->data + o;
-            for (int64_t ch = 0; ch < C; ++ch) d[ch] = natten_bf16_to_f32(s[ch * cs]);
-        } else if (dt == NATTEN_DTYPE_F16 && cs == 1) {
-            c->kern->f16_to_f32((const uint16_t *)t->data + o, d, C);
-        } else {
-            for (int64_t ch = 0; ch < C; ++ch) d[ch] = (float)natten_load(t->data, o + ch * cs, dt);
-        }
-    }
+    for (int64_t i = 0; i < nb; ++i)
+        load_row(c->kern, t->data, off + i * rs, t->stride[c->g.rank + 2], c->p->dtype, dst + i * C, C);
 }
 
 /* nb rows of C channels (row offsets off + i*rs) into dst[c*ld + i]; cvt: 16*C floats. */
@@ -118,21 +101,6 @@ static void lane_major(const bb_ctx *x, const natten_tensor *t, int64_t off, int
     }
     rows_f32(x, t, off, rs, nb, C, cvt);
     c->kern->transpose(cvt, C, dst, ld, nb, C);
-}
-
-/* Prefetch n rows of C channels at element offsets off + i*rs of t, or
- * (list) append their cache lines to list[*nlist < BB_PF_MAX]. */
-static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C,
-                          const char **list, int64_t *nlist) {
-    const size_t es = natten_dtype_size(c->p->dtype);
-    const size_t bytes = (size_t)((C - 1) * t->stride[c->g.rank + 2] + 1) * es;
-    for (int64_t i = 0; i < n; ++i) {
-        const char *row = (const char *)t->data + (size_t)(off + i * rs) * es;
-        for (size_t bo = 0; bo < bytes; bo += 64) {
-            if (list && *nlist < BB_PF_MAX) list[(*nlist)++] = row + bo;
-            else if (!list) __builtin_prefetch(row + bo);
-        }
-    }
 }
 
 /* Pack positions [xr[0], xr[1]) of row (b, head h, leading row R) of t:
@@ -149,7 +117,7 @@ static void pack_row(const bb_ctx *x, const natten_tensor *t, int64_t b, int64_t
     for (int64_t x0 = xr[0]; x0 < xr[1]; x0 += 16) {
         const int64_t nb = xr[1] - x0 < 16 ? xr[1] - x0 : 16;
         if (x0 + 16 < xr[1]) /* the caller's rows are strided (H*C apart): fetch the next block early */
-            prefetch_rows(c, t, off + (x0 + 16) * rs, rs, xr[1] - x0 - 16 < 16 ? xr[1] - x0 - 16 : 16, C, NULL, NULL);
+            prefetch_rows(c, t, off + (x0 + 16) * rs, rs, xr[1] - x0 - 16 < 16 ? xr[1] - x0 - 16 : 16, C, NULL, NULL, 0);
         lane_major(x, t, off + x0 * rs, rs, nb, C, cvt, dst + x0 - xr[0], x->CXP);
     }
     for (int64_t ch = 0; ch < C; ++ch)
@@ -377,11 +345,12 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
                     if (Rn < R1) {
                         pos_of(g, Rn, xn, pn);
                         const int64_t nn = u1 - xn < 16 ? u1 - xn : 16;
-                        prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pn, h), x->q->stride[r], nn, g->D, s.pf, &npf);
+                        prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pn, h), x->q->stride[r], nn, g->D, s.pf, &npf,
+                                      BB_PF_MAX);
                         prefetch_rows(c, x->dout, row_off(x->dout->stride, r, b, pn, h), x->dout->stride[r], nn, g->Dv,
-                                      s.pf, &npf);
+                                      s.pf, &npf, BB_PF_MAX);
                         prefetch_rows(c, x->out, row_off(x->out->stride, r, b, pn, h), x->out->stride[r], nn, g->Dv,
-                                      s.pf, &npf);
+                                      s.pf, &npf, BB_PF_MAX);
                     }
                 }
                 const int64_t sh = w0.start - x->qrange[2 * seg]; /* cached rows start at the segment's range */

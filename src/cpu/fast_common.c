@@ -64,6 +64,22 @@ typedef struct pack_ctx {
     const natten_cpu_kernels *kern;
 } pack_ctx;
 
+void load_row(const natten_cpu_kernels *kern, const void *base, int64_t off, int64_t stride, natten_dtype dt,
+              float *dst, int64_t n) {
+    if (dt == NATTEN_DTYPE_F32 && stride == 1) {
+        memcpy(dst, (const float *)base + off, (size_t)n * sizeof(float));
+    } else if (dt == NATTEN_DTYPE_F16 && stride == 1) {
+        kern->f16_to_f32((const uint16_t *)base + off, dst, n);
+    } else if (dt == NATTEN_DTYPE_BF16 && stride == 1) {
+        kern->bf16_to_f32((const uint16_t *)base + off, dst, n);
+    } else if (dt == NATTEN_DTYPE_BF16) {
+        const uint16_t *s = (const uint16_t *)base + off;
+        for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(s[i * stride]);
+    } else {
+        for (int64_t i = 0; i < n; ++i) dst[i] = (float)natten_load(base, off + i * stride, dt);
+    }
+}
+
 static void pack_rows(void *vctx, int64_t begin, int64_t end, int tid) {
     const pack_ctx *c = vctx;
     const int64_t last = c->t->stride[c->ndim - 1];
@@ -77,17 +93,7 @@ static void pack_rows(void *vctx, int64_t begin, int64_t end, int tid) {
         doff += ix[i] * c->dst_st[i];
     }
     for (int64_t r = begin; r < end; ++r) {
-        float *d = c->dst + doff;
-        if (c->dt == NATTEN_DTYPE_F32 && last == 1) {
-            memcpy(d, (const float *)c->t->data + off, (size_t)c->rowlen * sizeof(float));
-        } else if (c->dt == NATTEN_DTYPE_F16 && last == 1) {
-            c->kern->f16_to_f32((const uint16_t *)c->t->data + off, d, c->rowlen);
-        } else if (c->dt == NATTEN_DTYPE_BF16) {
-            const uint16_t *s = (const uint16_t *)c->t->data + off;
-            for (int64_t i = 0; i < c->rowlen; ++i) d[i] = natten_bf16_to_f32(s[i * last]);
-        } else {
-            for (int64_t i = 0; i < c->rowlen; ++i) d[i] = (float)natten_load(c->t->data, off + i * last, c->dt);
-        }
+        load_row(c->kern, c->t->data, off, last, c->dt, c->dst + doff, c->rowlen);
         for (int i = nlead - 1; i >= 0; --i) {
             off += c->t->stride[i];
             doff += c->dst_st[i];
@@ -178,6 +184,25 @@ void store_row(void *base, int64_t off, int64_t stride, natten_dtype dt, const f
         for (int64_t i = 0; i < n; ++i) d[i * stride] = src[i];
         return;
     }
+    }
+}
+
+/* Prefetch n rows of C contiguous channels at element offsets off + i*rs of
+ * t; with list, append their line addresses to list[*nlist < cap] instead (a
+ * tile spreads them over its arithmetic; what does not fit is prefetched
+ * now).  Channel-strided tensors are not prefetched (the lines between the
+ * channels would be fetched too). */
+void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C,
+                   const char **list, int64_t *nlist, int64_t cap) {
+    if (t->stride[c->g.rank + 2] != 1) return;
+    const size_t es = natten_dtype_size(c->p->dtype);
+    const char *base = (const char *)t->data;
+    for (int64_t i = 0; i < n; ++i) {
+        const char *row = base + (size_t)(off + i * rs) * es;
+        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) {
+            if (list && *nlist < cap) list[(*nlist)++] = row + bo;
+            else __builtin_prefetch(row + bo);
+        }
     }
 }
 

@@ -114,50 +114,7 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
 
 /* n channels of one row (element offset off, channel stride cs) as f32. */
 static void row_f32(const blk_ctx *x, const natten_tensor *t, int64_t off, int64_t cs, int64_t n, float *dst) {
-    const common *c = x->c;
-    const natten_dtype dt = c->p->dtype;
-    if (dt == NATTEN_DTYPE_BF16 && cs == 1 && x->bk->widen_bf16) {
-        x->bk->widen_bf16((const uint16_t *)t->data + off, 0, 1, n, dst);
-        return;
-    }
-    if (dt == NATTEN_DTYPE_F32) {
-        const float *s = (const float *)t->data + off;
-        if (cs == 1) memcpy(dst, s, (size_t)n * sizeof(float));
-        else
-            for (int64_t i = 0; i < n; ++i) dst[i] = s[i * cs];
-    } else if (dt == NATTEN_DTYPE_F16 && cs == 1) {
-        c->kern->f16_to_f32((const uint16_t *)t->data + off, dst, n);
-    } else if (dt == NATTEN_DTYPE_BF16) {
-        const uint16_t *s = (const uint16_t *)t->data + off;
-        if (cs == 1) /* a unit stride: the compiler vectorizes the shift (levels without widen_bf16) */
-            for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(s[i]);
-        else
-            for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(s[i * cs]);
-    } else {
-        for (int64_t i = 0; i < n; ++i) dst[i] = (float)natten_load(t->data, off + i * cs, dt);
-    }
-}
-
-/* Prefetch n rows of C channels (contiguous) at element offsets off + i*rs
- * of t; with list (room for *nlist < BLK_PF_MAX), append the line addresses
- * there instead (the rest, if it fills, is prefetched now). */
-static void prefetch_rows_to(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C,
-                             const char **list, int64_t *nlist) {
-    const int r = c->g.rank;
-    if (t->stride[r + 2] != 1) return;
-    const size_t es = natten_dtype_size(c->p->dtype);
-    const char *base = (const char *)t->data;
-    for (int64_t i = 0; i < n; ++i) {
-        const char *row = base + (size_t)(off + i * rs) * es;
-        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) {
-            if (list && *nlist < BLK_PF_MAX) list[(*nlist)++] = row + bo;
-            else __builtin_prefetch(row + bo);
-        }
-    }
-}
-
-static void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C) {
-    prefetch_rows_to(c, t, off, rs, n, C, NULL, NULL);
+    load_row(x->c->kern, t->data, off, cs, x->c->p->dtype, dst, n);
 }
 
 /* nr rows (offsets off0 + i*rs) of C channels, lane-major into dst[c*ld + i].
@@ -176,15 +133,13 @@ static void rows_lane_major(const blk_ctx *x, const natten_tensor *t, int64_t of
         nb = i0 == 0 && mis ? 16 - mis : 16;
         if (nb > nr - i0) nb = nr - i0;
         /* the caller's rows are strided (H*C apart): fetch the next block early */
-        if (i0 + nb < nr) prefetch_rows(c, t, off0 + (i0 + nb) * rs, rs, nr - i0 - nb < 16 ? nr - i0 - nb : 16, C);
+        if (i0 + nb < nr)
+            prefetch_rows(c, t, off0 + (i0 + nb) * rs, rs, nr - i0 - nb < 16 ? nr - i0 - nb : 16, C, NULL, NULL, 0);
         if (c->p->dtype == NATTEN_DTYPE_F32 && cs == 1) {
             c->kern->transpose((const float *)t->data + off0 + i0 * rs, rs, dst + i0, ld, nb, C);
             continue;
         }
-        if (c->p->dtype == NATTEN_DTYPE_BF16 && cs == 1 && x->bk->widen_bf16)
-            x->bk->widen_bf16((const uint16_t *)t->data + off0 + i0 * rs, rs, nb, C, cvt);
-        else
-            for (int64_t i = 0; i < nb; ++i) row_f32(x, t, off0 + (i0 + i) * rs, cs, C, cvt + i * C);
+        for (int64_t i = 0; i < nb; ++i) row_f32(x, t, off0 + (i0 + i) * rs, cs, C, cvt + i * C);
         c->kern->transpose(cvt, C, dst + i0, ld, nb, C);
     }
 }
@@ -222,7 +177,8 @@ static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int
         for (int64_t p = pa; p < n; ++p) {
             float *dst = vp + (u0 + p) * vld;
             if (p % 8 == 0 && p + 8 < n)
-                prefetch_rows(c, x->v, vb + (rr + d * (p + 8)) * vsx, d * vsx, n - p - 8 < 8 ? n - p - 8 : 8, Dv);
+                prefetch_rows(c, x->v, vb + (rr + d * (p + 8)) * vsx, d * vsx, n - p - 8 < 8 ? n - p - 8 : 8, Dv, NULL,
+                              NULL, 0);
             if (vdirect) {
                 const float *src = (const float *)x->v->data + vb + (rr + d * p) * vsx;
                 for (int64_t ch = 0; ch < Dv; ++ch) dst[ch] = src[ch];
@@ -252,6 +208,7 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
     const geom *g = &x->c->g;
     const int r = g->rank;
     natten_window w[2];
+    memset(w, 0, sizeof w); /* axes past r - 1 are never read; GCC cannot see that once row_f32 inlines */
     int64_t n0 = 1, n1 = 1, b0 = 0, b1 = 0;
     for (int a = 0; a < r - 1; ++a) {
         const int64_t pos = o[a] * g->os[a];
@@ -506,20 +463,20 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
                         for (int a = 0; a < r - 1; ++a) pos[a] = o[a] * g->os[a];
                         pos[r - 1] = rr + d * (p + nl);
                         prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pos, h), d * x->q->stride[r],
-                                      pmax - p - nl < LN ? pmax - p - nl : LN, g->D);
+                                      pmax - p - nl < LN ? pmax - p - nl : LN, g->D, NULL, NULL, 0);
                     }
                     { /* this tile's positions of the next line's new rows and queries */
                         const int64_t x0 = rr + d * p;
                         s.npfa = 0;
                         for (int64_t i = 0; i < s.npf; ++i) {
-                            prefetch_rows_to(c, x->k, s.pfk[i] + x0 * x->k->stride[r], d * x->k->stride[r], nl,
-                                             g->D, s.pfa, &s.npfa);
-                            prefetch_rows_to(c, x->v, s.pfv[i] + x0 * x->v->stride[r], d * x->v->stride[r], nl,
-                                             g->Dv, s.pfa, &s.npfa);
+                            prefetch_rows(c, x->k, s.pfk[i] + x0 * x->k->stride[r], d * x->k->stride[r], nl,
+                                          g->D, s.pfa, &s.npfa, BLK_PF_MAX);
+                            prefetch_rows(c, x->v, s.pfv[i] + x0 * x->v->stride[r], d * x->v->stride[r], nl,
+                                          g->Dv, s.pfa, &s.npfa, BLK_PF_MAX);
                         }
                         if (s.pfq >= 0)
-                            prefetch_rows_to(c, x->q, s.pfq + x0 * x->q->stride[r], d * x->q->stride[r], nl, g->D,
-                                             s.pfa, &s.npfa);
+                            prefetch_rows(c, x->q, s.pfq + x0 * x->q->stride[r], d * x->q->stride[r], nl, g->D,
+                                          s.pfa, &s.npfa, BLK_PF_MAX);
                     }
                     run_tile(x, &s, b, h, o, rr, p, nl, nrow);
                     p += nl;

@@ -69,6 +69,9 @@ typedef struct fview {
  */
 int make_view(const natten_problem *p, natten_tensor_kind kind, const natten_tensor *t, fview *v,
               int nthreads, int head_major);
+/* Load n values of type dt at base + off (element stride `stride`) as f32. */
+void load_row(const natten_cpu_kernels *kern, const void *base, int64_t off, int64_t stride, natten_dtype dt,
+              float *dst, int64_t n);
 /* Store n f32 values at base + off, element stride `stride`, rounded to dt. */
 void store_row(void *base, int64_t off, int64_t stride, natten_dtype dt, const float *src, int64_t n);
 void store_zero_row(void *base, int64_t off, int64_t stride, natten_dtype dt, int64_t n);
@@ -215,6 +218,10 @@ void line_set_head(const common *c, int64_t b, int64_t h, lineprep *lp);
 int query_list(const common *c, lineprep *lp, int64_t ol, nlist *nl);
 /* rpb as an f32 table per head; windows of the last axis once per call. 0 on OOM. */
 int build_rpb_all(common *c);
+/* Prefetch (or, with list, queue up to cap line addresses of) n rows of C
+ * contiguous channels at element offsets off + i*rs of t. */
+void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C,
+                   const char **list, int64_t *nlist, int64_t cap);
 int build_wlast(common *c);
 /* Release the views, staging buffers, tables and scratch of a call (fields
  * never set must be NULL). */

@@ -83,9 +83,6 @@ typedef struct blk_kernel {
     int lanes; /* queries per tile */
     int span;  /* positions a lane's offset plus K may reach */
     int bf16_out; /* takes out16 (a store_row per output row cost 20% of a bf16 1-D forward) */
-    /* or NULL: rows rows of C contiguous bf16 channels, src_ld apart, widened
-     * to f32 at dst[i*C + c] (the portable loop took ~15% of a bf16 1-D forward) */
-    void (*widen_bf16)(const uint16_t *src, int64_t src_ld, int64_t rows, int64_t C, float *dst);
 } blk_kernel;
 
 extern const blk_kernel natten_blk_scalar;

@@ -48,6 +48,10 @@ static void f16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; ++i) dst[i] = natten_f16_to_f32(src[i]);
 }
 
+void natten_cpu_bf16_to_f32_scalar(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = natten_bf16_to_f32(src[i]);
+}
+
 void natten_cpu_transpose_scalar(const float *src, int64_t src_ld, float *dst, int64_t dst_ld,
                                  int64_t rows, int64_t cols) {
     for (int64_t r0 = 0; r0 < rows; r0 += 16)
@@ -58,4 +62,4 @@ void natten_cpu_transpose_scalar(const float *src, int64_t src_ld, float *dst, i
 
 const natten_cpu_kernels natten_cpu_kernels_scalar = {
     NATTEN_CPU_ISA_SCALAR, dots_scalar, wsum_scalar, expsum_scalar, f16_to_f32_scalar,
-    natten_cpu_transpose_scalar, NULL, 0, NULL, NULL};
+    natten_cpu_bf16_to_f32_scalar, natten_cpu_transpose_scalar, NULL, 0, NULL, NULL};

@@ -419,6 +419,15 @@ static void check_stream_stores(void) {
     free(lsebuf);
 }
 
+/* n random values in [-2, 2] as bf16 bits h and their exact f32 widening f
+ * (the bf16 checks feed both dtypes the same numbers). */
+static void fill_bf16_pair(t_rng *rng, uint16_t *h, float *f, int64_t n) {
+    for (int64_t e = 0; e < n; ++e) {
+        h[e] = natten_f32_to_bf16((float)t_rng_uniform(rng, -2.0, 2.0));
+        f[e] = natten_bf16_to_f32(h[e]);
+    }
+}
+
 /* A bf16 forward rounds, bit for bit, what the f32 forward computes from the
  * same (widened) inputs: the blocked kernels widen bf16 rows and round their
  * outputs themselves (AVX-512), so this pins both conversions to
@@ -444,11 +453,7 @@ static void check_bf16_rounding(void) {
     lse[1] = malloc((size_t)nl * sizeof(float));
     t_rng rng;
     t_rng_seed(&rng, 77);
-    for (int i = 0; i < 3; ++i)
-        for (int64_t e = 0; e < n; ++e) {
-            h[i][e] = natten_f32_to_bf16((float)t_rng_uniform(&rng, -2.0, 2.0));
-            f[i][e] = natten_bf16_to_f32(h[i][e]);
-        }
+    for (int i = 0; i < 3; ++i) fill_bf16_pair(&rng, h[i], f[i], n);
     h[2][5 * 80 + 3] = 0x7fc1; /* NaN in v at position 5, head 0 */
     f[2][5 * 80 + 3] = natten_bf16_to_f32(0x7fc1);
     const natten_cpu_isa isa0 = natten_cpu_isa_get();
@@ -656,11 +661,7 @@ static void check_bf16_bwd_rounding(void) {
     }
     t_rng rng;
     t_rng_seed(&rng, 78);
-    for (int i = 0; i < 5; ++i) /* q, k, v, out (set below), dO */
-        for (int64_t e = 0; e < n; ++e) {
-            h[i][e] = natten_f32_to_bf16((float)t_rng_uniform(&rng, -2.0, 2.0));
-            f[i][e] = natten_bf16_to_f32(h[i][e]);
-        }
+    for (int i = 0; i < 5; ++i) fill_bf16_pair(&rng, h[i], f[i], n); /* q, k, v, out (set below), dO */
     h[4][(9 * 2 + 1) * 40 + 7] = 0x7fc1; /* NaN in dO at row 9, head 1 */
     f[4][(9 * 2 + 1) * 40 + 7] = natten_bf16_to_f32(0x7fc1);
     natten_tensor t[10];

@@ -138,4 +138,4 @@ static void f16_to_f32_avx2(const uint16_t *src, float *dst, int64_t n) {
 
 const natten_cpu_kernels natten_cpu_kernels_avx2 = {
     NATTEN_CPU_ISA_AVX2, dots_avx2, wsum_avx2, expsum_avx2, f16_to_f32_avx2,
-    natten_cpu_transpose_scalar, NULL, 0, NULL, NULL};
+    natten_cpu_bf16_to_f32_scalar, natten_cpu_transpose_scalar, NULL, 0, NULL, NULL};

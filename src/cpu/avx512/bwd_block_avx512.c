@@ -210,28 +210,11 @@ static void bwd_key_avx512(const bwdk_args *a) {
     key_side(a, a->sw, a->qr, a->D, a->dk_t, _mm512_set1_ps(a->scale), NULL);
 }
 
-/* bf16 -> f32: a 16-bit shift, exact. */
-static void bf16_in_avx512(const uint16_t *src, float *dst, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + i));
-        _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-    }
-}
-
-/* f32 -> bf16 as natten_f32_to_bf16: NaN -> (bits >> 16) | 0x40, else
- * round to nearest even (bits + 0x7fff + bit 16) >> 16. */
 static void bf16_out_avx512(const float *src, uint16_t *dst, int64_t n) {
-    const __m512i absm = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff), quiet = _mm512_set1_epi32(0x400000);
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512i u = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, src + i));
-        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, absm), inf);
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(half, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
-        _mm512_mask_cvtepi32_storeu_epi16(dst + i, m, _mm512_srli_epi32(r, 16));
+        _mm512_mask_cvtepi32_storeu_epi16(dst + i, m, f32x16_to_bf16(_mm512_maskz_loadu_ps(m, src + i)));
     }
 }
 
-const bwd_blk_kernel natten_bwd_blk_avx512 = {bwd_query_avx512, bwd_key_avx512, bf16_in_avx512, bf16_out_avx512};
+const bwd_blk_kernel natten_bwd_blk_avx512 = {bwd_query_avx512, bwd_key_avx512, bf16_out_avx512};

@@ -20,16 +20,10 @@
 #define AI static inline __attribute__((always_inline))
 
 /* Output channels [c, c + 16) (mask m) of lane l: f32, streamed or not, or
- * rounded to bf16 exactly as natten_f32_to_bf16 (quiet NaNs, else RNE). */
+ * rounded to bf16 (f32x16_to_bf16). */
 AI void store_out(const blk_args *a, int64_t l, int64_t c, __mmask16 m, __m512 o) {
     if (a->out16) {
-        const __m512i u = _mm512_castps_si512(o);
-        const __mmask16 nan =
-            _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-        const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-        __m512i h = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-        h = _mm512_mask_mov_epi32(h, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-        _mm256_mask_storeu_epi16(a->out16[l] + c, m, _mm512_cvtepi32_epi16(h));
+        _mm256_mask_storeu_epi16(a->out16[l] + c, m, _mm512_cvtepi32_epi16(f32x16_to_bf16(o)));
     } else if (a->stream) {
         _mm512_stream_ps(a->out[l] + c, o); /* no read-for-ownership of the line */
     } else {
@@ -204,16 +198,6 @@ AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv)
         else av_pair(a, rest[j], rest[j], 0, c0, NVC, inv);         \
         break
 
-/* bf16 -> f32 is a 16-bit shift (exact). */
-static void widen_bf16_avx512(const uint16_t *src, int64_t src_ld, int64_t rows, int64_t C, float *dst) {
-    for (int64_t i = 0; i < rows; ++i)
-        for (int64_t c = 0; c < C; c += 16) {
-            const __mmask16 m = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1u);
-            const __m256i h = _mm256_maskz_loadu_epi16(m, src + i * src_ld + c);
-            _mm512_mask_storeu_ps(dst + i * C + c, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-        }
-}
-
 static void blk_fwd_avx512(const blk_args *a) {
     const int64_t K = a->K, n = a->nrow * K;
     __m512i idx[32];
@@ -287,4 +271,4 @@ static void blk_fwd_avx512(const blk_args *a) {
     }
 }
 
-const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32, 1, widen_bf16_avx512};
+const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32, 1};

@@ -153,6 +153,12 @@ static void f16_to_f32_avx512(const uint16_t *src, float *dst, int64_t n) {
     }
 }
 
+static void bf16_to_f32_avx512(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 mk = tail_mask(n - i);
+        _mm512_mask_storeu_ps(dst + i, mk, bf16x16_to_f32(_mm256_maskz_loadu_epi16(mk, src + i)));
+    }
+}
 
 /* ------------------------------------------------------------------------ */
 /* Lane-major tiles                                                          */
@@ -423,4 +429,4 @@ static void tile_wsum_avx512(const float *w, const float *const *rows, int64_t l
 
 const natten_cpu_kernels natten_cpu_kernels_avx512 = {
     NATTEN_CPU_ISA_AVX512, dots_avx512, wsum_avx512, expsum_avx512, f16_to_f32_avx512,
-    transpose_avx512, tile_fwd_avx512, 16, tile_bwd_avx512, tile_wsum_avx512};
+    bf16_to_f32_avx512, transpose_avx512, tile_fwd_avx512, 16, tile_bwd_avx512, tile_wsum_avx512};

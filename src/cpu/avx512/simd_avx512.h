@@ -1,5 +1,5 @@
 /*
- * simd_avx512.h -- AVX-512 helpers shared by kern_avx512.c and fwd_block_avx512.c.
+ * simd_avx512.h -- AVX-512 helpers shared by kern_avx512.c and the blocked forward and backward tiles.
  */
 #ifndef NATTEN_CPU_SIMD_AVX512_H
 #define NATTEN_CPU_SIMD_AVX512_H
@@ -44,5 +44,24 @@ static inline __m512 log512(__m512 x) {
     const __m512 lm = _mm512_mul_ps(_mm512_add_ps(t, t), p);
     return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693147181f), lm);
 }
+
+/* 16 bf16 (16-bit lanes) -> f32: a 16-bit shift, exact. */
+static inline __m512 bf16x16_to_f32(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* f32 -> bf16 bits in the low half of each 32-bit lane, as natten_f32_to_bf16:
+ * NaN -> (bits | 0x400000) >> 16 (quiet), else round to nearest even
+ * (bits + 0x7fff + bit 16) >> 16. */
+static inline __m512i f32x16_to_bf16(__m512 x) {
+    const __m512i u = _mm512_castps_si512(x);
+    const __mmask16 nan =
+        _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+    return _mm512_srli_epi32(r, 16);
+}
+
 
 #endif /* NATTEN_CPU_SIMD_AVX512_H */

@@ -64,7 +64,7 @@ static void f16_to_f32_neon(const uint16_t *src, float *dst, int64_t n) {
 
 const natten_cpu_kernels natten_cpu_kernels_neon = {
     NATTEN_CPU_ISA_NEON, dots_neon, wsum_neon, expsum_neon, f16_to_f32_neon,
-    natten_cpu_transpose_scalar, NULL, 0, NULL, NULL};
+    natten_cpu_bf16_to_f32_scalar, natten_cpu_transpose_scalar, NULL, 0, NULL, NULL};
 #else
 typedef int natten_kern_neon_unused; /* ISO C: a translation unit is not empty */
 #endif
