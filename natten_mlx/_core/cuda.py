@@ -401,21 +401,52 @@ def _prod(t):
 #   NATTEN_CUDA_TQ=128w     128-query forward tiles, 1 m-tile per warp (8 warps)
 #   NATTEN_CUDA_TQ=64       64-query forward tiles (4 warps)
 #   (default: see _fwd_tc_shape)
+#   NATTEN_CUDA_SMALL=R     problems of at most R query rows (B*N*H) and a window
+#                           of at most _SMALL_KK keys run the warp-per-row kernels,
+#                           any rank and dtype (0: tiled whenever it applies);
+#                           default: the measured rule in _small
 _env: Dict[str, str] = {}
+
+# Small problems: the tiled kernels give each CTA 64 queries and walk key tiles
+# one after another, so a problem of a few hundred rows runs on a handful of
+# SMs; one warp per query row spreads it over the whole GPU.  H100 (ncu, one
+# launch each, seed-1d-256 = 1024 rows, 7 keys, D 32): tiled f32 forward 22 us,
+# dq 29 us, dk/dv 19 us; bf16 tensor-core forward 8.5 us, backward 19 us.
+# Through MLX (gpu_benchmark.py, one device call, warp-per-row vs tiled,
+# benchmarks/results/small_dispatch_h100_20261127_1142.md): 1-D f32 forward
+# 0.051 vs 0.073 ms (256 tokens x 4 heads) and 0.059 vs 0.077 (1024 x 4),
+# forward+backward 0.136 vs 0.163 and 0.139 vs 0.214; but the warp-per-row
+# backward lost everywhere in 2-D and 3-D (seed-2d-32 f32 0.301 vs 0.171,
+# seed-2d-64 0.917 vs 0.127: its dk/dv pass gathers per key through the
+# inverse window rule) and bf16 gained nothing or lost in 1-D.  So the
+# default sends only 1-D f32 problems of <= 4096 rows and <= 16 keys.
+_SMALL_ROWS = 4096
+_SMALL_KK = 16
+_SMALL_KK_ANY = 64  # window limit under NATTEN_CUDA_SMALL=R
 
 
 def refresh_env():
     """Re-read the NATTEN_CUDA_* switches (they are read once, at import)."""
     _env.clear()
-    for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ"):
+    for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ", "NATTEN_CUDA_SMALL"):
         _env[name] = os.environ.get(name, "")
     _fwd_plans.clear()
 
 
-def _tc_plan(p: NAParams, X, D, Dv, dtype, has_rpb, has_extra, has_varlen):
+def _small(p: NAParams, rows, dtype) -> bool:
+    """Whether a problem of `rows` query rows runs the warp-per-row kernels."""
+    if _env["NATTEN_CUDA_SMALL"]:
+        return rows <= int(_env["NATTEN_CUDA_SMALL"]) and p.kernel_volume <= _SMALL_KK_ANY
+    return p.rank == 1 and dtype == mx.float32 and rows <= _SMALL_ROWS and p.kernel_volume <= _SMALL_KK
+
+
+def _tc_plan(p: NAParams, X, D, Dv, dtype, has_rpb, has_extra, has_varlen, rows=None):
     """Which tiled forward applies: "tc" (tensor cores, f16/bf16), "f32"
-    (tiled FMA kernel) or None (warp-per-row kernels)."""
+    (tiled FMA kernel) or None (warp-per-row kernels; also for small
+    problems of `rows` query rows, see _small)."""
     if _env["NATTEN_CUDA_NO_TC"]:
+        return None
+    if rows is not None and _small(p, rows, dtype):
         return None
     if has_rpb or has_extra or has_varlen or D != Dv:
         return None
@@ -509,7 +540,7 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
     O = O3[: p.rank]
     out_shape = (B,) + tuple(O) + (H, Dv)
     lse_shape = (B,) + tuple(O) + (H,)
-    kind = _tc_plan(p, X, D, Dv, dtype, has_rpb, has_extra, has_varlen)
+    kind = _tc_plan(p, X, D, Dv, dtype, has_rpb, has_extra, has_varlen, B * _prod(O) * H)
     if kind is not None and _prod(X) * H * D < 2**31:  # box offsets are 32-bit in the kernel
         if kind == "tc":
             tqn, warps = _fwd_tc_shape(B, H, _prod(X), D)
@@ -635,14 +666,14 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
     has_rpb, has_extra, has_varlen = flags
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
     Hkv, Dv = k.shape[-2], v.shape[-1]
-    kind = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen)
+    kind = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen, B * _prod(lse.shape[1:-1]) * H)
     if kind == "tc":
         prm = _params(p, B, X, H, Hkv, D, Dv)
         res = _bwd_tc(prm, q, k, v, out, lse, dout.astype(q.dtype), dlse.astype(mx.float32), p,
                       _default_tiles(p, X, 64))
         if res is not None:
             dq, dk, dv = res
-            return dq, dk, dv, mx.zeros_like(rpb), mx.zeros_like(ek), mx.zeros_like(ev)
+            return dq, dk, dv, None, None, None
     n_extra = ek.shape[1] if has_extra else 0
     T = q.dtype
     prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
@@ -654,7 +685,7 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
     res = _bwd_f32(prm, q, k, v, out, lse, dout, dlse, p) if kind == "f32" else None
     if res is not None:
         dq, dk, dv = res
-        return dq, dk, dv, mx.zeros_like(rpb), mx.zeros_like(ek), mx.zeros_like(ev)
+        return dq, dk, dv, None, None, None
     if has_rpb:
         dq, delta, drpb = _launch(
             "bwd_dq_rpb", ins, [q.shape, lse.shape, rpb.shape], [T, mx.float32, mx.float32],
@@ -663,7 +694,7 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
         drpb = drpb.astype(rpb.dtype)
     else:
         dq, delta = _launch("bwd_dq", ins, [q.shape, lse.shape], [T, mx.float32], B * ntok * H, T, NPL, NVPL)
-        drpb = mx.zeros_like(rpb)
+        drpb = None
     dk, dv = _launch(
         "bwd_dkdv", [prm, q, k, v, rpb, vl, lse, dout, delta], [k.shape, v.shape], [T, T],
         B * ntok * Hkv, T, NPL, NVPL,
@@ -677,7 +708,7 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
         )
         dek, dev = dek.astype(ek.dtype), dev.astype(ev.dtype)
     else:
-        dek, dev = mx.zeros_like(ek), mx.zeros_like(ev)
+        dek, dev = None, None
     return dq, dk, dv, drpb, dek, dev
 
 
@@ -688,6 +719,9 @@ def _fused_fn(p: NAParams, flags):
     key = (p, flags)
     fn = _fused_fns.get(key)
     if fn is not None:
+        return fn
+    if flags == (False, False, False):
+        fn = _fused_fns[key] = _plain_fused_fn(p)
         return fn
 
     @mx.custom_function
@@ -700,9 +734,34 @@ def _fused_fn(p: NAParams, flags):
         dout, dlse = cotangents
         out, lse = outputs
         dq, dk, dv, drpb, dek, dev = _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p, flags)
+        drpb = mx.zeros_like(rpb) if drpb is None else drpb
+        dek = mx.zeros_like(ek) if dek is None else dek
+        dev = mx.zeros_like(ev) if dev is None else dev
         return dq, dk, dv, drpb, dek, dev, mx.zeros_like(vl)
 
     _fused_fns[key] = f
+    return f
+
+
+def _plain_fused_fn(p: NAParams):
+    """The fused op without RPB, extra KV or varlen as a function of (q, k, v)
+    alone: no placeholder inputs to pass through MLX's custom_function and no
+    zero gradients to build for them (tiny problems are bound by this host
+    work: each graph node costs about 1-7 us on the host, H100 machine)."""
+    flags = (False, False, False)
+
+    @mx.custom_function
+    def f(q, k, v):
+        d = _dummy(q.dtype)
+        return _fused_forward(q, k, v, d, d, d, _dummy(mx.int32), p, flags)
+
+    @f.vjp
+    def f_vjp(primals, cotangents, outputs):
+        q, k, v = primals
+        d = _dummy(q.dtype)
+        return _fused_backward(q, k, v, d, d, d, _dummy(mx.int32), outputs[0], outputs[1], cotangents[0],
+                               cotangents[1], p, flags)[:3]
+
     return f
 
 
@@ -726,6 +785,9 @@ def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=
         k = k.astype(T)
     if v.dtype != T:
         v = v.astype(T)
+    if rpb is None and extra_k is None and varlen is None:
+        out, lse = _fused_fn(p, (False, False, False))(q, k, v)
+        return out, lse
     flags = (rpb is not None, extra_k is not None, varlen is not None)
     rpb_a = rpb.astype(T) if rpb is not None else _dummy(T)
     ek = extra_k.astype(T) if extra_k is not None else _dummy(T)

@@ -319,6 +319,19 @@ def test_tensor_core_forward_backward(case, dtype):
     _run_fused_case(case, _dt(dtype), seed=3)
 
 
+@pytest.fixture(autouse=True)
+def _tiled_when_small(monkeypatch, request):
+    """Test shapes are small, and NATTEN_CUDA_SMALL / cuda._small could send them
+    to the warp-per-row kernels: keep the tiled paths they were written for
+    (NATTEN_CUDA_SMALL=0), except in tests named *small_problems*."""
+    if "small_problems" not in request.node.name:
+        monkeypatch.setenv("NATTEN_CUDA_SMALL", "0")
+    cuda.refresh_env()
+    yield
+    monkeypatch.undo()
+    cuda.refresh_env()
+
+
 @pytest.fixture
 def cuda_env(monkeypatch):
     """Set NATTEN_CUDA_* switches for one test (cuda.py reads them once)."""
@@ -500,6 +513,53 @@ def test_compile_and_grad_compose():
     assert abs(l0.item() - l1.item()) < 1e-3 * max(1.0, abs(l0.item()))
     for a, b in zip(g0, g1):
         np.testing.assert_allclose(to_np(a), to_np(b), atol=1e-2)
+
+
+SMALL_CASES = [
+    ((256,), 7, 1, 1, 1, False, 4, 4, 32, 32),  # the benchmark's seed-1d-256 (B 2 here)
+    ((32, 32), (7, 7), 1, 1, 1, (False, True), 4, 2, 32, 32),
+    ((12, 10, 9), (3, 3, 3), (2, 1, 1), 1, 1, False, 2, 1, 64, 64),
+]
+
+
+@gpu
+@pytest.mark.parametrize("case", SMALL_CASES, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_small_problems_run_warp_per_row_kernels(case, dtype, monkeypatch):
+    """NATTEN_CUDA_SMALL=16384: problems of at most 16384 query rows and 64 window keys
+    run the warp-per-row forward and backward (no tiled kernel is built), with right
+    values and gradients; the tiled-path tests run with NATTEN_CUDA_SMALL=0 instead."""
+    monkeypatch.setenv("NATTEN_CUDA_SMALL", "16384")
+    cuda.refresh_env()
+    used = []
+    orig = cuda._kernel
+    monkeypatch.setattr(cuda, "_kernel", lambda name, smem=0: (used.append(name), orig(name, smem))[1])
+    cuda._fwd_plans.clear()
+    _run_fused_case(case, _dt(dtype), seed=11)
+    assert "fwd" in used and "bwd_dq" in used and "bwd_dkdv" in used, used
+    assert not [n for n in used if n in cuda._TC_NAMES], used
+
+
+def test_small_problems_rule(monkeypatch):
+    """Which problems count as small (pure Python, runs everywhere): by default 1-D f32
+    problems of <= 4096 rows and <= 16 window keys; NATTEN_CUDA_SMALL=R: any rank and
+    dtype up to R rows and 64 keys; 0: none."""
+    monkeypatch.delenv("NATTEN_CUDA_SMALL", raising=False)
+    cuda.refresh_env()
+    p7, p49, p1d_33 = make_params(1, 7), make_params(2, 7), make_params(1, 33)
+    f32, bf16 = mx.float32, mx.bfloat16
+    assert cuda._small(p7, 1024, f32) and cuda._small(p7, 4096, f32)  # seed-1d-256 / seed-1d-1024
+    assert not cuda._small(p7, 4097, f32)
+    assert not cuda._small(p7, 1024, bf16)
+    assert not cuda._small(p49, 1024, f32)  # 2-D: the warp-per-row backward is slower there
+    assert not cuda._small(p1d_33, 1024, f32)
+    monkeypatch.setenv("NATTEN_CUDA_SMALL", "16384")
+    cuda.refresh_env()
+    assert cuda._small(p49, 16384, bf16) and not cuda._small(p49, 16385, bf16)
+    assert not cuda._small(make_params(2, 9), 1024, f32)  # 81 keys
+    monkeypatch.setenv("NATTEN_CUDA_SMALL", "0")
+    cuda.refresh_env()
+    assert not cuda._small(p7, 1, f32)
 
 
 @gpu
