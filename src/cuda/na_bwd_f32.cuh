@@ -57,9 +57,10 @@ NA_DEV void na_bwd_dkdv_f32_entry(const int *params, const float *q, const float
     for (int i = 0; i < 4; ++i)
         act[i] = na_key_row_range<TK0, TK1, TK2>(P, r, n, k0, tab, 4 * qg + i, rlo[i], rhi[i], pos[i]);
     auto load_q = [&](int tt, int st) {
-        na_load_qtile<float, HD, TQ0, TQ1, TQ2, NT>(P, b, r, kvh * G + tt / ntq, qmin, qmax, nqt, tt % ntq, q, dout,
-                                                    lse, delta, sQ + st * TQ * LD, sO + st * TQ * LD, sL + st * TQ,
-                                                    sD + st * TQ, LD, tOff, tU, tid);
+        int qb[3];
+        na_ktile_base<TQ0, TQ1, TQ2>(tt % ntq, nqt, qmin, qb);
+        na_load_qtile<float, HD, TQ, NT>(P, b, r, kvh * G + tt / ntq, qb, qmax, q, dout, lse, delta, sQ + st * TQ * LD,
+                                         sO + st * TQ * LD, sL + st * TQ, sD + st * TQ, LD, tOff, tU, tid);
     };
     const float sl2 = P.scale * 1.4426950408889634f;
     const int TQa[3] = {TQ0, TQ1, TQ2};

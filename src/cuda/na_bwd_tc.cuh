@@ -49,6 +49,52 @@ NA_DEV void na_query_range(int L, int K, int d, int s, int causal, int r, int k0
  * one in the backward on vision-2d-64-k7, ncu on H100). */
 NA_DEV bool na_mask_bit(unsigned long long mt, int j, int c) { return (mt >> (8 * j + c)) & 1ull; }
 
+/* cp.async the rows of one box of two tensors at the same offsets (K and V of
+ * a key tile, Q and dO of a query tile); the box table as na_box_load's
+ * (na_fwd_tc.cuh).  All of a thread's table reads come first: a cp.async
+ * writes shared memory, so the compiler kept each row's two dependent table
+ * reads (~30 cycles each) after the previous row's copy, a chain of 16 rows
+ * a tile per thread (ncu source counters, H100, flux-2d-256-w80: ~20% of the
+ * stall samples of each pass). */
+template <typename T, int HD, int ROWS, int NT>
+NA_DEV void na_box_load2(T *dA, T *dB, int ld, const T *sA, const T *sB, long long origin, const int *toff,
+                         const int *tu, const int lim[3], int tid) {
+    constexpr int EPC = 16 / (int)sizeof(T), CPR = HD / EPC, N = ROWS * CPR / NT, STEP = NT / CPR;
+    static_assert(NT % CPR == 0 && (ROWS * CPR) % NT == 0, "box load shape");
+    const int part = tid % CPR, row0 = tid / CPR;
+    int off[N], uu[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        off[i] = toff[row0 + i * STEP];
+        uu[i] = tu[row0 + i * STEP];
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        const int row = row0 + i * STEP;
+        const bool ok = (uu[i] & 1023) <= lim[0] && ((uu[i] >> 10) & 1023) <= lim[1] && (uu[i] >> 20) <= lim[2];
+        const long long g = (origin + off[i] + part * EPC) & -(long long)ok; /* a select made a branch a row */
+        na_cp_async16(dA + row * ld + part * EPC, sA + g, ok);
+        na_cp_async16(dB + row * ld + part * EPC, sB + g, ok);
+    }
+}
+
+/* Origin of the next tile of a walk over the box of tiles [lo, hi] (shape
+ * T0 x T1 x T2, last axis fastest: na_tile_coords' order).  Stepping keeps
+ * the run-time divisions of na_ktile_base (~60 integer instructions, twice a
+ * tile) out of the loop. */
+template <int T0, int T1, int T2>
+NA_DEV void na_tile_step(int base[3], const int lo[3], const int hi[3]) {
+    base[2] += T2;
+    if (base[2] > hi[2]) {
+        base[2] = lo[2];
+        base[1] += T1;
+    }
+    if (base[1] > hi[1]) {
+        base[1] = lo[1];
+        base[0] += T0;
+    }
+}
+
 /* ------------------------------------------------------------------ dQ */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
@@ -117,9 +163,14 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
     }
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     __syncthreads();
-    auto load_kv = [&](int tt, int stage) {
-        na_load_kv_tile<T, HD, TK0, TK1, TK2, NT>(P, b, r, kvh, kmin, kmax, nkt, tt, k, v, sK + stage * TK * LD,
-                                                  sV + stage * TK * LD, LD, tOff, tU, tid);
+    int lbase[3] = {kmin[0], kmin[1], kmin[2]}, base[3] = {kmin[0], kmin[1], kmin[2]}; /* next load, this tile */
+    auto load_kv = [&](int, int stage) { /* tiles are loaded in order: lbase walks them */
+        int lim[3];
+#pragma unroll
+        for (int x = 0; x < 3; ++x) lim[x] = kmax[x] - lbase[x];
+        na_box_load2<T, HD, TK, NT>(sK + stage * TK * LD, sV + stage * TK * LD, LD, k, v,
+                                    na_box_origin(P, b, lbase, r, P.Hkv, kvh, HD), tOff, tU, lim, tid);
+        na_tile_step<TK0, TK1, TK2>(lbase, kmin, kmax);
     };
 
     unsigned qf[HD / 16][4]; /* dO fragments are re-read from shared memory (register budget) */
@@ -138,8 +189,7 @@ NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const 
             }
         }
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
-        int base[3];
-        na_ktile_base<TK0, TK1, TK2>(tt, nkt, kmin, base);
+        if (tt > 0) na_tile_step<TK0, TK1, TK2>(base, kmin, kmax);
         unsigned long long mk[2];
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
@@ -295,28 +345,25 @@ NA_DEV void na_cp_async4(void *smem, const void *gmem, bool valid) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(na_smem_u32(smem)), "l"(gmem),
                  "r"(valid ? 4 : 0));
 }
-/* cp.async query tile t (of the nqt box from qmin, clipped at qmax) of Q and
- * dO of head h into one pipeline stage, with lse and delta of its rows
+/* cp.async the query tile at base (clipped at qmax) of Q and dO of head h into one pipeline stage, with lse and delta of its rows
  * (inactive rows 0).  All by cp.async: plain loads of lse / delta here
  * stalled the loading warps for a global-memory latency on every tile. */
-template <typename T, int HD, int TQ0, int TQ1, int TQ2, int NT>
-NA_DEV void na_load_qtile(const na_params &P, int b, const int r[3], int h, const int qmin[3], const int qmax[3],
-                          const int nqt[3], int t, const T *q, const T *dout, const float *lse, const float *delta,
-                          T *sQ, T *sO, float *sL, float *sD, int LD, const int *tOff, const int *tU, int tid) {
-    constexpr int TQ = TQ0 * TQ1 * TQ2;
-    int base[3], lim[3];
-    na_ktile_base<TQ0, TQ1, TQ2>(t, nqt, qmin, base);
+template <typename T, int HD, int TQ, int NT>
+NA_DEV void na_load_qtile(const na_params &P, int b, const int r[3], int h, const int base[3], const int qmax[3],
+                          const T *q, const T *dout, const float *lse, const float *delta, T *sQ, T *sO, float *sL,
+                          float *sD, int LD, const int *tOff, const int *tU, int tid) {
+    int lim[3];
 #pragma unroll
     for (int x = 0; x < 3; ++x) lim[x] = qmax[x] - base[x];
+    static_assert(TQ <= NT, "one lse / delta row per thread");
     const long long org = na_box_origin(P, b, base, r, P.H, h, HD);
-    na_box_load<T, HD, TQ, NT>(sQ, LD, q, org, tOff, tU, lim, tid);
-    na_box_load<T, HD, TQ, NT>(sO, LD, dout, org, tOff, tU, lim, tid);
-    for (int row = tid; row < TQ; row += NT) {
-        const int uu = tU[row];
+    const int uu = tid < TQ ? tU[tid] : 0, off = tid < TQ ? tOff[tid] : 0; /* read before any copy, as in na_box_load2 */
+    na_box_load2<T, HD, TQ, NT>(sQ, sO, LD, q, dout, org, tOff, tU, lim, tid);
+    if (tid < TQ) {
         const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
-        const long long orow = ok ? (org + tOff[row]) / HD : 0; /* token*H + h */
-        na_cp_async4(sL + row, lse + orow, ok);
-        na_cp_async4(sD + row, delta + orow, ok);
+        const long long orow = ok ? (org + off) / HD : 0; /* token*H + h */
+        na_cp_async4(sL + tid, lse + orow, ok);
+        na_cp_async4(sD + tid, delta + orow, ok);
     }
 }
 
@@ -359,10 +406,17 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
         ract[rr] = na_key_row_range<TK0, TK1, TK2>(P, r, n, k0, tab, warp * 16 + g4 + rr * 8, rlo[rr], rhi[rr],
                                                    rowpos[rr]);
     const float sl2 = P.scale * 1.4426950408889634f;
-    auto load_q = [&](int tt, int stage) {
-        na_load_qtile<T, HD, TQ0, TQ1, TQ2, NT>(P, b, r, kvh * G + tt / ntq, qmin, qmax, nqt, tt % ntq, q, dout, lse,
-                                                delta, sQ + stage * TQ * LD, sO + stage * TQ * LD, sL + stage * TQ,
-                                                sD + stage * TQ, LD, tOff, tU, tid);
+    /* tiles in order (query heads of the group outermost): the load walk's
+     * tile and head, and this tile's origin (the mask needs no head) */
+    int lbase[3] = {qmin[0], qmin[1], qmin[2]}, lh = kvh * G, base[3] = {qmin[0], qmin[1], qmin[2]};
+    auto load_q = [&](int, int stage) {
+        na_load_qtile<T, HD, TQ, NT>(P, b, r, lh, lbase, qmax, q, dout, lse, delta, sQ + stage * TQ * LD,
+                                     sO + stage * TQ * LD, sL + stage * TQ, sD + stage * TQ, LD, tOff, tU, tid);
+        na_tile_step<TQ0, TQ1, TQ2>(lbase, qmin, qmax);
+        if (lbase[0] > qmax[0]) { /* past the box: next head */
+            lbase[0] = qmin[0];
+            ++lh;
+        }
     };
 
     float dka[HD / 8][4], dva[HD / 8][4];
@@ -380,8 +434,10 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
         const int st = tt & 1;
         const T *cQ = sQ + st * TQ * LD, *cO = sO + st * TQ * LD;
         const float *cL = sL + st * TQ, *cD = sD + st * TQ;
-        int base[3];
-        na_ktile_base<TQ0, TQ1, TQ2>(tt % ntq, nqt, qmin, base);
+        if (tt > 0) {
+            na_tile_step<TQ0, TQ1, TQ2>(base, qmin, qmax);
+            if (base[0] > qmax[0]) base[0] = qmin[0];
+        }
         unsigned long long mk[2];
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
