@@ -52,6 +52,11 @@ AI __m512 alignr(__m512 hi, __m512 lo, const int k) {
     }
 }
 
+/* prefetcht0 as an asm without memory operands: _mm_prefetch in the channel
+ * loop made GCC store every accumulator of qk_rows on each step (7 stores per
+ * 7 FMAs, K = 7) */
+AI void prefetch_t0(const char *p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(p)); }
+
 /* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC) into sbuf. */
 AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64_t k0, const __m512i *idx,
                 const int UNI, int64_t *pfi, __m512 *mx) {
@@ -60,8 +65,14 @@ AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64
     for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
     for (int rr = 0; rr < NR; ++rr) p[rr] = a->kr[i0 + rr];
     const int64_t ld = a->kld;
+    /* one prefetch per channel step while any are left; the cursor stays in a
+     * register (a write through pfi in the loop made GCC keep acc[] in memory:
+     * a store per FMA) */
+    const int64_t npf = a->npf - *pfi < a->D ? a->npf - *pfi : a->D;
+    const char *const *pf = a->pf + *pfi;
+    *pfi += npf;
     for (int64_t c = 0; c < a->D; ++c) {
-        if (*pfi < a->npf) _mm_prefetch(a->pf[(*pfi)++], _MM_HINT_T0); /* one per channel step */
+        if (c < npf) prefetch_t0(pf[c]);
         const __m512 qv = _mm512_load_ps(a->qt + c * 16);
         for (int rr = 0; rr < NR; ++rr) {
             const float *kc = p[rr] + c * ld;
@@ -153,43 +164,58 @@ AI void av_pair(const blk_args *a, int64_t l, int64_t l1, const int TWO, int64_t
     }
 }
 
-/* Runs of lanes with off[l] == l + shift: value position m (+ shift) of a row is slot m - l of lane l, so each
- * 16-channel chunk of a value row is loaded once and FMA'd into every lane
- * that uses it (all 16 lanes' accumulators in registers, weights as
- * broadcast memory operands).  Keeps the value rows' reads at one per ~K
- * FMAs instead of one per FMA (they do not fit in L1 with their keys). */
-AI void av_uniform(const blk_args *a, const int K, int64_t c0, const float *inv) {
+/* Runs of lanes with off[l] == l + shift: value position m (+ shift) of a
+ * row is slot m - l of lane l, so each 16-channel chunk of a value row is
+ * loaded once and FMA'd into every lane that uses it.  Keeps the value rows'
+ * reads at one per ~K FMAs instead of one per FMA (they do not fit in L1
+ * with their keys).  Half a tile (8 lanes) times NC = 2 chunks at a time:
+ * with all 16 lanes of one chunk each position step advanced 7 accumulator
+ * chains by one FMA (4-cycle latency) and every FMA loaded its weight; 8 x 2
+ * gives 14 FMAs per step and one broadcast per two FMAs (AV of a D = 64,
+ * K = 7x7 tile ~3700 -> ~3200 cycles, L2-resident rows). */
+AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const int NC, const float *inv) {
     const int64_t lo = a->run_lo, hi = a->run_hi < a->nl ? a->run_hi : a->nl;
-    __m512 acc[16];
-    for (int l = 0; l < 16; ++l) acc[l] = _mm512_setzero_ps();
+    __m512 acc[8 * 2];
+    for (int t = 0; t < 8 * NC; ++t) acc[t] = _mm512_setzero_ps();
     const int64_t vld = a->vld;
     for (int64_t i = 0; i < a->nrow; ++i) {
-        const float *vrow = a->vr[i] + a->run_shift * vld + c0;
-        const float *w = a->sbuf + i * K * 16;
-        const float *vp = vrow;
+        const float *vp = a->vr[i] + (a->run_shift + l0) * vld + c0;
+        const float *w = a->sbuf + i * K * 16 + l0;
 #pragma GCC unroll 32
-        for (int m = 0; m < 15 + K; ++m) {
-            const __m512 v = _mm512_load_ps(vp);
+        for (int m = 0; m < 7 + K; ++m) {
+            const __m512 v0 = _mm512_load_ps(vp);
+            const __m512 v1 = NC > 1 ? _mm512_load_ps(vp + 16) : v0;
             vp += vld; /* one pointer: unrolled m * vld offsets would spill */
 #pragma GCC unroll 17
             for (int k = 0; k < K; ++k) {
                 const int l = m - k;
-                if (l >= 0 && l < 16) acc[l] = _mm512_fmadd_ps(_mm512_set1_ps(w[k * 16 + l]), v, acc[l]);
+                if (l >= 0 && l < 8) {
+                    const __m512 wb = _mm512_set1_ps(w[k * 16 + l]);
+                    acc[l * NC] = _mm512_fmadd_ps(wb, v0, acc[l * NC]);
+                    if (NC > 1) acc[l * NC + 1] = _mm512_fmadd_ps(wb, v1, acc[l * NC + 1]);
+                }
             }
         }
     }
-    const int64_t rem = a->Dv - c0;
-    const __mmask16 mk = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
-    for (int l = 0; l < 16; ++l)
-        if (l >= lo && l < hi) {
-            const __m512 o = _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l]));
-            store_out(a, l, c0, mk, o);
-        }
+    for (int l = 0; l < 8; ++l)
+        if (l0 + l >= lo && l0 + l < hi)
+            for (int u = 0; u < NC; ++u) {
+                const int64_t rem = a->Dv - c0 - 16 * u;
+                const __mmask16 mk = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
+                store_out(a, l0 + l, c0 + 16 * u, mk, _mm512_mul_ps(acc[l * NC + u], _mm512_set1_ps(inv[l0 + l])));
+            }
 }
 
-#define AV_UNI(KC)                                                          \
-    case KC:                                                                \
-        for (int64_t c0 = 0; c0 < a->Dv; c0 += 16) av_uniform(a, KC, c0, inv); \
+/* halves of the tile with a lane in the run, channel pairs of chunks */
+#define AV_UNI(KC)                                                                  \
+    case KC:                                                                        \
+        for (int64_t l0 = 0; l0 < 16; l0 += 8) {                                    \
+            if (l0 + 8 <= a->run_lo || l0 >= a->run_hi || l0 >= a->nl) continue;   \
+            for (int64_t c0 = 0; c0 < a->Dv; c0 += 32) {                            \
+                if (a->Dv - c0 > 16) av_uniform(a, KC, l0, c0, 2, inv);             \
+                else av_uniform(a, KC, l0, c0, 1, inv);                             \
+            }                                                                       \
+        }                                                                           \
         break
 
 #define AV_NV(NVC)                                              \
