@@ -57,6 +57,17 @@ AI __m512 alignr(__m512 hi, __m512 lo, const int k) {
  * 7 FMAs, K = 7) */
 AI void prefetch_t0(const char *p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(p)); }
 
+/* The caller's prefetches (blk_args pf: the next line's source rows, mostly
+ * from DRAM) go out spread over the tile: each holds a fill buffer for a
+ * memory latency (~10 of them per core), and one per QK channel step ran out
+ * of buffers -- 20% of the vision tile's time stalled behind them at H8
+ * (2 KiB-strided rows, no help from the hardware prefetchers), 2.5% at H1.
+ * QK issues one per PF_EVERY channel steps, AV up to PF_AV per row pass,
+ * the rest go at the end (vision forward, one thread: ~137 -> ~128 ms; 3
+ * to 6 steps and 1 to 4 per pass measured within noise of that). */
+#define PF_EVERY 4
+#define PF_AV 2
+
 /* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC) into sbuf. */
 AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64_t k0, const __m512i *idx,
                 const int UNI, int64_t *pfi, __m512 *mx) {
@@ -65,14 +76,18 @@ AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64
     for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
     for (int rr = 0; rr < NR; ++rr) p[rr] = a->kr[i0 + rr];
     const int64_t ld = a->kld;
-    /* one prefetch per channel step while any are left; the cursor stays in a
-     * register (a write through pfi in the loop made GCC keep acc[] in memory:
-     * a store per FMA) */
-    const int64_t npf = a->npf - *pfi < a->D ? a->npf - *pfi : a->D;
+    /* one prefetch per PF_EVERY channel steps while any are left; the cursor
+     * stays in a register (a write through pfi in the loop made GCC keep acc[]
+     * in memory: a store per FMA) */
+    const int64_t npq = (a->D + PF_EVERY - 1) / PF_EVERY;
+    const int64_t npf = a->npf - *pfi < npq ? a->npf - *pfi : npq;
     const char *const *pf = a->pf + *pfi;
     *pfi += npf;
-    for (int64_t c = 0; c < a->D; ++c) {
-        if (c < npf) prefetch_t0(pf[c]);
+    for (int64_t c = 0, j = 0, cd = 0; c < a->D; ++c, --cd) {
+        if (cd == 0 && j < npf) {
+            prefetch_t0(pf[j++]);
+            cd = PF_EVERY;
+        }
         const __m512 qv = _mm512_load_ps(a->qt + c * 16);
         for (int rr = 0; rr < NR; ++rr) {
             const float *kc = p[rr] + c * ld;
@@ -173,12 +188,15 @@ AI void av_pair(const blk_args *a, int64_t l, int64_t l1, const int TWO, int64_t
  * chains by one FMA (4-cycle latency) and every FMA loaded its weight; 8 x 2
  * gives 14 FMAs per step and one broadcast per two FMAs (AV of a D = 64,
  * K = 7x7 tile ~3700 -> ~3200 cycles, L2-resident rows). */
-AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const int NC, const float *inv) {
+AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const int NC, const float *inv,
+                   int64_t *pfi) {
     const int64_t lo = a->run_lo, hi = a->run_hi < a->nl ? a->run_hi : a->nl;
     __m512 acc[8 * 2];
     for (int t = 0; t < 8 * NC; ++t) acc[t] = _mm512_setzero_ps();
     const int64_t vld = a->vld;
+    int64_t pj = *pfi;
     for (int64_t i = 0; i < a->nrow; ++i) {
+        for (int j = 0; j < PF_AV && pj < a->npf; ++j) prefetch_t0(a->pf[pj++]);
         const float *vp = a->vr[i] + (a->run_shift + l0) * vld + c0;
         const float *w = a->sbuf + i * K * 16 + l0;
 #pragma GCC unroll 32
@@ -204,6 +222,7 @@ AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const
                 const __mmask16 mk = rem >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rem) - 1u);
                 store_out(a, l0 + l, c0 + 16 * u, mk, _mm512_mul_ps(acc[l * NC + u], _mm512_set1_ps(inv[l0 + l])));
             }
+    *pfi = pj;
 }
 
 /* halves of the tile with a lane in the run, channel pairs of chunks */
@@ -212,8 +231,8 @@ AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const
         for (int64_t l0 = 0; l0 < 16; l0 += 8) {                                    \
             if (l0 + 8 <= a->run_lo || l0 >= a->run_hi || l0 >= a->nl) continue;   \
             for (int64_t c0 = 0; c0 < a->Dv; c0 += 32) {                            \
-                if (a->Dv - c0 > 16) av_uniform(a, KC, l0, c0, 2, inv);             \
-                else av_uniform(a, KC, l0, c0, 1, inv);                             \
+                if (a->Dv - c0 > 16) av_uniform(a, KC, l0, c0, 2, inv, &pfi);       \
+                else av_uniform(a, KC, l0, c0, 1, inv, &pfi);                       \
             }                                                                       \
         }                                                                           \
         break
@@ -234,7 +253,6 @@ static void blk_fwd_avx512(const blk_args *a) {
     __m512 mx = ninf;
     if (a->uniform) qk_all(a, idx, 1, &pfi, &mx);
     else qk_all(a, idx, 0, &pfi, &mx);
-    for (; pfi < a->npf; ++pfi) _mm_prefetch(a->pf[pfi], _MM_HINT_T0);
     float *const sb = a->sbuf;
     const float *const bias = a->bias;
     const uint32_t *const vmask = a->vmask;
@@ -295,6 +313,7 @@ static void blk_fwd_avx512(const blk_args *a) {
             }
         }
     }
+    for (; pfi < a->npf; ++pfi) prefetch_t0(a->pf[pfi]);
 }
 
 const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32, 1};
