@@ -45,6 +45,7 @@
  * (3-D), moving to the next plane re-packs nothing. */
 typedef struct bb_cache {
     int64_t S0, S1, NS, pitch; /* pitch: floats per slot */
+    int64_t NT;                /* slots in all: NS per kv head with bb_ctx.hin, else NS */
 } bb_cache;
 
 typedef struct bb_ctx {
@@ -66,6 +67,7 @@ typedef struct bb_ctx {
     int64_t *qrange, *krange; /* per segment: last-axis positions its query / key tiles read */
     int64_t maxterm, nleadinv;
     int stream; /* P / dS planes larger than the caches: non-temporal stores */
+    int hin;    /* heads inner: a task runs every head of its rows (see bwd_block_run) */
     size_t per_thread;
     char *scratch, *smem;
 } bb_ctx;
@@ -125,11 +127,13 @@ static void pack_row(const bb_ctx *x, const natten_tensor *t, int64_t b, int64_t
     memset(dst + C * x->CXP, 0, (size_t)(pitch - C * x->CXP) * sizeof(float));
 }
 
-static int64_t cache_slot(const bb_ctx *x, const bb_cache *cc, int64_t R) {
+/* Slot of leading row R of kv head hk. */
+static int64_t cache_slot(const bb_ctx *x, const bb_cache *cc, int64_t R, int64_t hk) {
     const geom *g = &x->c->g;
-    if (g->rank == 2) return R % cc->S0;
-    if (g->rank == 3) return (R / g->L[1] % cc->S0) * cc->S1 + (R % g->L[1]) % cc->S1;
-    return 0;
+    const int64_t base = x->hin ? hk * cc->NS : 0;
+    if (g->rank == 2) return base + R % cc->S0;
+    if (g->rank == 3) return base + (R / g->L[1] % cc->S0) * cc->S1 + (R % g->L[1]) % cc->S1;
+    return base;
 }
 
 /* Per-thread scratch of the tiles. */
@@ -160,9 +164,9 @@ static size_t bb_layout(const bb_ctx *x, char *base, bb_scratch *out) {
     const geom *g = &x->c->g;
     const int64_t nj = x->nlead * x->Kl, Cm = g->D > g->Dv ? g->D : g->Dv;
     const int64_t nterm = g->G * x->nleadinv * x->maxterm;
-    const int64_t NS = x->cq.NS > x->ck.NS ? x->cq.NS : x->ck.NS;
-    const int64_t cfl = x->cq.NS * x->cq.pitch > x->ck.NS * x->ck.pitch ? x->cq.NS * x->cq.pitch
-                                                                         : x->ck.NS * x->ck.pitch;
+    const int64_t NS = x->cq.NT > x->ck.NT ? x->cq.NT : x->ck.NT;
+    const int64_t cfl = x->cq.NT * x->cq.pitch > x->ck.NT * x->ck.pitch ? x->cq.NT * x->cq.pitch
+                                                                         : x->ck.NT * x->ck.pitch;
     size_t o = 0;
     s.tags = carve(base, &o, (size_t)(NS) * sizeof(*s.tags));
     /* slack: causal starts read up to 16 before a row */
@@ -268,8 +272,8 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     bb_layout(x, x->scratch + (size_t)tid * x->per_thread, &s);
     for (int64_t task = begin; task < end; ++task) {
         const int64_t seg = task % x->nseg, chunk = (task / x->nseg) % x->qchunk;
-        const int64_t h = (task / (x->nseg * x->qchunk)) % g->H, b = task / (x->nseg * x->qchunk * g->H);
-        const int64_t hk = h / g->G;
+        const int64_t hq = x->hin ? 1 : g->H, ht = (task / (x->nseg * x->qchunk)) % hq;
+        const int64_t b = task / (x->nseg * x->qchunk * hq), h0 = x->hin ? 0 : ht, h1 = x->hin ? g->H : ht + 1;
         const int64_t R1 = (chunk + 1) * x->qlines < x->nR ? (chunk + 1) * x->qlines : x->nR;
         for (int64_t R = chunk * x->qlines; R < R1; ++R) {
             int64_t pos[3];
@@ -283,101 +287,107 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 ke[a] = w[a].valid_end;
             }
             const int64_t K1 = r == 3 ? g->K[1] : 1;
-            float *prow = x->pw + ((b * g->H + h) * x->nR + R) * x->rp, *srow = x->sw + (prow - x->pw);
-            int64_t nrow = 0;
-            for (int64_t k0 = kb[0]; k0 < ke[0]; ++k0)
-                for (int64_t k1 = kb[1]; k1 < ke[1]; ++k1) {
-                    int64_t Rk = 0;
-                    if (r >= 2) Rk = w[0].start + k0 * w[0].step;
-                    if (r == 3) Rk = Rk * g->L[1] + w[1].start + k1 * w[1].step;
-                    const int64_t slot = cache_slot(x, &x->cq, Rk);
-                    const int64_t tag = ((b * g->Hkv + hk) * x->nR + Rk) * x->nseg + seg;
-                    float *kp = s.cache + slot * x->cq.pitch;
-                    if (s.tags[slot] != tag) {
-                        pack_row(x, x->k, b, hk, Rk, g->D, x->rk, x->qrange + 2 * seg, s.cvt, kp);
-                        pack_row(x, x->v, b, hk, Rk, g->Dv, x->rv, x->qrange + 2 * seg, s.cvt, kp + x->rk);
-                        s.tags[slot] = tag;
+            for (int64_t h = h0; h < h1; ++h) {
+                const int64_t hk = h / g->G;
+                float *prow = x->pw + ((b * g->H + h) * x->nR + R) * x->rp, *srow = x->sw + (prow - x->pw);
+                int64_t nrow = 0;
+                for (int64_t k0 = kb[0]; k0 < ke[0]; ++k0)
+                    for (int64_t k1 = kb[1]; k1 < ke[1]; ++k1) {
+                        int64_t Rk = 0;
+                        if (r >= 2) Rk = w[0].start + k0 * w[0].step;
+                        if (r == 3) Rk = Rk * g->L[1] + w[1].start + k1 * w[1].step;
+                        const int64_t slot = cache_slot(x, &x->cq, Rk, hk);
+                        const int64_t tag = ((b * g->Hkv + hk) * x->nR + Rk) * x->nseg + seg;
+                        float *kp = s.cache + slot * x->cq.pitch;
+                        if (s.tags[slot] != tag) {
+                            pack_row(x, x->k, b, hk, Rk, g->D, x->rk, x->qrange + 2 * seg, s.cvt, kp);
+                            pack_row(x, x->v, b, hk, Rk, g->Dv, x->rv, x->qrange + 2 * seg, s.cvt, kp + x->rk);
+                            s.tags[slot] = tag;
+                        }
+                        s.kr[nrow] = kp;
+                        s.vr[nrow] = kp + x->rk;
+                        const int64_t li = k0 * K1 + k1; /* lead slot */
+                        for (int64_t k = 0; k < K; ++k) {
+                            s.pp[nrow * K + k] = prow + (li * K + k) * x->XP;
+                            s.sp[nrow * K + k] = srow + (li * K + k) * x->XP;
+                        }
+                        ++nrow;
                     }
-                    s.kr[nrow] = kp;
-                    s.vr[nrow] = kp + x->rk;
-                    const int64_t li = k0 * K1 + k1; /* lead slot */
+                const int64_t u1 = (seg + 1) * BB_SEG < x->L ? (seg + 1) * BB_SEG : x->L;
+                for (int64_t p = seg * BB_SEG; p < u1;) {
+                    const natten_window w0 = c->wlast[p];
+                    const int64_t pcut = (p / 16 + 1) * 16 < u1 ? (p / 16 + 1) * 16 : u1;
+                    natten_window wl[16];
+                    wl[0] = w0;
+                    s.off[0] = 0;
+                    int64_t nl = 1;
+                    while (nl < 16 && p + nl < pcut) {
+                        const natten_window wn = c->wlast[p + nl];
+                        const int64_t of = wn.start - w0.start;
+                        if (of < 0 || of + K > 32) break;
+                        s.off[nl] = (int32_t)of;
+                        wl[nl++] = wn;
+                    }
+                    int uniform = 1;
+                    for (int64_t l = 0; l < 16; ++l) {
+                        if (l >= nl) s.off[l] = uniform && l + K <= 32 ? (int32_t)l : s.off[nl - 1];
+                        uniform &= s.off[l] == l;
+                    }
                     for (int64_t k = 0; k < K; ++k) {
-                        s.pp[nrow * K + k] = prow + (li * K + k) * x->XP;
-                        s.sp[nrow * K + k] = srow + (li * K + k) * x->XP;
+                        uint32_t m = 0;
+                        for (int64_t l = 0; l < nl; ++l)
+                            if (k >= wl[l].valid_begin && k < wl[l].valid_end) m |= 1u << l;
+                        s.vmask[k] = m;
                     }
-                    ++nrow;
-                }
-            const int64_t u1 = (seg + 1) * BB_SEG < x->L ? (seg + 1) * BB_SEG : x->L;
-            for (int64_t p = seg * BB_SEG; p < u1;) {
-                const natten_window w0 = c->wlast[p];
-                const int64_t pcut = (p / 16 + 1) * 16 < u1 ? (p / 16 + 1) * 16 : u1;
-                natten_window wl[16];
-                wl[0] = w0;
-                s.off[0] = 0;
-                int64_t nl = 1;
-                while (nl < 16 && p + nl < pcut) {
-                    const natten_window wn = c->wlast[p + nl];
-                    const int64_t of = wn.start - w0.start;
-                    if (of < 0 || of + K > 32) break;
-                    s.off[nl] = (int32_t)of;
-                    wl[nl++] = wn;
-                }
-                int uniform = 1;
-                for (int64_t l = 0; l < 16; ++l) {
-                    if (l >= nl) s.off[l] = uniform && l + K <= 32 ? (int32_t)l : s.off[nl - 1];
-                    uniform &= s.off[l] == l;
-                }
-                for (int64_t k = 0; k < K; ++k) {
-                    uint32_t m = 0;
-                    for (int64_t l = 0; l < nl; ++l)
-                        if (k >= wl[l].valid_begin && k < wl[l].valid_end) m |= 1u << l;
-                    s.vmask[k] = m;
-                }
-                query_lanes(x, &s, b, h, pos, p, nl);
-                int64_t npf = 0; /* the next tile's query rows (this row, or the next row's first) */
-                {
-                    int64_t pn[3];
-                    int64_t Rn = R, xn = p + nl;
-                    if (xn >= u1) {
-                        Rn = R + 1;
-                        xn = seg * BB_SEG;
+                    query_lanes(x, &s, b, h, pos, p, nl);
+                    int64_t npf = 0; /* the next tile's query rows (this row, or the next row's first) */
+                    {
+                        int64_t pn[3];
+                        int64_t Rn = R, xn = p + nl, hn = h; /* heads inner: the next head of this row */
+                        if (xn >= u1) {
+                            xn = seg * BB_SEG;
+                            if (++hn == h1) {
+                                hn = h0;
+                                Rn = R + 1;
+                            }
+                        }
+                        if (Rn < R1) {
+                            pos_of(g, Rn, xn, pn);
+                            const int64_t nn = u1 - xn < 16 ? u1 - xn : 16;
+                            prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pn, hn), x->q->stride[r], nn, g->D, s.pf, &npf,
+                                          BB_PF_MAX);
+                            prefetch_rows(c, x->dout, row_off(x->dout->stride, r, b, pn, hn), x->dout->stride[r], nn, g->Dv,
+                                          s.pf, &npf, BB_PF_MAX);
+                            prefetch_rows(c, x->out, row_off(x->out->stride, r, b, pn, hn), x->out->stride[r], nn, g->Dv,
+                                          s.pf, &npf, BB_PF_MAX);
+                        }
                     }
-                    if (Rn < R1) {
-                        pos_of(g, Rn, xn, pn);
-                        const int64_t nn = u1 - xn < 16 ? u1 - xn : 16;
-                        prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pn, h), x->q->stride[r], nn, g->D, s.pf, &npf,
-                                      BB_PF_MAX);
-                        prefetch_rows(c, x->dout, row_off(x->dout->stride, r, b, pn, h), x->dout->stride[r], nn, g->Dv,
-                                      s.pf, &npf, BB_PF_MAX);
-                        prefetch_rows(c, x->out, row_off(x->out->stride, r, b, pn, h), x->out->stride[r], nn, g->Dv,
-                                      s.pf, &npf, BB_PF_MAX);
+                    const int64_t sh = w0.start - x->qrange[2 * seg]; /* cached rows start at the segment's range */
+                    for (int64_t i = 0; i < nrow; ++i) {
+                        s.kr[i] += sh;
+                        s.vr[i] += sh;
+                        for (int64_t k = 0; k < K; ++k) {
+                            s.pp[i * K + k] += p;
+                            s.sp[i * K + k] += p;
+                        }
                     }
-                }
-                const int64_t sh = w0.start - x->qrange[2 * seg]; /* cached rows start at the segment's range */
-                for (int64_t i = 0; i < nrow; ++i) {
-                    s.kr[i] += sh;
-                    s.vr[i] += sh;
-                    for (int64_t k = 0; k < K; ++k) {
-                        s.pp[i * K + k] += p;
-                        s.sp[i * K + k] += p;
+                    bwdq_args a = {s.tq, s.tdo, s.kr, s.vr, x->CXP, nrow, K, g->D, g->Dv, nl, s.off, uniform,
+                                   s.vmask, g->scale, s.lse, s.delta, s.pp, s.sp, s.sbuf, s.tk,
+                                   x->stream && nl == 16 && p % 16 == 0, s.pf, npf};
+                    x->bk->query(&a);
+                    for (int64_t i = 0; i < nrow; ++i) {
+                        s.kr[i] -= sh;
+                        s.vr[i] -= sh;
+                        for (int64_t k = 0; k < K; ++k) {
+                            s.pp[i * K + k] -= p;
+                            s.sp[i * K + k] -= p;
+                        }
                     }
+                    pos[r - 1] = p;
+                    tile_store(x, s.tk, x->dq, b, pos, h, g->D, nl, s.cvt);
+                    pos[r - 1] = 0;
+                    p += nl;
                 }
-                bwdq_args a = {s.tq, s.tdo, s.kr, s.vr, x->CXP, nrow, K, g->D, g->Dv, nl, s.off, uniform,
-                               s.vmask, g->scale, s.lse, s.delta, s.pp, s.sp, s.sbuf, s.tk,
-                               x->stream && nl == 16 && p % 16 == 0, s.pf, npf};
-                x->bk->query(&a);
-                for (int64_t i = 0; i < nrow; ++i) {
-                    s.kr[i] -= sh;
-                    s.vr[i] -= sh;
-                    for (int64_t k = 0; k < K; ++k) {
-                        s.pp[i * K + k] -= p;
-                        s.sp[i * K + k] -= p;
-                    }
-                }
-                pos[r - 1] = p;
-                tile_store(x, s.tk, x->dq, b, pos, h, g->D, nl, s.cvt);
-                pos[r - 1] = 0;
-                p += nl;
             }
         }
     }
@@ -398,26 +408,30 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const int64_t hq = x->rq + x->rd; /* one head's q and dO rows in a cache slot */
     for (int64_t task = begin; task < end; ++task) {
         const int64_t seg = task % x->nseg, chunk = (task / x->nseg) % x->kchunk;
-        const int64_t hk = (task / (x->nseg * x->kchunk)) % g->Hkv, b = task / (x->nseg * x->kchunk * g->Hkv);
+        const int64_t hn = x->hin ? 1 : g->Hkv, ht = (task / (x->nseg * x->kchunk)) % hn;
+        const int64_t b = task / (x->nseg * x->kchunk * hn), hk0 = x->hin ? 0 : ht, hk1 = x->hin ? g->Hkv : ht + 1;
         const int64_t Rend = (chunk + 1) * x->klines < x->nR ? (chunk + 1) * x->klines : x->nR;
         for (int64_t R = chunk * x->klines; R < Rend; ++R) {
             int64_t pos[3];
             pos_of(g, R, 0, pos);
             const int64_t xa = r > 1 ? pos[0] : 0, xb = r > 2 ? pos[1] : 0;
             const int64_t n0 = r > 1 ? st0[xa + 1] - st0[xa] : 1, n1 = r > 2 ? st1[xb + 1] - st1[xb] : 1;
-            /* the query rows whose windows hold this key row: row, lead slot, cache slot */
+            /* the query rows whose windows hold this key row: row, lead slot */
             int64_t nq = 0, rows_q[64], lis[64];
-            const float *slots[64];
             for (int64_t i0 = 0; i0 < n0; ++i0)
                 for (int64_t i1 = 0; i1 < n1; ++i1, ++nq) {
                     /* inverse entries carry o*ostride*KK + slot*kstride per leading axis */
                     int64_t aoff = 0;
                     if (r > 1) aoff += en0[3 * (st0[xa] + i0)];
                     if (r > 2) aoff += en1[3 * (st1[xb] + i1)];
-                    const int64_t Rq = aoff / (Ol * KK);
-                    rows_q[nq] = Rq;
+                    rows_q[nq] = aoff / (Ol * KK);
                     lis[nq] = (aoff % (Ol * KK)) / K;
-                    const int64_t slot = cache_slot(x, &x->ck, Rq);
+                }
+            for (int64_t hk = hk0; hk < hk1; ++hk) {
+                const float *slots[64]; /* their cached q / dO rows */
+                for (int64_t i = 0; i < nq; ++i) {
+                    const int64_t Rq = rows_q[i];
+                    const int64_t slot = cache_slot(x, &x->ck, Rq, hk);
                     const int64_t tag = ((b * g->Hkv + hk) * x->nR + Rq) * x->nseg + seg;
                     float *qp = s.cache + slot * x->ck.pitch;
                     if (s.tags[slot] != tag) {
@@ -428,36 +442,41 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                         }
                         s.tags[slot] = tag;
                     }
-                    slots[nq] = qp;
+                    slots[i] = qp;
                 }
-            const int64_t u1 = (seg + 1) * BB_SEG < x->L ? (seg + 1) * BB_SEG : x->L;
-            for (int64_t x0 = seg * BB_SEG; x0 < u1; x0 += 16) {
-                const int64_t nl = u1 - x0 < 16 ? u1 - x0 : 16, blk = x0 / 16;
-                int64_t n = 0;
-                for (int64_t gg = 0; gg < g->G; ++gg) {
-                    const int64_t h = hk * g->G + gg;
-                    for (int64_t i = 0; i < nq; ++i) {
-                        const int64_t pb = ((b * g->H + h) * x->nR + rows_q[i]) * x->rp + lis[i] * K * x->XP + x0;
-                        const float *qb = slots[i] + gg * hq + x0 - x->krange[2 * seg], *db = qb + x->rq;
-                        for (int64_t t = x->tstart[blk]; t < x->tstart[blk + 1]; ++t, ++n) {
-                            s.poff[n] = pb + x->tk[t] * x->XP + x->tc[t];
-                            s.qr[n] = qb + x->tc[t];
-                            s.dr[n] = db + x->tc[t];
-                            s.mask[n] = x->tmask[t];
-                            s.more[n] = x->tmore[t];
+                const int64_t u1 = (seg + 1) * BB_SEG < x->L ? (seg + 1) * BB_SEG : x->L;
+                for (int64_t x0 = seg * BB_SEG; x0 < u1; x0 += 16) {
+                    const int64_t nl = u1 - x0 < 16 ? u1 - x0 : 16, blk = x0 / 16;
+                    int64_t n = 0;
+                    for (int64_t gg = 0; gg < g->G; ++gg) {
+                        const int64_t h = hk * g->G + gg;
+                        for (int64_t i = 0; i < nq; ++i) {
+                            const int64_t pb = ((b * g->H + h) * x->nR + rows_q[i]) * x->rp + lis[i] * K * x->XP + x0;
+                            const float *qb = slots[i] + gg * hq + x0 - x->krange[2 * seg], *db = qb + x->rq;
+                            for (int64_t t = x->tstart[blk]; t < x->tstart[blk + 1]; ++t, ++n) {
+                                s.poff[n] = pb + x->tk[t] * x->XP + x->tc[t];
+                                s.qr[n] = qb + x->tc[t];
+                                s.dr[n] = db + x->tc[t];
+                                s.mask[n] = x->tmask[t];
+                                s.more[n] = x->tmore[t];
+                            }
                         }
                     }
+                    /* next tile: 16 positions on, or (x0 back to the segment) the next kv
+                     * head's planes, or the next row, whose query rows are one further at
+                     * the same slots in the interior (a prefetch hint) */
+                    const int64_t hplanes = g->G * x->nR * x->rp, x00 = seg * BB_SEG;
+                    const int64_t pf_next = x0 + 16 < u1 ? 16
+                                            : hk + 1 < hk1 ? hplanes - (x0 - x00)
+                                                           : x->rp - (hk1 - 1 - hk0) * hplanes - (x0 - x00);
+                    bwdk_args a = {n, x->CXP, g->D, g->Dv, x->pw, x->sw, s.poff, s.qr, s.dr, s.mask, s.more,
+                                   g->scale, s.tk, s.tv, pf_next};
+                    x->bk->key(&a);
+                    pos[r - 1] = x0;
+                    tile_store(x, s.tk, x->dk, b, pos, hk, g->D, nl, s.cvt);
+                    tile_store(x, s.tv, x->dv, b, pos, hk, g->Dv, nl, s.cvt);
+                    pos[r - 1] = 0;
                 }
-                /* next tile: 16 positions on, or (x0 back to 0) the next row, whose
-                 * query rows are one further at the same slots in the interior */
-                const int64_t pf_next = x0 + 16 < u1 ? 16 : x->rp - x0;
-                bwdk_args a = {n, x->CXP, g->D, g->Dv, x->pw, x->sw, s.poff, s.qr, s.dr, s.mask, s.more, g->scale,
-                               s.tk, s.tv, pf_next};
-                x->bk->key(&a);
-                pos[r - 1] = x0;
-                tile_store(x, s.tk, x->dk, b, pos, hk, g->D, nl, s.cvt);
-                tile_store(x, s.tv, x->dv, b, pos, hk, g->Dv, nl, s.cvt);
-                pos[r - 1] = 0;
             }
         }
     }
@@ -588,6 +607,7 @@ static void cache_geom(const bb_ctx *x, bb_cache *cc, int keys, int64_t pitch) {
         cc->S1 = g->L[1];
     if (r == 3 && cc->S1 > g->L[1]) cc->S1 = g->L[1];
     cc->NS = cc->S0 * cc->S1;
+    cc->NT = x->hin ? cc->NS * g->Hkv : cc->NS;
 }
 
 /* Tasks per pass: as few row chunks as 8 tasks per thread allow (a chunk
@@ -651,8 +671,22 @@ natten_status bwd_block_run(common *c, const natten_tensor *q, const natten_tens
         if (r > 1) m0 = c->inv_maxlen[0];
         if (r > 2) m1 = c->inv_maxlen[1];
         x.nleadinv = m0 * m1;
-        cache_geom(&x, &x.cq, 0, x.rk + x.rv);
-        cache_geom(&x, &x.ck, 1, g->G * (x.rq + x.rd));
+        /* Heads inner: a task runs every head of each of its rows in turn.  The
+         * caller's rows of one position hold all heads side by side (H*C
+         * floats); head-major tasks read (write) one head's C floats of it per
+         * pass over the volume, and a row off a 64-byte boundary (MLX's buffers
+         * start 24 bytes past one) touches a line of each neighbouring head
+         * too, fetched again a whole pass later: 3-D 32^3 H4 D32 f32 backward
+         * 133 -> 153 ms one thread with every tensor 24 bytes off (cpu_bench
+         * BENCH_MISALIGN=24), 108 -> 110 ms with B4 H1.  The row caches then
+         * hold every kv head (NT slots); when that does not fit, head-major. */
+        const char *he = getenv("NATTEN_CPU_BWD_HEADS_INNER"); /* 0: head-major (the tests run both) */
+        for (x.hin = !(he && he[0] == '0');; x.hin = 0) {
+            cache_geom(&x, &x.cq, 0, x.rk + x.rv);
+            cache_geom(&x, &x.ck, 1, g->G * (x.rq + x.rd));
+            x.per_thread = align64(bb_layout(&x, NULL, NULL));
+            if (!x.hin || g->Hkv == 1 || x.per_thread <= NATTEN_BB_MAX_BYTES / 2) break;
+        }
         chunks(&x, g->H, nt, &x.qchunk, &x.qlines);
         chunks(&x, g->Hkv, nt, &x.kchunk, &x.klines);
         const char *env = getenv("NATTEN_CPU_BWD_STREAM_BYTES"); /* tests set 0 */
@@ -669,13 +703,13 @@ natten_status bwd_block_run(common *c, const natten_tensor *q, const natten_tens
             for (int t = 0; t < nt; ++t) { /* empty caches; finite contents (see pack_row) */
                 bb_scratch s = {0};
                 bb_layout(&x, x.scratch + (size_t)t * x.per_thread, &s);
-                for (int64_t i = 0; i < cc->NS; ++i) s.tags[i] = -1;
-                memset(s.cache - BB_SLACK, 0, (size_t)(cc->NS * cc->pitch + 2 * BB_SLACK) * sizeof(float));
+                for (int64_t i = 0; i < cc->NT; ++i) s.tags[i] = -1;
+                memset(s.cache - BB_SLACK, 0, (size_t)(cc->NT * cc->pitch + 2 * BB_SLACK) * sizeof(float));
             }
             if (pass == 0)
-                natten_parallel_for(nt, g->B * g->H * x.qchunk * x.nseg, 1, query_task, &x);
+                natten_parallel_for(nt, g->B * (x.hin ? 1 : g->H) * x.qchunk * x.nseg, 1, query_task, &x);
             else
-                natten_parallel_for(nt, g->B * g->Hkv * x.kchunk * x.nseg, 1, key_task, &x);
+                natten_parallel_for(nt, g->B * (x.hin ? 1 : g->Hkv) * x.kchunk * x.nseg, 1, key_task, &x);
         }
         st = NATTEN_STATUS_SUCCESS;
     }

@@ -197,11 +197,16 @@ void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t
     if (t->stride[c->g.rank + 2] != 1) return;
     const size_t es = natten_dtype_size(c->p->dtype);
     const char *base = (const char *)t->data;
+    if (C <= 0) return;
     for (int64_t i = 0; i < n; ++i) {
-        const char *row = base + (size_t)(off + i * rs) * es;
-        for (size_t bo = 0; bo < (size_t)C * es; bo += 64) {
-            if (list && *nlist < cap) list[(*nlist)++] = row + bo;
-            else __builtin_prefetch(row + bo);
+        /* every line the row touches: a row off a 64-byte boundary (MLX's
+         * buffers start 24 bytes past one) ends in one line more than its
+         * length suggests */
+        const uintptr_t row = (uintptr_t)(base + (size_t)(off + i * rs) * es);
+        const uintptr_t last = (row + (size_t)C * es - 1) & ~(uintptr_t)63;
+        for (uintptr_t a = row & ~(uintptr_t)63; a <= last; a += 64) {
+            if (list && *nlist < cap) list[(*nlist)++] = (const char *)a;
+            else __builtin_prefetch((const char *)a);
         }
     }
 }

@@ -367,6 +367,9 @@ static const cfg configs[] = {
     {"bb 2d causal both L70", 2, 1, 2, 1, 16, 16, {5, 70}, {3, 9}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, 0, 0, 0, F32, T_CONTIG},
     {"bb 3d lead dil uneven", 3, 1, 2, 1, 16, 17, {7, 4, 17}, {3, 3, 3}, {2, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 0, 0, 0, F32, T_PERMUTED},
     {"bb 3d gna causal 1 bf16", 3, 1, 2, 2, 16, 16, {4, 6, 18}, {3, 5, 5}, {1, 1, 1}, {2, 3, 2}, {1, 1, 1}, {0, 1, 0}, 0, 0, 0, BF16, T_CONTIG},
+    /* heads inner (every head of a row in turn, row caches per kv head): kv heads and groups */
+    {"bb 3d GQA 6/3 causal 0", 3, 2, 6, 3, 8, 16, {5, 4, 21}, {3, 3, 5}, {1, 1, 1}, {1, 1, 1}, {1, 1, 1}, {1, 0, 0}, 0, 0, 0, F32, T_CONTIG},
+    {"bb 2d GQA 4/2 bf16", 2, 1, 4, 2, 16, 16, {6, 33}, {3, 5}, {1, 1}, {1, 1}, {1, 1}, {0, 1}, 0, 0, 0, BF16, T_PADDED},
 };
 
 /*
@@ -764,6 +767,14 @@ int main(void) {
     check_bf16_bwd_rounding();
     check_bf16_rounding();
     check_stale_packs();
+    /* the blocked backward's head-major order (its fallback when per-kv-head row caches
+     * do not fit): the configurations with several kv heads */
+    setenv("NATTEN_CPU_BWD_HEADS_INNER", "0", 1);
+    setenv("NATTEN_CPU_BWD_STREAM_BYTES", "0", 1);
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; ++i)
+        if (strncmp(configs[i].name, "bb ", 3) == 0 && configs[i].Hkv > 1) check_config(&configs[i], 1000 + i);
+    unsetenv("NATTEN_CPU_BWD_HEADS_INNER");
+    unsetenv("NATTEN_CPU_BWD_STREAM_BYTES");
 
     /* API of the runtime */
     t_check(natten_num_threads_set(0) == NATTEN_STATUS_INVALID_ARGUMENT, "num_threads_set(0) must fail");
