@@ -429,6 +429,9 @@ natten_status natten_fast_na_backward(
     c.drpb_t = rpb ? drpb : NULL;
     c.dek_t = dextra_k;
     c.dev_t = dextra_v;
+    advise_huge_output(p, NATTEN_TENSOR_Q, dq);
+    advise_huge_output(p, NATTEN_TENSOR_K, dk);
+    advise_huge_output(p, NATTEN_TENSOR_V, dv);
     if (bwd_block_run(&c, q, k, v, out, lse, dout, dq, dk, dv) == NATTEN_STATUS_SUCCESS) {
         common_free(&c);
         return NATTEN_STATUS_SUCCESS;

@@ -228,6 +228,8 @@ int build_wlast(common *c);
 void common_free(common *c);
 /* Zero *c, then set its problem, geometry and the active kernels. */
 void common_init(common *c, const natten_problem *p);
+/* Transparent huge pages for the 2 MiB pages wholly inside a large output (a hint). */
+void advise_huge_output(const natten_problem *p, natten_tensor_kind kind, const natten_tensor *t);
 /* Which problems the fast kernels take (f64 declines). */
 int fast_supported(const natten_problem *p);
 
