@@ -679,13 +679,16 @@ natten_status bwd_block_run(common *c, const natten_tensor *q, const natten_tens
          * too, fetched again a whole pass later: 3-D 32^3 H4 D32 f32 backward
          * 133 -> 153 ms one thread with every tensor 24 bytes off (cpu_bench
          * BENCH_MISALIGN=24), 108 -> 110 ms with B4 H1.  The row caches then
-         * hold every kv head (NT slots); when that does not fit, head-major. */
+         * hold every kv head (NT slots); head-major when they would pass half
+         * the per-thread limit or 256 MiB over all threads (many cores). */
         const char *he = getenv("NATTEN_CPU_BWD_HEADS_INNER"); /* 0: head-major (the tests run both) */
         for (x.hin = !(he && he[0] == '0');; x.hin = 0) {
             cache_geom(&x, &x.cq, 0, x.rk + x.rv);
             cache_geom(&x, &x.ck, 1, g->G * (x.rq + x.rd));
             x.per_thread = align64(bb_layout(&x, NULL, NULL));
-            if (!x.hin || g->Hkv == 1 || x.per_thread <= NATTEN_BB_MAX_BYTES / 2) break;
+            if (!x.hin || g->Hkv == 1 ||
+                (x.per_thread <= NATTEN_BB_MAX_BYTES / 2 && x.per_thread * (size_t)nt <= 4 * NATTEN_BB_MAX_BYTES))
+                break;
         }
         chunks(&x, g->H, nt, &x.qchunk, &x.qlines);
         chunks(&x, g->Hkv, nt, &x.kchunk, &x.klines);
