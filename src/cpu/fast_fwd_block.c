@@ -47,6 +47,7 @@ typedef struct blk_ctx {
     int64_t segq;        /* group-major positions per task segment (BLK_SEGQ, BLK_SEGQ_1D) */
     int64_t slot_floats; /* pitch of one packed row (keys then values) */
     int stream;          /* output rows may take non-temporal stores (see blk_args) */
+    int pfout;           /* large output that is not streamed: tiles prefetch their rows */
     int64_t *goff;    /* dilation groups of the last axis (full extent), d+1 entries */
     int64_t *gpos;    /* pack position of each group's local index 0 (d entries) */
     size_t per_thread; /* bytes */
@@ -468,6 +469,13 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
                     { /* this tile's positions of the next line's new rows and queries */
                         const int64_t x0 = rr + d * p;
                         s.npfa = 0;
+                        if (x->pfout) { /* first: its own output rows, stored at the end of the tile */
+                            int64_t pos[3];
+                            for (int a = 0; a < r - 1; ++a) pos[a] = o[a];
+                            pos[r - 1] = x0;
+                            prefetch_rows(c, x->out, row_off(x->out->stride, r, b, pos, h), d * x->out->stride[r], nl,
+                                          g->Dv, s.pfa, &s.npfa, BLK_PF_MAX);
+                        }
                         for (int64_t i = 0; i < s.npf; ++i) {
                             prefetch_rows(c, x->k, s.pfk[i] + x0 * x->k->stride[r], d * x->k->stride[r], nl,
                                           g->D, s.pfa, &s.npfa, BLK_PF_MAX);
@@ -617,6 +625,10 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
         const char *env = getenv("NATTEN_CPU_FWD_STREAM_BYTES"); /* tests set 0 */
         const int64_t min_bytes = env ? atoll(env) : (int64_t)32 << 20;
         x.stream = aligned && c->p->dtype == NATTEN_DTYPE_F32 && total * 4 > min_bytes;
+        /* else each tile reads its output lines in early (prefetcht0: exclusive,
+         * no other cache holds them), so its stores do not wait on a
+         * read-for-ownership from DRAM at the end of the tile */
+        x.pfout = !x.stream && total * (int64_t)natten_dtype_size(c->p->dtype) > min_bytes;
     }
     x.per_thread = blk_layout(&x, NULL, NULL);
     if (x.per_thread > NATTEN_BLK_MAX_BYTES) {
