@@ -119,6 +119,9 @@ natten_status natten_fast_na_forward(const natten_problem *p, const natten_tenso
     c.rpb = rpb;
     c.out_t = out;
     c.lse_t = lse;
+    /* MLX maps a fresh buffer for an output over its buffer cache (the vision
+     * case's 67 MB): one fault and one zeroed page per 4 KiB written */
+    advise_huge_output(p, NATTEN_TENSOR_OUT, out);
     const int nt = natten_parallel_threads();
     const int r = g->rank;
     /* tiles pay for repacking Q, K and V; worth it from ~16 neighbours up */
