@@ -164,38 +164,6 @@ static void bf16_to_f32_avx512(const uint16_t *src, float *dst, int64_t n) {
 /* Lane-major tiles                                                          */
 /* ------------------------------------------------------------------------ */
 
-static inline __m512 unlo_pd(__m512 a, __m512 b) {
-    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-}
-static inline __m512 unhi_pd(__m512 a, __m512 b) {
-    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-}
-
-/* In-register 16x16 transpose: r[i] lane j -> o[j] lane i. */
-static inline void transpose16(const __m512 r[16], __m512 o[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 8; ++i) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int j = 0; j < 4; ++j) {
-        u[4 * j] = unlo_pd(t[4 * j], t[4 * j + 2]);
-        u[4 * j + 1] = unhi_pd(t[4 * j], t[4 * j + 2]);
-        u[4 * j + 2] = unlo_pd(t[4 * j + 1], t[4 * j + 3]);
-        u[4 * j + 3] = unhi_pd(t[4 * j + 1], t[4 * j + 3]);
-    }
-    for (int m = 0; m < 4; ++m) {
-        const __m512 v0 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);
-        const __m512 v1 = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);
-        const __m512 v2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);
-        const __m512 v3 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
-        o[m] = _mm512_shuffle_f32x4(v0, v2, 0x88);
-        o[8 + m] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
-        o[4 + m] = _mm512_shuffle_f32x4(v1, v3, 0x88);
-        o[12 + m] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
-    }
-}
-
 static void transpose_avx512(const float *src, int64_t src_ld, float *dst, int64_t dst_ld, int64_t rows,
                              int64_t cols) {
     for (int64_t r0 = 0; r0 < rows; r0 += 16) {
