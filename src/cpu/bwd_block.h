@@ -64,8 +64,13 @@ typedef struct bwdk_args {
 typedef struct bwd_blk_kernel {
     void (*query)(const bwdq_args *a);
     void (*key)(const bwdk_args *a);
-    /* n contiguous f32 -> bf16, rounding as natten_f32_to_bf16 (nearest even, NaN kept) */
-    void (*bf16_out)(const float *src, uint16_t *dst, int64_t n);
+    /* a [C][16] tile result's lanes l < nl as bf16 rows dst[l*ls + c], rounding as
+     * natten_f32_to_bf16 (nearest even, NaN kept) */
+    void (*bf16_rows)(const float *tt, uint16_t *dst, int64_t ls, int64_t C, int64_t nl);
+    /* nb <= 16 bf16 rows of C contiguous channels, rs elements apart, as f32
+     * lane-major: dst[c*ld + i] (i < nb; other lanes untouched) -- the packs'
+     * conversion inside the transpose, no f32 row copy in between */
+    void (*bf16_lanes)(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C);
 } bwd_blk_kernel;
 
 extern const bwd_blk_kernel natten_bwd_blk_scalar;

@@ -59,8 +59,14 @@ static void bwd_key_scalar(const bwdk_args *a) {
         }
 }
 
-static void bf16_out_scalar(const float *src, uint16_t *dst, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = natten_f32_to_bf16(src[i]);
+static void bf16_rows_scalar(const float *tt, uint16_t *dst, int64_t ls, int64_t C, int64_t nl) {
+    for (int64_t l = 0; l < nl; ++l)
+        for (int64_t c = 0; c < C; ++c) dst[l * ls + c] = natten_f32_to_bf16(tt[c * LANES + l]);
 }
 
-const bwd_blk_kernel natten_bwd_blk_scalar = {bwd_query_scalar, bwd_key_scalar, bf16_out_scalar};
+static void bf16_lanes_scalar(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
+    for (int64_t i = 0; i < nb; ++i)
+        for (int64_t c = 0; c < C; ++c) dst[c * ld + i] = natten_bf16_to_f32(src[i * rs + c]);
+}
+
+const bwd_blk_kernel natten_bwd_blk_scalar = {bwd_query_scalar, bwd_key_scalar, bf16_rows_scalar, bf16_lanes_scalar};

@@ -101,6 +101,10 @@ static void lane_major(const bb_ctx *x, const natten_tensor *t, int64_t off, int
         c->kern->transpose((const float *)t->data + off, rs, dst, ld, nb, C);
         return;
     }
+    if (c->p->dtype == NATTEN_DTYPE_BF16 && t->stride[c->g.rank + 2] == 1) {
+        x->bk->bf16_lanes((const uint16_t *)t->data + off, rs, dst, ld, nb, C);
+        return;
+    }
     rows_f32(x, t, off, rs, nb, C, cvt);
     c->kern->transpose(cvt, C, dst, ld, nb, C);
 }
@@ -209,11 +213,12 @@ static void tile_store(const bb_ctx *x, const float *tt, natten_tensor *t, int64
         c->kern->transpose(tt, 16, (float *)t->data + off, ls, C, nl);
         return;
     }
-    c->kern->transpose(tt, 16, cvt, C, C, nl); /* rows, then rounded like the reference */
-    for (int64_t l = 0; l < nl; ++l) {
-        if (dt == NATTEN_DTYPE_BF16 && cs == 1) x->bk->bf16_out(cvt + l * C, (uint16_t *)t->data + off + l * ls, C);
-        else store_row(t->data, off + l * ls, cs, dt, cvt + l * C, C);
+    if (dt == NATTEN_DTYPE_BF16 && cs == 1) {
+        x->bk->bf16_rows(tt, (uint16_t *)t->data + off, ls, C, nl);
+        return;
     }
+    c->kern->transpose(tt, 16, cvt, C, C, nl); /* rows, then rounded like the reference */
+    for (int64_t l = 0; l < nl; ++l) store_row(t->data, off + l * ls, cs, dt, cvt + l * C, C);
 }
 
 /* Non-temporal stores are weakly ordered: fence them before the pool's
