@@ -53,25 +53,8 @@ struct Case {
 };
 
 static std::vector<int> make_params(const Case &c) {
-    std::vector<int> a(NA_P_COUNT, 0);
-    a[NA_P_RANK] = 3;
-    a[NA_P_B] = c.B;
-    a[NA_P_H] = c.H;
-    a[NA_P_HKV] = c.Hkv;
-    a[NA_P_D] = a[NA_P_DV] = c.D;
-    for (int x = 0; x < 3; ++x) {
-        a[NA_P_X + x] = c.X[x];
-        a[NA_P_K + x] = c.K[x];
-        a[NA_P_DIL + x] = c.dil[x];
-        a[NA_P_GS + x] = 1;
-        a[NA_P_OS + x] = 1;
-        a[NA_P_CAUSAL + x] = 0;
-        a[NA_P_O + x] = c.X[x];
-    }
-    float sc = 1.f / std::sqrt((float)c.D);
-    memcpy(&a[NA_P_SCALE], &sc, 4);
-    a[NA_P_KK] = c.K[0] * c.K[1] * c.K[2];
-    return a;
+    const int gs[3] = {1, 1, 1}, causal[3] = {0, 0, 0};
+    return na_param_block(c.B, c.X, c.H, c.Hkv, c.D, c.K, c.dil, gs, causal);
 }
 static int grid_of(const Case &c, int t0, int t1, int t2) {
     const int t[3] = {t0, t1, t2};
@@ -133,25 +116,45 @@ static double useful_gflop(const Case &c) { /* one S-sized product over the wind
     return 2.0 * c.B * c.X[0] * c.X[1] * c.X[2] * c.H * (double)c.K[0] * c.K[1] * c.K[2] * c.D / 1e9;
 }
 
+/* Inputs filled, outputs and f32 row buffers allocated, the parameter block on
+ * the device: what each timed run needs; freed on scope exit. */
+template <typename T>
+struct Bufs {
+    size_t nq, nk, rows;
+    T *q, *k, *v, *dout, *o, *dq, *dk, *dv;
+    float *lse, *delta, *dlse;
+    int *dp;
+    Bufs(const Case &c, int HD) {
+        const size_t ntok = (size_t)c.B * c.X[0] * c.X[1] * c.X[2];
+        nq = ntok * c.H * HD;
+        nk = ntok * c.Hkv * HD;
+        rows = ntok * c.H;
+        q = alloc_fill<T>(nq, 1), k = alloc_fill<T>(nk, 2), v = alloc_fill<T>(nk, 3), dout = alloc_fill<T>(nq, 4);
+        CK(cudaMalloc(&o, nq * sizeof(T)));
+        CK(cudaMalloc(&dq, nq * sizeof(T)));
+        CK(cudaMalloc(&dk, nk * sizeof(T)));
+        CK(cudaMalloc(&dv, nk * sizeof(T)));
+        CK(cudaMalloc(&lse, rows * 4));
+        CK(cudaMalloc(&delta, rows * 4));
+        CK(cudaMalloc(&dlse, rows * 4));
+        CK(cudaMemset(dlse, 0, rows * 4));
+        const std::vector<int> pa = make_params(c);
+        CK(cudaMalloc(&dp, pa.size() * 4));
+        CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
+    }
+    ~Bufs() {
+        cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(dout); cudaFree(o); cudaFree(dq); cudaFree(dk); cudaFree(dv);
+        cudaFree(lse); cudaFree(delta); cudaFree(dlse); cudaFree(dp);
+    }
+};
+
 template <typename T, int HD, int Q0, int Q1, int Q2, int K0, int K1, int K2>
 static void run_tc(const Case &c) {
-    const size_t ntok = (size_t)c.B * c.X[0] * c.X[1] * c.X[2];
-    const size_t nq = ntok * c.H * HD, nk = ntok * c.Hkv * HD, rows = ntok * c.H;
-    T *q = alloc_fill<T>(nq, 1), *k = alloc_fill<T>(nk, 2), *v = alloc_fill<T>(nk, 3), *dout = alloc_fill<T>(nq, 4);
-    T *o, *dq, *dk, *dv;
-    float *lse, *delta, *dlse;
-    CK(cudaMalloc(&o, nq * sizeof(T)));
-    CK(cudaMalloc(&dq, nq * sizeof(T)));
-    CK(cudaMalloc(&dk, nk * sizeof(T)));
-    CK(cudaMalloc(&dv, nk * sizeof(T)));
-    CK(cudaMalloc(&lse, rows * 4));
-    CK(cudaMalloc(&delta, rows * 4));
-    CK(cudaMalloc(&dlse, rows * 4));
-    CK(cudaMemset(dlse, 0, rows * 4));
-    std::vector<int> pa = make_params(c);
-    int *dp;
-    CK(cudaMalloc(&dp, pa.size() * 4));
-    CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
+    Bufs<T> m(c, HD);
+    T *q = m.q, *k = m.k, *v = m.v, *dout = m.dout, *o = m.o, *dq = m.dq, *dk = m.dk, *dv = m.dv;
+    float *lse = m.lse, *delta = m.delta, *dlse = m.dlse;
+    const int *dp = m.dp;
+    const size_t rows = m.rows;
     const int qt = grid_of(c, Q0, Q1, Q2), BH = c.B * c.H, BHkv = c.B * c.Hkv;
     const int smf = NA_FWD_TC_SMEM(64, HD);
     const int smq = 6 * 64 * (HD + 8) * 2 + 8 * 64, smk = smq + 4 * 64 * 4;
@@ -174,29 +177,15 @@ static void run_tc(const Case &c) {
     printf("%-22s bf16 fwd %8.3f  delta %7.3f  dq %8.3f  dkdv %8.3f  fused %8.3f  (bwd=delta+fused %8.3f ms; "
            "useful 5-product TFLOP/s %.0f; fwd %.0f)\n",
            c.name, tf, td, tq, tk, tb, td + tb, 5 * g / (td + tb), 2 * g / tf);
-    cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(dout); cudaFree(o); cudaFree(dq); cudaFree(dk); cudaFree(dv);
-    cudaFree(lse); cudaFree(delta); cudaFree(dlse); cudaFree(dp);
 }
 
 template <int HD, int Q0, int Q1, int Q2, int K0, int K1, int K2>
 static void run_f32(const Case &c) {
-    const size_t ntok = (size_t)c.B * c.X[0] * c.X[1] * c.X[2];
-    const size_t nq = ntok * c.H * HD, nk = ntok * c.Hkv * HD, rows = ntok * c.H;
-    float *q = alloc_fill<float>(nq, 1), *k = alloc_fill<float>(nk, 2), *v = alloc_fill<float>(nk, 3),
-          *dout = alloc_fill<float>(nq, 4);
-    float *o, *dq, *dk, *dv, *lse, *delta, *dlse;
-    CK(cudaMalloc(&o, nq * 4));
-    CK(cudaMalloc(&dq, nq * 4));
-    CK(cudaMalloc(&dk, nk * 4));
-    CK(cudaMalloc(&dv, nk * 4));
-    CK(cudaMalloc(&lse, rows * 4));
-    CK(cudaMalloc(&delta, rows * 4));
-    CK(cudaMalloc(&dlse, rows * 4));
-    CK(cudaMemset(dlse, 0, rows * 4));
-    std::vector<int> pa = make_params(c);
-    int *dp;
-    CK(cudaMalloc(&dp, pa.size() * 4));
-    CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
+    Bufs<float> m(c, HD);
+    float *q = m.q, *k = m.k, *v = m.v, *dout = m.dout, *o = m.o, *dq = m.dq, *dk = m.dk, *dv = m.dv;
+    float *lse = m.lse, *delta = m.delta, *dlse = m.dlse;
+    const int *dp = m.dp;
+    const size_t ntok = m.rows / c.H;
     const int qt = grid_of(c, Q0, Q1, Q2), BH = c.B * c.H;
     const int smf = (64 + 4 * 64) * (HD + 4) * 4 + 64 * 68 * 4 + 8 * 64, smq = smf + 64 * (HD + 4) * 4;
     auto kf = k_fwd_f32<HD, Q0, Q1, Q2, K0, K1, K2>;
@@ -216,8 +205,6 @@ static void run_f32(const Case &c) {
     });
     printf("%-22s f32  fwd %8.3f  dq+delta %7.3f  dkdv(simple) %8.3f  dkdv(tiled) %8.3f  (bwd %8.3f -> %8.3f ms)\n",
            c.name, tf, tq, tk, tk2, tq + tk, tq + tk2);
-    cudaFree(q); cudaFree(k); cudaFree(v); cudaFree(dout); cudaFree(o); cudaFree(dq); cudaFree(dk); cudaFree(dv);
-    cudaFree(lse); cudaFree(delta); cudaFree(dlse); cudaFree(dp);
 }
 
 int main(int argc, char **argv) {

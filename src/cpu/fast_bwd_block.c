@@ -266,6 +266,23 @@ static void query_lanes(const bb_ctx *x, bb_scratch *s, int64_t b, int64_t h, in
     pos[r - 1] = 0;
 }
 
+/* One task of either pass: segment of BB_SEG positions (innermost), chunk of
+ * `lines` leading rows, head (all nh heads in one task with bb_ctx.hin), batch. */
+typedef struct bb_task {
+    int64_t seg, b, h0, h1, R0, R1;
+} bb_task;
+
+static int64_t task_count(const bb_ctx *x, int64_t nchunk, int64_t nh) {
+    return x->c->g.B * (x->hin ? 1 : nh) * nchunk * x->nseg;
+}
+
+static bb_task task_of(const bb_ctx *x, int64_t task, int64_t nchunk, int64_t lines, int64_t nh) {
+    const int64_t chunk = (task / x->nseg) % nchunk, hs = x->hin ? 1 : nh, ht = (task / (x->nseg * nchunk)) % hs;
+    const int64_t R1 = (chunk + 1) * lines < x->nR ? (chunk + 1) * lines : x->nR;
+    return (bb_task){task % x->nseg, task / (x->nseg * nchunk * hs), x->hin ? 0 : ht, x->hin ? nh : ht + 1,
+                     chunk * lines, R1};
+}
+
 /* Query tasks (b, h, chunk of qlines leading rows, BB_SEG positions). */
 static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const bb_ctx *x = vctx;
@@ -276,11 +293,9 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
     bb_scratch s = {0};
     bb_layout(x, x->scratch + (size_t)tid * x->per_thread, &s);
     for (int64_t task = begin; task < end; ++task) {
-        const int64_t seg = task % x->nseg, chunk = (task / x->nseg) % x->qchunk;
-        const int64_t hq = x->hin ? 1 : g->H, ht = (task / (x->nseg * x->qchunk)) % hq;
-        const int64_t b = task / (x->nseg * x->qchunk * hq), h0 = x->hin ? 0 : ht, h1 = x->hin ? g->H : ht + 1;
-        const int64_t R1 = (chunk + 1) * x->qlines < x->nR ? (chunk + 1) * x->qlines : x->nR;
-        for (int64_t R = chunk * x->qlines; R < R1; ++R) {
+        const bb_task t = task_of(x, task, x->qchunk, x->qlines, g->H);
+        const int64_t seg = t.seg, b = t.b, h0 = t.h0, h1 = t.h1, R1 = t.R1;
+        for (int64_t R = t.R0; R < R1; ++R) {
             int64_t pos[3];
             pos_of(g, R, 0, pos);
             /* leading rows of the window (valid slots) */
@@ -412,11 +427,9 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const int64_t *st1 = inv_start_of(c, 0, 1), *en1 = inv_ent_of(c, 0, 1);
     const int64_t hq = x->rq + x->rd; /* one head's q and dO rows in a cache slot */
     for (int64_t task = begin; task < end; ++task) {
-        const int64_t seg = task % x->nseg, chunk = (task / x->nseg) % x->kchunk;
-        const int64_t hn = x->hin ? 1 : g->Hkv, ht = (task / (x->nseg * x->kchunk)) % hn;
-        const int64_t b = task / (x->nseg * x->kchunk * hn), hk0 = x->hin ? 0 : ht, hk1 = x->hin ? g->Hkv : ht + 1;
-        const int64_t Rend = (chunk + 1) * x->klines < x->nR ? (chunk + 1) * x->klines : x->nR;
-        for (int64_t R = chunk * x->klines; R < Rend; ++R) {
+        const bb_task t = task_of(x, task, x->kchunk, x->klines, g->Hkv);
+        const int64_t seg = t.seg, b = t.b, hk0 = t.h0, hk1 = t.h1;
+        for (int64_t R = t.R0; R < t.R1; ++R) {
             int64_t pos[3];
             pos_of(g, R, 0, pos);
             const int64_t xa = r > 1 ? pos[0] : 0, xb = r > 2 ? pos[1] : 0;
@@ -715,9 +728,9 @@ natten_status bwd_block_run(common *c, const natten_tensor *q, const natten_tens
                 memset(s.cache - BB_SLACK, 0, (size_t)(cc->NT * cc->pitch + 2 * BB_SLACK) * sizeof(float));
             }
             if (pass == 0)
-                natten_parallel_for(nt, g->B * (x.hin ? 1 : g->H) * x.qchunk * x.nseg, 1, query_task, &x);
+                natten_parallel_for(nt, task_count(&x, x.qchunk, g->H), 1, query_task, &x);
             else
-                natten_parallel_for(nt, g->B * (x.hin ? 1 : g->Hkv) * x.kchunk * x.nseg, 1, key_task, &x);
+                natten_parallel_for(nt, task_count(&x, x.kchunk, g->Hkv), 1, key_task, &x);
         }
         st = NATTEN_STATUS_SUCCESS;
     }

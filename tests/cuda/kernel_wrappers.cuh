@@ -3,7 +3,8 @@
  * src/cuda (tensor-core and tiled f32, forward and backward), shared by the
  * nvcc harness (test_kernels.cu) and benchmarks/cuda/bwd_bench.cu.  Include
  * after the kernel headers.  Also the CUDA-call check (CK) and the
- * warp-per-row indices (GW, LANE) both use.
+ * warp-per-row indices (GW, LANE) and the parameter block (na_param_block)
+ * both use.
  */
 #ifndef NATTEN_CUDA_KERNEL_WRAPPERS_CUH
 #define NATTEN_CUDA_KERNEL_WRAPPERS_CUH
@@ -19,6 +20,32 @@
 
 #define GW (((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5)
 #define LANE (threadIdx.x & 31)
+
+/* The kernels' int parameter block for a rank-3 problem (unit out stride,
+ * outputs the size of the inputs, scale 1/sqrt(D)): the harness's problems and
+ * the benchmarks' cases. */
+static std::vector<int> na_param_block(int B, const int X[3], int H, int Hkv, int D, const int K[3],
+                                       const int dil[3], const int gs[3], const int causal[3]) {
+    std::vector<int> a(NA_P_COUNT, 0);
+    a[NA_P_RANK] = 3;
+    a[NA_P_B] = B;
+    a[NA_P_H] = H;
+    a[NA_P_HKV] = Hkv;
+    a[NA_P_D] = a[NA_P_DV] = D;
+    for (int x = 0; x < 3; ++x) {
+        a[NA_P_X + x] = X[x];
+        a[NA_P_K + x] = K[x];
+        a[NA_P_DIL + x] = dil[x];
+        a[NA_P_GS + x] = gs[x];
+        a[NA_P_OS + x] = 1;
+        a[NA_P_CAUSAL + x] = causal[x];
+        a[NA_P_O + x] = X[x];
+    }
+    float sc = 1.f / std::sqrt((float)D);
+    memcpy(&a[NA_P_SCALE], &sc, 4);
+    a[NA_P_KK] = K[0] * K[1] * K[2];
+    return a;
+}
 
 template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
 __global__ void k_fwd_tc(const int *pa, const T *q, const T *k, const T *v, T *o, float *lse) {

@@ -270,25 +270,7 @@ static void host_fwd(const Prob &P, const std::vector<float> &q, const std::vect
 }
 
 static std::vector<int> make_params(const Prob &P) {
-    std::vector<int> a(NA_P_COUNT, 0);
-    a[NA_P_RANK] = 3;
-    a[NA_P_B] = P.B;
-    a[NA_P_H] = P.H;
-    a[NA_P_HKV] = P.Hkv;
-    a[NA_P_D] = a[NA_P_DV] = P.D;
-    for (int x = 0; x < 3; ++x) {
-        a[NA_P_X + x] = P.X[x];
-        a[NA_P_K + x] = P.K[x];
-        a[NA_P_DIL + x] = P.dil[x];
-        a[NA_P_GS + x] = P.gs[x];
-        a[NA_P_OS + x] = 1;
-        a[NA_P_CAUSAL + x] = P.causal[x];
-        a[NA_P_O + x] = P.X[x];
-    }
-    float sc = 1.f / std::sqrt((float)P.D);
-    memcpy(&a[NA_P_SCALE], &sc, 4);
-    a[NA_P_KK] = P.K[0] * P.K[1] * P.K[2];
-    return a;
+    return na_param_block(P.B, P.X, P.H, P.Hkv, P.D, P.K, P.dil, P.gs, P.causal);
 }
 
 template <typename T> static T *upload(const std::vector<float> &h) {
