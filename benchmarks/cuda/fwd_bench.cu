@@ -64,19 +64,25 @@ static const Case CASES[] = {
 struct Variant {
     const char *cs, *name;
     kfn fn;
-    int tq[3], nw, hd, is_new; /* is_new: NA_FWD_TC_SMEM layout, else the base entry's */
+    int tq[3], nw, hd, is_new; /* is_new: NA_FWD_TC_SMEM layout, else the pre-0937 base entry's */
 };
 
 #define V_NEW(CS, NAME, HD, A, B_, C, D, E, F, NW) \
     {CS, NAME, k_bench_new<HD, A, B_, C, D, E, F, NW>, {A, B_, C}, NW, HD, 1}
+#ifndef NA_BENCH_BASE_LAYOUT /* 1: the base entry uses NA_FWD_TC_SMEM's layout (since 0937) */
+#define NA_BENCH_BASE_LAYOUT 1
+#endif
 #define V_BASE(CS, NAME, HD, A, B_, C, D, E, F, NW) \
-    {CS, NAME, k_bench_base<HD, A, B_, C, D, E, F, NW>, {A, B_, C}, NW, HD, 0}
+    {CS, NAME, k_bench_base<HD, A, B_, C, D, E, F, NW>, {A, B_, C}, NW, HD, NA_BENCH_BASE_LAYOUT}
 
 static const Variant VARS[] = {
 #ifdef NA_BENCH_BASE
     V_BASE("flux", "base64", 128, 8, 8, 1, 8, 8, 1, 4),
+    V_BASE("flux", "base128", 128, 8, 16, 1, 2, 32, 1, 4),
     V_BASE("1d", "base64", 128, 64, 1, 1, 64, 1, 1, 4),
+    V_BASE("1d", "base128", 128, 128, 1, 1, 64, 1, 1, 4),
     V_BASE("hun", "base64", 128, 2, 4, 8, 1, 2, 32, 4),
+    V_BASE("hun", "base128", 128, 2, 8, 8, 1, 2, 32, 4),
     V_BASE("vis", "base64", 64, 8, 8, 1, 4, 16, 1, 4),
 #endif
     V_NEW("flux", "new64", 128, 8, 8, 1, 8, 8, 1, 4),
