@@ -602,6 +602,11 @@ int main() {
     fails += test_fwd_tc<__half, 64, 8, 8, 1, 8, 8, 1, 4>(t5);
     const Prob t3h = {{40, 45, 1}, {21, 17, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 64, 1};
     fails += test_fwd_tc<__half, 64, 8, 8, 1, 8, 8, 1, 4>(t3h);
+    /* two m-tiles per warp (NATTEN_CUDA_TQ=128) with head dims 64 / 32 and f16: a variant that
+     * indexed its PV for head_dim 128 only failed exactly these (fwd_pipe_h100_20261127_1420) */
+    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 4>(t3h);
+    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 4>(t5);
+    fails += test_fwd_tc<B16, 32, 128, 1, 1, 64, 1, 1, 4>(t2);
     const Prob t6 = {{9, 10, 11}, {5, 3, 7}, {1, 2, 1}, {2, 1, 1}, {0, 0, 1}, 2, 1, 128, 1};
     const Prob t7 = {{7, 20, 40}, {5, 9, 33}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 1, 128, 1};
     fails += test_fwd_tc<B16, 128, 4, 4, 4, 4, 4, 4, 4>(t6);
