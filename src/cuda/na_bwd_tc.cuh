@@ -97,8 +97,9 @@ NA_DEV void na_tile_step(int base[3], const int lo[3], const int hi[3]) {
 
 /* ------------------------------------------------------------------ dQ */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
-NA_DEV void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
-                               const float *lse, const float *delta, T *dq, int tile = -1, int bh = -1) {
+__device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v,
+                                                const T *dout, const float *lse, const float *delta, T *dq,
+                                                int tile = -1, int bh = -1) { /* not inlined: na_bwd_tc_entry */
     if (tile < 0) tile = blockIdx.x;
     if (bh < 0) bh = blockIdx.y;
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
@@ -369,8 +370,9 @@ NA_DEV void na_load_qtile(const na_params &P, int b, const int r[3], int h, cons
 
 /* ------------------------------------------------------------------ dK, dV */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
-NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
-                                 const float *lse, const float *delta, T *dk, T *dv, int tile = -1, int bh = -1) {
+__device__ __noinline__ void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, const T *v,
+                                                  const T *dout, const float *lse, const float *delta, T *dk,
+                                                  T *dv, int tile = -1, int bh = -1) { /* not inlined: na_bwd_tc_entry */
     if (tile < 0) tile = blockIdx.x;
     if (bh < 0) bh = blockIdx.y;
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
@@ -476,18 +478,26 @@ NA_DEV void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, cons
                     na_mma(dp[2 * jp + 1], va, bo[2], bo[3], T());
                 }
             }
-            /* s <- P^T, dp <- dS^T */
+            /* s <- P^T, dp <- dS^T; lse and delta of this thread's two columns
+             * j*8 + t4*2 + c by one 8-byte read each (per-score reads were 32
+             * predicated 4-byte ones a tile; H100, bwd_bench: this pass on
+             * 3d-32-k3 0.180 -> 0.134 ms, 1d-32k-w2k 0.333 -> 0.317, flux
+             * unchanged alone, 71.3 -> 70.1 ms in the fused launch) */
 #pragma unroll
-            for (int j = 0; j < 8; ++j)
+            for (int j = 0; j < 8; ++j) {
+                const float2 l2 = *reinterpret_cast<const float2 *>(cL + j * 8 + t4 * 2);
+                const float2 d2 = *reinterpret_cast<const float2 *>(cD + j * 8 + t4 * 2);
+                const float nl[2] = {-l2.x * 1.4426950408889634f, -l2.y * 1.4426950408889634f};
+                const float dl[2] = {d2.x, d2.y};
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const int rr = e >> 1;
-                    const int col = j * 8 + t4 * 2 + (e & 1);
-                    const bool ok = full || na_mask_bit(mk[rr], j, e & 1);
-                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -cL[col] * 1.4426950408889634f)) : 0.f;
+                    const int rr = e >> 1, c = e & 1;
+                    const bool ok = full || na_mask_bit(mk[rr], j, c);
+                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, nl[c])) : 0.f;
                     s[j][e] = pr;
-                    dp[j][e] = pr * (dp[j][e] - cD[col]);
+                    dp[j][e] = pr * (dp[j][e] - dl[c]);
                 }
+            }
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
                 unsigned pa[4], da[4];
@@ -543,7 +553,11 @@ NA_DEV int na_num_tiles(const na_params &P) {
  * key-tile shape.  The windows' union around a box has the same extent both
  * ways, so both passes walk the fewest tiles _choose_tiles found (with the
  * dq pass' shapes, vision-2d-64-k7's 4x16 key boxes read 6 query tiles of
- * 8x8; 8x8 key boxes read 4 of 4x16). */
+ * 8x8; 8x8 key boxes read 4 of 4x16).  The two passes are __noinline__
+ * functions, so ptxas allocates each one's registers alone (inlined into one
+ * body, both spilled more than as separate kernels: hunyuan-3d fused 289 ms
+ * against 104 + 171 for the passes alone; with the calls 274, flux 70.1 ->
+ * 69.4; H100, bwd_bench, benchmarks/results/bwd_bench_h100_20261127_1439.txt). */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
                             const float *lse, const float *delta, T *dq, T *dk, T *dv) {
