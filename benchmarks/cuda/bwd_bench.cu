@@ -217,11 +217,13 @@ int main(int argc, char **argv) {
     const Case flux4 = {"flux-h4", 1, {256, 256, 1}, 4, 4, 128, {80, 80, 1}, {1, 1, 1}};
     const Case vis = {"vision-2d-64-k7", 8, {64, 64, 1}, 8, 8, 64, {7, 7, 1}, {1, 1, 1}};
     const Case l1d = {"1d-32k-w2k", 1, {32768, 1, 1}, 1, 1, 128, {2048, 1, 1}, {1, 1, 1}};
+    const Case d3 = {"3d-32-k3", 1, {32, 32, 32}, 4, 4, 32, {3, 3, 3}, {1, 1, 1}};
     const Case hun = {"hunyuan-3d-w18x24x24", 1, {30, 48, 80}, 24, 24, 128, {18, 24, 24}, {1, 1, 1}};
     if (strstr(flux.name, sel) && strcmp(sel, "flux-h4")) run_tc<__nv_bfloat16, 128, 8, 8, 1, 8, 8, 1>(flux);
     if (!strcmp(sel, "flux-h4")) run_tc<__nv_bfloat16, 128, 8, 8, 1, 8, 8, 1>(flux4);
     if (strstr(vis.name, sel)) run_tc<__nv_bfloat16, 64, 8, 8, 1, 4, 16, 1>(vis);
     if (strstr(l1d.name, sel)) run_tc<__nv_bfloat16, 128, 64, 1, 1, 64, 1, 1>(l1d);
+    if (strstr(d3.name, sel)) run_tc<__nv_bfloat16, 32, 2, 2, 16, 4, 4, 4>(d3);
     if (strstr(hun.name, sel) && *sel) run_tc<__nv_bfloat16, 128, 2, 4, 8, 1, 2, 32>(hun); /* by name only */
     if (strstr(vis.name, sel) || !strcmp(sel, "f32")) run_f32<64, 8, 8, 1, 4, 16, 1>(vis);
     return 0;
