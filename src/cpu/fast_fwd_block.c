@@ -48,12 +48,15 @@ typedef struct blk_ctx {
     int64_t slot_floats; /* pitch of one packed row (keys then values) */
     int stream;          /* output rows may take non-temporal stores (see blk_args) */
     int pfout;           /* large output that is not streamed: tiles prefetch their rows */
+    int pair;            /* 2-D, kernels with `pair`: tiles take lines y and y + dil0 together */
     int64_t *goff;    /* dilation groups of the last axis (full extent), d+1 entries */
     int64_t *gpos;    /* pack position of each group's local index 0 (d entries) */
     size_t per_thread; /* bytes */
     char *scratch;
 } blk_ctx;
 
+/* Per thread.  Arrays marked x2 hold one part per line of a unit (a line,
+ * or two lines that share key rows: see blk_task). */
 typedef struct blk_scratch {
     int64_t *tags;
     const float **kr, **vr;
@@ -66,7 +69,7 @@ typedef struct blk_scratch {
     int64_t *lrpb;      /* rpb: table offset of each leading row's part */
     float *bias;        /* rpb: [nrow*K][lanes] of a tile */
     int64_t *pfk, *pfv; /* the next line's rows to pack: source offsets (position 0) */
-    int64_t npf, pfq;   /* their count; the next line's query offset (position 0), or -1 */
+    int64_t npf, pfq[2]; /* their count; the next unit's lines' query offsets (position 0), or -1 */
     int64_t *kra;       /* per dilation group: local key range [kra[2rr], kra[2rr+1]) the
                          * current segment's queries read (what pack_row packs) */
     int64_t seg;        /* the current segment (part of the pack tags) */
@@ -90,23 +93,23 @@ static size_t blk_layout(const blk_ctx *x, char *base, blk_scratch *s) {
         o = align64(o + (size_t)(count) * sizeof(type));               \
     } while (0)
     CARVE(tags, int64_t, x->NS);
-    CARVE(kr, const float *, nrow);
-    CARVE(vr, const float *, nrow);
+    CARVE(kr, const float *, 2 * nrow); /* the unit's rows: line 0's, then line 1's others */
+    CARVE(vr, const float *, 2 * nrow);
     CARVE(off, int32_t, LN);
     CARVE(vmask, uint32_t, Kl);
     CARVE(wl, natten_window, LN);
-    CARVE(optr, float *, LN);
-    CARVE(o16, uint16_t *, LN);
+    CARVE(optr, float *, 2 * LN);
+    CARVE(o16, uint16_t *, 2 * LN);
     CARVE(pfa, const char *, BLK_PF_MAX);
-    CARVE(lrpb, int64_t, nrow);
-    CARVE(bias, float, nrow * Kl * LN);
-    CARVE(pfk, int64_t, nrow);
-    CARVE(pfv, int64_t, nrow);
+    CARVE(lrpb, int64_t, 2 * nrow); /* line 1's from lrpb + line 0's row count */
+    CARVE(bias, float, 2 * nrow * Kl * LN);
+    CARVE(pfk, int64_t, 2 * nrow);
+    CARVE(pfv, int64_t, 2 * nrow);
     CARVE(kra, int64_t, 2 * g->dil[g->rank - 1]);
-    CARVE(qt, float, g->D * LN);
-    CARVE(sbuf, float, nrow * Kl * LN);
-    CARVE(orow, float, LN * g->Dv);
-    CARVE(lse, float, LN);
+    CARVE(qt, float, 2 * g->D * LN);
+    CARVE(sbuf, float, 2 * nrow * Kl * LN);
+    CARVE(orow, float, 2 * LN * g->Dv);
+    CARVE(lse, float, 2 * LN);
     CARVE(cvt, float, 16 * cmax); /* rows_lane_major converts 16 rows at a time */
     CARVE(pack, float, x->NS * x->slot_floats);
 #undef CARVE
@@ -198,14 +201,14 @@ static void pack_row(const blk_ctx *x, blk_scratch *s, float *kp, int64_t b, int
 
 /* Leading rows of a line (slot order); returns their count, or -1 when the
  * line is outside the sample.  pack: pack the rows not in the cache (and
- * set s->kr, s->vr); else only list the source rows that will need packing
+ * set s->kr, s->vr, s->lrpb from index first); else only list the source rows that will need packing
  * (s->pfk, s->pfv) -- called for the next line before this line's tiles,
  * which prefetch them a tile's positions at a time (prefetch_tile), so the
  * strided reads of the caller's layout overlap the arithmetic instead of
  * stalling the packing (a whole row at once fills the fill buffers and
  * stalls the core just the same). */
 static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk, const int64_t o[3],
-                         const int64_t e[3], int pack) {
+                         const int64_t e[3], int pack, int64_t first) {
     const geom *g = &x->c->g;
     const int r = g->rank;
     natten_window w[2];
@@ -225,7 +228,7 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
         n1 = w[1].valid_end;
     }
     const size_t slot_floats = (size_t)x->slot_floats;
-    int64_t n = 0;
+    int64_t n = first;
     for (int64_t k0 = b0; k0 < n0; ++k0)
         for (int64_t k1 = b1; k1 < n1; ++k1) {
             int64_t lead[2] = {0, 0}, slot = 0, R = 0;
@@ -248,8 +251,12 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
                         kb += lead[a] * x->k->stride[a + 1];
                         vb += lead[a] * x->v->stride[a + 1];
                     }
-                    s->pfk[s->npf] = kb;
-                    s->pfv[s->npf++] = vb;
+                    int64_t i = 0;
+                    while (i < s->npf && s->pfk[i] != kb) ++i; /* both lines of a unit may list it */
+                    if (i == s->npf) {
+                        s->pfk[s->npf] = kb;
+                        s->pfv[s->npf++] = vb;
+                    }
                 }
                 continue;
             }
@@ -268,7 +275,7 @@ static int64_t line_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk
             }
             ++n;
         }
-    return n;
+    return n - first;
 }
 
 /* Zero output row and -inf lse of query (b, h, o) (outside the sample). */
@@ -279,9 +286,84 @@ static void zero_query(const blk_ctx *x, int64_t b, int64_t h, const int64_t o[3
     if (x->lse) ((float *)x->lse->data)[row_off(x->lse->stride, r, b, o, 0) + h * x->lse->stride[r + 1]] = -INFINITY;
 }
 
-/* One tile: group rr, local indices p0..p0+nl-1 of line o, windows in s->wl. */
-static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int64_t o[3], int64_t rr, int64_t p0,
-                     int64_t nl, int64_t nrow) {
+/* The lines one tile pass computes: one, or two (kernels with `pair`) whose
+ * rows are s->kr/vr[0, nrow[0]) and [rb, rb + nrow[1]) of nu. */
+typedef struct blk_unit {
+    int nq;
+    int64_t o[2][3], nrow[2], rb, nu;
+} blk_unit;
+
+/* Line j's part of a tile (queries, output rows, rpb bias) into its args. */
+static void line_args(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, const blk_unit *u, int j,
+                      int64_t rr, int64_t p0, int64_t nl, blk_args *a) {
+    const common *c = x->c;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int LN = x->bk->lanes;
+    const int64_t d = g->dil[r - 1], K = g->K[r - 1], nrow = u->nrow[j], rb = j ? u->rb : 0;
+    float *qt = s->qt + j * g->D * LN, **optr = s->optr + j * LN;
+    uint16_t **o16 = s->o16 + j * LN;
+    int64_t o[3] = {u->o[j][0], u->o[j][1], u->o[j][2]};
+    /* queries, lane-major */
+    o[r - 1] = rr + d * p0;
+    int64_t pos[3]; /* query position (out strides apply to the leading axes) */
+    for (int ax = 0; ax < r; ++ax) pos[ax] = o[ax] * g->os[ax];
+    const int64_t qoff = row_off(x->q->stride, r, b, pos, h);
+    if (nl < LN) memset(qt, 0, (size_t)(g->D * LN) * sizeof(float));
+    rows_lane_major(x, x->q, qoff, d * x->q->stride[r], nl, g->D, s->cvt, qt, LN);
+    const int direct = c->p->dtype == NATTEN_DTYPE_F32 && x->out->stride[r + 2] == 1;
+    const int64_t ooff = row_off(x->out->stride, r, b, o, h), ostep = d * x->out->stride[r];
+    for (int64_t l = 0; l < nl; ++l)
+        optr[l] = direct ? (float *)x->out->data + ooff + l * ostep : s->orow + (j * LN + l) * g->Dv;
+    const int bf16_direct = x->bk->bf16_out && c->p->dtype == NATTEN_DTYPE_BF16 && x->out->stride[r + 2] == 1;
+    for (int64_t l = 0; bf16_direct && l < nl; ++l) o16[l] = (uint16_t *)x->out->data + ooff + l * ostep;
+    float *bias = s->bias + j * (x->bk->lanes * K * (g->KK / K));
+    if (c->rpb) { /* per lane: its window's relative positions (spec 3.9) */
+        const float *rpbf = c->rpb_all + h * rpb_table_size(g);
+        const int64_t *lrpb = s->lrpb + (j ? u->nrow[0] : 0);
+        for (int64_t i = 0; i < nrow; ++i)
+            for (int64_t k = 0; k < K; ++k) {
+                float *bl = bias + (i * K + k) * LN;
+                for (int64_t l = 0; l < LN; ++l)
+                    bl[l] = l < nl ? rpbf[lrpb[i] + natten_rpb_index(&s->wl[l], K, rr + d * (p0 + l), k)] : 0.f;
+            }
+    }
+    a->qt = qt;
+    a->kr = s->kr + rb;
+    a->vr = s->vr + rb;
+    a->nrow = nrow;
+    a->bias = c->rpb ? bias : NULL;
+    a->sbuf = s->sbuf + j * (LN * K * (g->KK / K));
+    a->out = optr;
+    a->stream = a->stream && direct && ((uintptr_t)optr[0] & 63) == 0;
+    a->lse = s->lse + j * LN;
+    a->out16 = bf16_direct ? o16 : NULL;
+    a->rb = rb;
+}
+
+/* After the kernel: line j's rows through store_row where the kernel did not
+ * write them, and its lse. */
+static void line_store(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, const blk_unit *u, int j,
+                       int64_t rr, int64_t p0, int64_t nl, const blk_args *a) {
+    const common *c = x->c;
+    const geom *g = &c->g;
+    const int r = g->rank;
+    const int64_t d = g->dil[r - 1];
+    int64_t o[3] = {u->o[j][0], u->o[j][1], u->o[j][2]};
+    o[r - 1] = rr + d * p0;
+    const int64_t ooff = row_off(x->out->stride, r, b, o, h), ostep = d * x->out->stride[r];
+    if (!(c->p->dtype == NATTEN_DTYPE_F32 && x->out->stride[r + 2] == 1) && !a->out16)
+        for (int64_t l = 0; l < nl; ++l)
+            store_row(x->out->data, ooff + l * ostep, x->out->stride[r + 2], c->p->dtype, a->out[l], g->Dv);
+    if (x->lse) {
+        const int64_t loff = row_off(x->lse->stride, r, b, o, 0) + h * x->lse->stride[r + 1];
+        for (int64_t l = 0; l < nl; ++l) ((float *)x->lse->data)[loff + l * d * x->lse->stride[r]] = a->lse[l];
+    }
+}
+
+/* One tile: group rr, local indices p0..p0+nl-1 of the unit's lines, windows in s->wl. */
+static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, const blk_unit *u, int64_t rr,
+                     int64_t p0, int64_t nl) {
     const common *c = x->c;
     const geom *g = &c->g;
     const int r = g->rank;
@@ -303,23 +385,10 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
         s->vmask[k] = m;
     }
     const int64_t shift = x->gpos[rr] + base;
-    for (int64_t i = 0; i < nrow; ++i) {
+    for (int64_t i = 0; i < u->nu; ++i) {
         s->kr[i] += shift;
         s->vr[i] += shift * x->vld;
     }
-    /* queries, lane-major */
-    o[r - 1] = rr + d * p0;
-    int64_t pos[3]; /* query position (out strides apply to the leading axes) */
-    for (int a = 0; a < r; ++a) pos[a] = o[a] * g->os[a];
-    const int64_t qoff = row_off(x->q->stride, r, b, pos, h);
-    if (nl < LN) memset(s->qt, 0, (size_t)(g->D * LN) * sizeof(float));
-    rows_lane_major(x, x->q, qoff, d * x->q->stride[r], nl, g->D, s->cvt, s->qt, LN);
-    const int direct = c->p->dtype == NATTEN_DTYPE_F32 && x->out->stride[r + 2] == 1;
-    const int64_t ooff = row_off(x->out->stride, r, b, o, h), ostep = d * x->out->stride[r];
-    for (int64_t l = 0; l < nl; ++l)
-        s->optr[l] = direct ? (float *)x->out->data + ooff + l * ostep : s->orow + l * g->Dv;
-    const int bf16_direct = x->bk->bf16_out && c->p->dtype == NATTEN_DTYPE_BF16 && x->out->stride[r + 2] == 1;
-    for (int64_t l = 0; bf16_direct && l < nl; ++l) s->o16[l] = (uint16_t *)x->out->data + ooff + l * ostep;
     /* the longest run of lanes whose offsets step by one (a clamped border's
      * complement, say): the kernel shares value loads across it */
     int32_t rlo = 0, rhi = 0;
@@ -332,31 +401,34 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, int
     }
     const int32_t rsh = s->off[rlo] - rlo;
     if (shift + rsh < 0 || shift + rsh + LN + K - 1 > x->XP) rhi = rlo; /* outside the pads: no run */
-    if (c->rpb) { /* per lane: its window's relative positions (spec 3.9) */
-        const float *rpbf = c->rpb_all + h * rpb_table_size(g);
-        for (int64_t i = 0; i < nrow; ++i)
-            for (int64_t k = 0; k < K; ++k) {
-                float *bl = s->bias + (i * K + k) * LN;
-                for (int64_t l = 0; l < LN; ++l)
-                    bl[l] = l < nl ? rpbf[s->lrpb[i] + natten_rpb_index(&s->wl[l], K, rr + d * (p0 + l), k)] : 0.f;
-            }
+    blk_args a[2];
+    memset(a, 0, sizeof a);
+    for (int j = 0; j < u->nq; ++j) {
+        a[j].kld = x->XP;
+        a[j].vld = x->vld;
+        a[j].K = K;
+        a[j].D = g->D;
+        a[j].Dv = g->Dv;
+        a[j].nl = nl;
+        a[j].off = s->off;
+        a[j].uniform = uniform;
+        a[j].run_lo = rlo;
+        a[j].run_hi = rhi;
+        a[j].run_shift = rsh;
+        a[j].vmask = allvalid ? NULL : s->vmask;
+        a[j].scale = g->scale;
+        a[j].stream = x->stream;
+        a[j].pf = s->pfa;
+        a[j].npf = s->npfa;
+        line_args(x, s, b, h, u, j, rr, p0, nl, &a[j]);
     }
-    blk_args a = {s->qt, s->kr, s->vr, x->XP, x->vld, nrow, K, g->D, g->Dv, nl, s->off, uniform, rlo, rhi, rsh,
-                  allvalid ? NULL : s->vmask, c->rpb ? s->bias : NULL, g->scale, s->sbuf, s->optr,
-                  direct && x->stream && ((uintptr_t)s->optr[0] & 63) == 0, s->lse, s->pfa, s->npfa,
-                  bf16_direct ? s->o16 : NULL};
-    x->bk->fwd(&a);
-    for (int64_t i = 0; i < nrow; ++i) {
+    if (u->nq == 2) a[0].pair = &a[1];
+    x->bk->fwd(&a[0]);
+    for (int64_t i = 0; i < u->nu; ++i) {
         s->kr[i] -= shift;
         s->vr[i] -= shift * x->vld;
     }
-    if (!direct && !bf16_direct)
-        for (int64_t l = 0; l < nl; ++l)
-            store_row(x->out->data, ooff + l * ostep, x->out->stride[r + 2], c->p->dtype, s->optr[l], g->Dv);
-    if (x->lse) {
-        const int64_t loff = row_off(x->lse->stride, r, b, o, 0) + h * x->lse->stride[r + 1];
-        for (int64_t l = 0; l < nl; ++l) ((float *)x->lse->data)[loff + l * d * x->lse->stride[r]] = s->lse[l];
-    }
+    for (int j = 0; j < u->nq; ++j) line_store(x, s, b, h, u, j, rr, p0, nl, &a[j]);
 }
 
 /* Task (b, h, chunk of clines lines, segment of BLK_SEGQ group-major positions). */
@@ -401,6 +473,55 @@ static void seg_keys(const blk_ctx *x, blk_scratch *s, int64_t seg, const int64_
     }
 }
 
+/* Lines of unit u of a chunk starting at line c0 (ending at l1): line A, and
+ * with pairing B = A + d0 (same dilation group of axis 0, so their windows
+ * share all but d0-steps' worth of rows) when it is in the chunk, else -1.
+ * Without pairing, the lines in order.  Returns A (>= l1: no more units). */
+static int64_t unit_lines(const blk_ctx *x, int64_t c0, int64_t l1, int64_t u, int64_t *B) {
+    const int64_t d0 = x->c->g.dil[0];
+    *B = -1;
+    if (!x->pair) return c0 + u;
+    const int64_t A = c0 + (u / d0) * 2 * d0 + u % d0;
+    if (A + d0 < l1) *B = A + d0;
+    return A;
+}
+
+/* Pack the rows of unit (A, B) and set up u; returns 0 when the lines are
+ * outside the sample (then u->nrow[0] < 0 for a lone line), or when B's rows
+ * do not continue A's (then u holds A alone and *B is set to -1: the caller
+ * runs B next as a unit of its own). */
+static void unit_rows(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t hk, const int64_t e[3], int64_t A,
+                      int64_t *B, blk_unit *u) {
+    const geom *g = &x->c->g;
+    memset(u, 0, sizeof *u);
+    line_index(g, A, u->o[0]);
+    u->nq = 1;
+    u->nrow[0] = line_rows(x, s, b, hk, u->o[0], e, 1, 0);
+    u->nu = u->nrow[0];
+    if (*B < 0) return;
+    line_index(g, *B, u->o[1]);
+    const int64_t nA = u->nrow[0];
+    /* line B's rows after A's (their slots are distinct: S0 has room for both windows) */
+    const int64_t nB = nA >= 0 ? line_rows(x, s, b, hk, u->o[1], e, 1, nA) : -1;
+    int64_t t = 0;
+    while (nB > 0 && t < nA && s->kr[t] != s->kr[nA]) ++t;
+    /* B's first rows must be A's last ones (windows of one group, in order) */
+    int ok = nB > 0 && nA > 0 && (t == nA || nA - t <= nB);
+    for (int64_t i = 0; ok && t + i < nA; ++i) ok = s->kr[t + i] == s->kr[nA + i];
+    if (!ok) {
+        *B = -1;
+        return;
+    }
+    for (int64_t i = nA - t; i < nB; ++i) { /* B's own rows follow A's */
+        s->kr[t + i] = s->kr[nA + i];
+        s->vr[t + i] = s->vr[nA + i];
+    }
+    u->nq = 2;
+    u->nrow[1] = nB;
+    u->rb = t;
+    u->nu = t + nB > nA ? t + nB : nA;
+}
+
 static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
     const blk_ctx *x = vctx;
     const common *c = x->c;
@@ -418,19 +539,38 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
         sample_extent(g, b, e);
         const int64_t u0 = seg * x->segq, u1 = u0 + x->segq < g->L[r - 1] ? u0 + x->segq : g->L[r - 1];
         seg_keys(x, &s, seg, u0, u1, e);
-        const int64_t l1 = (chunk + 1) * x->clines < g->lines ? (chunk + 1) * x->clines : g->lines;
-        for (int64_t line = chunk * x->clines; line < l1; ++line) {
-            int64_t o[3] = {0, 0, 0};
-            line_index(g, line, o);
-            const int64_t nrow = line_rows(x, &s, b, hk, o, e, 1);
+        const int64_t c0 = chunk * x->clines, l1 = c0 + x->clines < g->lines ? c0 + x->clines : g->lines;
+        int64_t redo = -1; /* a B line that could not pair: its own unit next */
+        for (int64_t ui = 0;;) {
+            int64_t B, A;
+            if (redo >= 0) {
+                A = redo;
+                B = -1;
+                redo = -1;
+            } else {
+                A = unit_lines(x, c0, l1, ui++, &B);
+                if (A >= l1) break;
+            }
+            blk_unit un;
+            const int64_t Bw = B;
+            unit_rows(x, &s, b, hk, e, A, &B, &un);
+            if (Bw >= 0 && B < 0) redo = Bw;
+            const int64_t nrow = un.nrow[0];
+            /* the next unit's rows that need packing and its queries, prefetched over this unit's tiles */
             s.npf = 0;
-            s.pfq = -1;
-            if (line + 1 < l1) {
-                int64_t on[3] = {0, 0, 0};
-                line_index(g, line + 1, on);
-                if (line_rows(x, &s, b, hk, on, e, 0) >= 0) {
-                    for (int a = 0; a < r - 1; ++a) on[a] *= g->os[a];
-                    s.pfq = row_off(x->q->stride, r, b, on, h);
+            s.pfq[0] = s.pfq[1] = -1;
+            {
+                int64_t Bn = -1;
+                const int64_t An = redo >= 0 ? redo : unit_lines(x, c0, l1, ui, &Bn);
+                for (int j = 0; j < 2 && An < l1; ++j) {
+                    const int64_t ln = j ? Bn : An;
+                    if (ln < 0) break;
+                    int64_t on[3] = {0, 0, 0};
+                    line_index(g, ln, on);
+                    if (line_rows(x, &s, b, hk, on, e, 0, 0) >= 0) {
+                        for (int a = 0; a < r - 1; ++a) on[a] *= g->os[a];
+                        s.pfq[j] = row_off(x->q->stride, r, b, on, h);
+                    }
                 }
             }
             for (int64_t rr = 0; rr < d; ++rr) {
@@ -441,8 +581,11 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
                 const int64_t pe = nrow < 0 ? pa : rr < e[r - 1] ? (e[r - 1] - rr - 1) / d + 1 : 0;
                 for (int64_t p = pa; p < pb;) {
                     if (p >= pe) {
-                        o[r - 1] = rr + d * p;
-                        zero_query(x, b, h, o);
+                        for (int j = 0; j < un.nq; ++j) {
+                            int64_t o[3] = {un.o[j][0], un.o[j][1], un.o[j][2]};
+                            o[r - 1] = rr + d * p;
+                            zero_query(x, b, h, o);
+                        }
                         ++p;
                         continue;
                     }
@@ -459,19 +602,21 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
                         if (of < 0 || of + K > span) break;
                         s.wl[nl++] = w;
                     }
-                    if (p + nl < pmax && s.pfq < 0) { /* the next tile's queries (last line of a task) */
-                        int64_t pos[3];
-                        for (int a = 0; a < r - 1; ++a) pos[a] = o[a] * g->os[a];
-                        pos[r - 1] = rr + d * (p + nl);
-                        prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pos, h), d * x->q->stride[r],
-                                      pmax - p - nl < LN ? pmax - p - nl : LN, g->D, NULL, NULL, 0);
-                    }
-                    { /* this tile's positions of the next line's new rows and queries */
+                    if (p + nl < pmax && s.pfq[0] < 0) /* the next tile's queries (last unit of a task) */
+                        for (int j = 0; j < un.nq; ++j) {
+                            int64_t pos[3];
+                            for (int a = 0; a < r - 1; ++a) pos[a] = un.o[j][a] * g->os[a];
+                            pos[r - 1] = rr + d * (p + nl);
+                            prefetch_rows(c, x->q, row_off(x->q->stride, r, b, pos, h), d * x->q->stride[r],
+                                          pmax - p - nl < LN ? pmax - p - nl : LN, g->D, NULL, NULL, 0);
+                        }
+                    { /* this tile's positions of the next unit's new rows and queries */
                         const int64_t x0 = rr + d * p;
                         s.npfa = 0;
-                        if (x->pfout) { /* first: its own output rows, stored at the end of the tile */
+                        for (int j = 0; x->pfout && j < un.nq; ++j) {
+                            /* first: its own output rows, stored at the end of the tile */
                             int64_t pos[3];
-                            for (int a = 0; a < r - 1; ++a) pos[a] = o[a];
+                            for (int a = 0; a < r - 1; ++a) pos[a] = un.o[j][a];
                             pos[r - 1] = x0;
                             prefetch_rows(c, x->out, row_off(x->out->stride, r, b, pos, h), d * x->out->stride[r], nl,
                                           g->Dv, s.pfa, &s.npfa, BLK_PF_MAX);
@@ -482,11 +627,12 @@ static void blk_task(void *vctx, int64_t begin, int64_t end, int tid) {
                             prefetch_rows(c, x->v, s.pfv[i] + x0 * x->v->stride[r], d * x->v->stride[r], nl,
                                           g->Dv, s.pfa, &s.npfa, BLK_PF_MAX);
                         }
-                        if (s.pfq >= 0)
-                            prefetch_rows(c, x->q, s.pfq + x0 * x->q->stride[r], d * x->q->stride[r], nl, g->D,
-                                          s.pfa, &s.npfa, BLK_PF_MAX);
+                        for (int j = 0; j < 2; ++j)
+                            if (s.pfq[j] >= 0)
+                                prefetch_rows(c, x->q, s.pfq[j] + x0 * x->q->stride[r], d * x->q->stride[r], nl,
+                                              g->D, s.pfa, &s.npfa, BLK_PF_MAX);
                     }
-                    run_tile(x, &s, b, h, o, rr, p, nl, nrow);
+                    run_tile(x, &s, b, h, &un, rr, p, nl);
                     p += nl;
                 }
             }
@@ -582,7 +728,17 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
     if ((x.XP / 16) % 2 == 0) x.XP += 16;
     x.vld = (g->Dv + 15) / 16 * 16;
     x.slot_floats = (g->D * x.XP + x.XP * x.vld + 1023) / 1024 * 1024 + 9 * 16;
-    x.S0 = r >= 2 ? (g->K[0] - 1) * g->dil[0] + 1 : 1;
+    /* pairs of lines (unit_lines): each key row's slot vectors feed both
+     * lines' queries (QK was at ~80% of the shuffle port's limit alone).
+     * Rank 2 only (in 3-D a unit's rows would not be one run of slots), no
+     * output stride on axis 0 (windows of y and y + dil0 then span one
+     * window plus dil0 positions: S0 grows by dil0).  NATTEN_CPU_FWD_PAIR=0
+     * turns it off (tests compare). */
+    {
+        const char *env = getenv("NATTEN_CPU_FWD_PAIR");
+        x.pair = bk->pair && r == 2 && g->os[0] == 1 && !(env && env[0] == '0');
+    }
+    x.S0 = r >= 2 ? (g->K[0] - 1) * g->dil[0] + 1 + (x.pair ? g->dil[0] : 0) : 1;
     /* 3-D: a slot per row of a whole plane along axis 1, so moving to the next
      * plane re-packs nothing that the previous planes' lines already packed
      * (with a window's worth of slots each row was packed K0 times); the

@@ -21,7 +21,8 @@
 
 #include "natten.h"
 
-typedef struct blk_args {
+typedef struct blk_args blk_args;
+struct blk_args {
     const float *qt;          /* [D][lanes]: lane l's query at qt[c*lanes + l]; idle lanes 0 */
     const float *const *kr;   /* nrow lane-major key rows (see above) */
     const float *const *vr;   /* nrow row-major value rows */
@@ -43,7 +44,13 @@ typedef struct blk_args {
     int64_t npf;              /* prefetches over its arithmetic (a burst would stall on the fill buffers) */
     uint16_t *const *out16;   /* or NULL: nl bf16 rows (contiguous channels) the tile rounds its outputs
                                * into, as natten_f32_to_bf16 does (only kernels with bf16_out) */
-} blk_args;
+    const struct blk_args *pair; /* or NULL (only kernels with `pair`): a second line of queries over the
+                               * same last-axis positions (off, uniform, run, vmask, nl, pf as here), its
+                               * own qt, sbuf, bias, out, out16, lse; its kr/vr are this line's shifted by
+                               * pair->rb rows (shared rows are the same pointers), so its rows and these
+                               * form one list of max(nrow, rb + pair->nrow) rows */
+    int64_t rb;
+};
 
 /*
  * The QK dispatch shared by the SIMD tiles: all slots of a row in one pass
@@ -83,6 +90,7 @@ typedef struct blk_kernel {
     int lanes; /* queries per tile */
     int span;  /* positions a lane's offset plus K may reach */
     int bf16_out; /* takes out16 (a store_row per output row cost 20% of a bf16 1-D forward) */
+    int pair;     /* takes pair: each key row's slot vectors feed both lines' queries */
 } blk_kernel;
 
 extern const blk_kernel natten_blk_scalar;

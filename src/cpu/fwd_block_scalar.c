@@ -51,4 +51,4 @@ static void blk_fwd_scalar(const blk_args *a) {
     }
 }
 
-const blk_kernel natten_blk_scalar = {blk_fwd_scalar, LANES, 2 * LANES, 0};
+const blk_kernel natten_blk_scalar = {blk_fwd_scalar, LANES, 2 * LANES, 0, 0};

@@ -570,6 +570,86 @@ static void check_stale_packs(void) {
 }
 
 /*
+ * The blocked forward's line pairs (2-D, AVX-512: lines y and y + dil0 share
+ * their key rows' slot vectors): against the reference, and bit for bit
+ * against unpaired lines (NATTEN_CPU_FWD_PAIR=0) and across thread counts
+ * (the chunking decides which lines pair).  Odd line counts, dilation on
+ * axis 0 (pairs of a group, groups of unequal length), K0 = 1 (disjoint
+ * rows), K0 even, causal axis 0, rpb, varlen (lines past a sample).
+ */
+static void check_fwd_pairs(void) {
+    static const struct {
+        int64_t B, L[2], K[2], dil[2];
+        int causal0, rpb, varlen;
+    } cs[] = {
+        {1, {13, 37}, {5, 7}, {1, 1}, 0, 0, 0}, {1, {11, 20}, {3, 5}, {3, 1}, 0, 1, 0},
+        {2, {9, 33}, {1, 3}, {1, 2}, 0, 0, 0},  {1, {10, 19}, {4, 5}, {2, 1}, 1, 0, 0},
+        {1, {12, 17}, {7, 3}, {1, 1}, 1, 1, 0}, {3, {9, 21}, {3, 7}, {1, 1}, 0, 0, 1},
+    };
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ++ci) {
+        natten_problem p;
+        natten_problem_init(&p, 2);
+        p.batch = cs[ci].B;
+        p.heads = p.kv_heads = 2;
+        p.head_dim = p.head_dim_v = 16;
+        for (int a = 0; a < 2; ++a) {
+            p.extent[a] = cs[ci].L[a];
+            p.kernel[a] = cs[ci].K[a];
+            p.dilation[a] = cs[ci].dil[a];
+        }
+        p.causal[0] = cs[ci].causal0;
+        p.dtype = NATTEN_DTYPE_F32;
+        const int64_t nq = p.batch * p.extent[0] * p.extent[1] * p.heads * p.head_dim;
+        int64_t nrpb = 1;
+        for (int a = 0; a < 2; ++a) nrpb *= 2 * p.kernel[a] - 1;
+        float *m[5];
+        for (int i = 0; i < 5; ++i) m[i] = malloc((size_t)nq * sizeof(float));
+        float *rpb = malloc((size_t)(p.heads * nrpb) * sizeof(float));
+        static const int32_t ext[6] = {9, 21, 5, 12, 4, 7}; /* per batch (varlen case) */
+        t_rng rng;
+        t_rng_seed(&rng, 77 + ci);
+        for (int i = 0; i < 3; ++i)
+            for (int64_t e = 0; e < nq; ++e) m[i][e] = (float)t_rng_uniform(&rng, -1.5, 1.5);
+        for (int64_t e = 0; e < p.heads * nrpb; ++e) rpb[e] = (float)t_rng_uniform(&rng, -1, 1);
+        natten_tensor q, k, v, o, r;
+        natten_tensor_contiguous(&p, NATTEN_TENSOR_Q, m[0], &q);
+        natten_tensor_contiguous(&p, NATTEN_TENSOR_K, m[1], &k);
+        natten_tensor_contiguous(&p, NATTEN_TENSOR_V, m[2], &v);
+        natten_tensor_contiguous(&p, NATTEN_TENSOR_RPB, rpb, &r);
+        if (cs[ci].varlen) p.varlen_extent = ext;
+        /* runs: reference; unpaired 1 thread; paired 1, 2, 3 threads */
+        const int thr[5] = {1, 1, 1, 2, 3};
+        const char *pair[5] = {"1", "0", "1", "1", "1"};
+        unsigned char *first = NULL;
+        for (int run = 0; run < 5; ++run) {
+            float *out = m[run == 0 ? 3 : 4];
+            natten_tensor_contiguous(&p, NATTEN_TENSOR_OUT, out, &o);
+            setenv("NATTEN_CPU_FWD_PAIR", pair[run], 1);
+            natten_num_threads_set(thr[run]);
+            p.impl = run == 0 ? NATTEN_IMPL_REFERENCE : NATTEN_IMPL_FAST;
+            const natten_status st =
+                natten_na_forward(&p, &q, &k, &v, cs[ci].rpb ? &r : NULL, NULL, NULL, &o, NULL);
+            t_check(st == NATTEN_STATUS_SUCCESS, "fwd pairs %zu run %d: %s", ci, run, natten_status_string(st));
+            if (run == 0) continue;
+            if (run == 1) {
+                first = malloc((size_t)nq * sizeof(float));
+                memcpy(first, out, (size_t)nq * sizeof(float));
+                int bad = 0;
+                for (int64_t e = 0; e < nq; ++e) bad += !(fabsf(out[e] - m[3][e]) <= 2e-5f * (1.0f + fabsf(m[3][e])));
+                t_check(bad == 0, "fwd pairs %zu: %d of %lld outputs off the reference", ci, bad, (long long)nq);
+            } else {
+                t_check(memcmp(first, out, (size_t)nq * sizeof(float)) == 0,
+                        "fwd pairs %zu: paired, %d threads, differs from unpaired", ci, thr[run]);
+            }
+        }
+        unsetenv("NATTEN_CPU_FWD_PAIR");
+        free(first);
+        for (int i = 0; i < 5; ++i) free(m[i]);
+        free(rpb);
+    }
+}
+
+/*
  * An inf in one key: queries that do not see it must get the reference's
  * finite dq.  Causal GNA windows mask slots past the query whose positions
  * are real keys (here key 13 for query 12): the blocked backward's tiles
@@ -767,6 +847,7 @@ int main(void) {
     check_bf16_bwd_rounding();
     check_bf16_rounding();
     check_stale_packs();
+    check_fwd_pairs();
     /* the blocked backward's head-major order (its fallback when per-kv-head row caches
      * do not fit): the configurations with several kv heads */
     setenv("NATTEN_CPU_BWD_HEADS_INNER", "0", 1);

@@ -196,4 +196,4 @@ static void blk_fwd_avx2(const blk_args *a) {
     }
 }
 
-const blk_kernel natten_blk_avx2 = {blk_fwd_avx2, LN, 2 * LN, 0};
+const blk_kernel natten_blk_avx2 = {blk_fwd_avx2, LN, 2 * LN, 0, 0};

@@ -68,73 +68,104 @@ AI void prefetch_t0(const char *p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(
 #define PF_EVERY 4
 #define PF_AV 2
 
-/* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC) into sbuf. */
+/* Raw dots of rows [i0, i0+NR) of the row list, slots [k0, k0+KC), into the
+ * sbuf of line 0 (U0: a) and/or line 1 (U1: a->pair, row i is its i - rb).
+ * With both, each slot vector (valignd/permute) feeds two FMAs: the shuffles
+ * share port 5 with one FMA pipe (6 per 7 FMAs for K = 7 alone, 6 per 14 in
+ * pairs).  Every score is one FMA chain over the channels in order, so a
+ * line's bits do not depend on whether it was paired. */
 AI void qk_rows(const blk_args *a, int64_t i0, const int NR, const int KC, int64_t k0, const __m512i *idx,
-                const int UNI, int64_t *pfi, __m512 *mx) {
-    __m512 acc[NR * KC];
+                const int UNI, const int U0, const int U1, int64_t *pfi, __m512 *mx) {
+    const int NQ = U0 + U1;
+    const blk_args *ln[2] = {U0 ? a : a->pair, a->pair};
+    __m512 acc[NQ * NR * KC];
     const float *p[NR];
-    for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
+    for (int t = 0; t < NQ * NR * KC; ++t) acc[t] = _mm512_setzero_ps();
     for (int rr = 0; rr < NR; ++rr) p[rr] = a->kr[i0 + rr];
     const int64_t ld = a->kld;
     /* one prefetch per PF_EVERY channel steps while any are left; the cursor
      * stays in a register (a write through pfi in the loop made GCC keep acc[]
      * in memory: a store per FMA) */
-    const int64_t npq = (a->D + PF_EVERY - 1) / PF_EVERY;
+    const int PFE = PF_EVERY / NQ; /* the same prefetches per FMA in pairs */
+    const int64_t npq = (a->D + PFE - 1) / PFE;
     const int64_t npf = a->npf - *pfi < npq ? a->npf - *pfi : npq;
     const char *const *pf = a->pf + *pfi;
     *pfi += npf;
     for (int64_t c = 0, j = 0, cd = 0; c < a->D; ++c, --cd) {
         if (cd == 0 && j < npf) {
             prefetch_t0(pf[j++]);
-            cd = PF_EVERY;
+            cd = PFE;
         }
-        const __m512 qv = _mm512_load_ps(a->qt + c * 16);
+        __m512 qv[NQ];
+        for (int q = 0; q < NQ; ++q) qv[q] = _mm512_load_ps(ln[q]->qt + c * 16);
         for (int rr = 0; rr < NR; ++rr) {
             const float *kc = p[rr] + c * ld;
-            if (UNI) {
+            const __m512 lo = _mm512_loadu_ps(kc), hi = _mm512_loadu_ps(kc + 16);
+            for (int t = 0; t < KC; ++t) {
+                const int k = (int)k0 + t;
+                __m512 kv;
+                if (!UNI) kv = _mm512_permutex2var_ps(lo, idx[k0 + t], hi);
                 /* slot k = positions [k, k+16) from the two vectors [0, 32)
                  * with valignd: measured faster than (cache-line split)
                  * unaligned loads for any mix of the two */
-                const __m512 lo = _mm512_loadu_ps(kc), hi = _mm512_loadu_ps(kc + 16);
-                for (int t = 0; t < KC; ++t) {
-                    const int k = (int)k0 + t;
-                    __m512 kv;
-                    if (k == 0) kv = lo;
-                    else if (k == 16) kv = hi;
-                    else kv = alignr(hi, lo, k);
-                    acc[rr * KC + t] = _mm512_fmadd_ps(qv, kv, acc[rr * KC + t]);
-                }
-            } else {
-                const __m512 lo = _mm512_loadu_ps(kc), hi = _mm512_loadu_ps(kc + 16);
-                for (int t = 0; t < KC; ++t)
-                    acc[rr * KC + t] =
-                        _mm512_fmadd_ps(qv, _mm512_permutex2var_ps(lo, idx[k0 + t], hi), acc[rr * KC + t]);
+                else if (k == 0) kv = lo;
+                else if (k == 16) kv = hi;
+                else kv = alignr(hi, lo, k);
+                for (int q = 0; q < NQ; ++q)
+                    acc[(q * NR + rr) * KC + t] = _mm512_fmadd_ps(qv[q], kv, acc[(q * NR + rr) * KC + t]);
             }
         }
     }
     /* scaled scores, and their running max (used when no slot is masked or biased) */
     const __m512 sc = _mm512_set1_ps(a->scale);
-    for (int rr = 0; rr < NR; ++rr)
-        for (int t = 0; t < KC; ++t) {
-            const __m512 s = _mm512_mul_ps(acc[rr * KC + t], sc);
-            *mx = _mm512_max_ps(*mx, s);
-            _mm512_store_ps(a->sbuf + ((i0 + rr) * a->K + k0 + t) * 16, s);
-        }
+    for (int q = 0; q < NQ; ++q) {
+        const int L = U0 ? q : 1;
+        const int64_t r0 = i0 - (L ? a->pair->rb : 0);
+        for (int rr = 0; rr < NR; ++rr)
+            for (int t = 0; t < KC; ++t) {
+                const __m512 s = _mm512_mul_ps(acc[(q * NR + rr) * KC + t], sc);
+                mx[L] = _mm512_max_ps(mx[L], s);
+                _mm512_store_ps(ln[q]->sbuf + ((r0 + rr) * a->K + k0 + t) * 16, s);
+            }
+    }
 }
 
-/* Rows in steps of NRM (then one by one), all K <= 8 slots at once. */
+/* Rows [i0, i1) in steps of NRM (halved when both lines use them), then one
+ * by one, all K <= 8 slots at once; or row by row in chunks of 8 slots. */
 #define QK_SMALL(KC, NRM)                                                                          \
     case KC: {                                                                                     \
-        int64_t i = 0;                                                                             \
-        for (; i + NRM <= a->nrow; i += NRM) qk_rows(a, i, NRM, KC, 0, idx, UNI, pfi, mx);                  \
-        for (; i < a->nrow; ++i) qk_rows(a, i, 1, KC, 0, idx, UNI, pfi, mx);                                \
+        const int NRP = U0 && U1 ? (NRM + 1) / 2 : NRM;                                           \
+        int64_t i = i0;                                                                            \
+        for (; i + NRP <= i1; i += NRP) qk_rows(a, i, NRP, KC, 0, idx, UNI, U0, U1, pfi, mx);     \
+        for (; i < i1; ++i) qk_rows(a, i, 1, KC, 0, idx, UNI, U0, U1, pfi, mx);                    \
     } break
 
 #define QK_CHUNK(KC) \
-    case KC: qk_rows(a, i, 1, KC, k0, idx, UNI, pfi, mx); break
+    case KC: qk_rows(a, i0 + i, 1, KC, k0, idx, UNI, U0, U1, pfi, mx); break
 
+AI void qk_range(const blk_args *a, int64_t i0, int64_t i1, const __m512i *idx, const int UNI, const int U0,
+                 const int U1, int64_t *pfi, __m512 *mx) {
+    BLK_QK_DISPATCH(a->K, i1 - i0, 8, 4, 4, 3, 2, 2, 1, 1)
+}
+
+/* Row i of the list is line 0's while i < nrow, line 1's in [rb, rb + its
+ * nrow): runs of rows with the same readers. */
 AI void qk_all(const blk_args *a, const __m512i *idx, const int UNI, int64_t *pfi, __m512 *mx) {
-    BLK_QK_DISPATCH(a->K, a->nrow, 8, 4, 4, 3, 2, 2, 1, 1)
+    if (!a->pair) {
+        qk_range(a, 0, a->nrow, idx, UNI, 1, 0, pfi, mx);
+        return;
+    }
+    const int64_t e0 = a->nrow, b1 = a->pair->rb, e1 = b1 + a->pair->nrow, n = e0 > e1 ? e0 : e1;
+    for (int64_t i = 0, j; i < n; i = j) {
+        const int64_t bd[4] = {e0, b1, e1, n};
+        j = n;
+        for (int t = 0; t < 4; ++t)
+            if (bd[t] > i && bd[t] < j) j = bd[t];
+        const int u0 = i < e0, u1 = i >= b1 && i < e1;
+        if (u0 && u1) qk_range(a, i, j, idx, UNI, 1, 1, pfi, mx);
+        else if (u0) qk_range(a, i, j, idx, UNI, 1, 0, pfi, mx);
+        else if (u1) qk_range(a, i, j, idx, UNI, 0, 1, pfi, mx);
+    }
 }
 
 /* Lanes l and l+1 (TWO) over channels [c0, c0 + 16*NV): weights from sbuf,
@@ -243,16 +274,11 @@ AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const
         else av_pair(a, rest[j], rest[j], 0, c0, NVC, inv);         \
         break
 
-static void blk_fwd_avx512(const blk_args *a) {
+/* Softmax and AV of one line, from the raw scores in its sbuf (mx: their max). */
+static void finish(const blk_args *a, __m512 mx, int64_t *pfip) {
     const int64_t K = a->K, n = a->nrow * K;
-    __m512i idx[32];
-    const __m512i off = _mm512_loadu_si512(a->off);
-    for (int64_t k = 0; k < K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
-    int64_t pfi = 0;
+    int64_t pfi = *pfip;
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
-    __m512 mx = ninf;
-    if (a->uniform) qk_all(a, idx, 1, &pfi, &mx);
-    else qk_all(a, idx, 0, &pfi, &mx);
     float *const sb = a->sbuf;
     const float *const bias = a->bias;
     const uint32_t *const vmask = a->vmask;
@@ -313,7 +339,20 @@ static void blk_fwd_avx512(const blk_args *a) {
             }
         }
     }
+    *pfip = pfi;
+}
+
+static void blk_fwd_avx512(const blk_args *a) {
+    __m512i idx[32];
+    const __m512i off = _mm512_loadu_si512(a->off);
+    for (int64_t k = 0; k < a->K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
+    int64_t pfi = 0;
+    __m512 mx[2] = {_mm512_set1_ps(-INFINITY), _mm512_set1_ps(-INFINITY)};
+    if (a->uniform) qk_all(a, idx, 1, &pfi, mx);
+    else qk_all(a, idx, 0, &pfi, mx);
+    finish(a, mx[0], &pfi);
+    if (a->pair) finish(a->pair, mx[1], &pfi);
     for (; pfi < a->npf; ++pfi) prefetch_t0(a->pf[pfi]);
 }
 
-const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32, 1};
+const blk_kernel natten_blk_avx512 = {blk_fwd_avx512, 16, 32, 1, 1};
