@@ -732,11 +732,12 @@ natten_status fwd_block_run(common *c, const natten_tensor *q, const natten_tens
      * lines' queries (QK was at ~80% of the shuffle port's limit alone).
      * Rank 2 only (in 3-D a unit's rows would not be one run of slots), no
      * output stride on axis 0 (windows of y and y + dil0 then span one
-     * window plus dil0 positions: S0 grows by dil0).  NATTEN_CPU_FWD_PAIR=0
-     * turns it off (tests compare). */
+     * window plus dil0 positions: S0 grows by dil0), no GNA stride on axis 0
+     * (a window may then move by gs0 * dil0: line B's rows would evict A's).
+     * NATTEN_CPU_FWD_PAIR=0 turns it off (tests compare). */
     {
         const char *env = getenv("NATTEN_CPU_FWD_PAIR");
-        x.pair = bk->pair && r == 2 && g->os[0] == 1 && !(env && env[0] == '0');
+        x.pair = bk->pair && r == 2 && g->os[0] == 1 && g->gs[0] == 1 && !(env && env[0] == '0');
     }
     x.S0 = r >= 2 ? (g->K[0] - 1) * g->dil[0] + 1 + (x.pair ? g->dil[0] : 0) : 1;
     /* 3-D: a slot per row of a whole plane along axis 1, so moving to the next

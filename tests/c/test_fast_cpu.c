@@ -575,16 +575,18 @@ static void check_stale_packs(void) {
  * against unpaired lines (NATTEN_CPU_FWD_PAIR=0) and across thread counts
  * (the chunking decides which lines pair).  Odd line counts, dilation on
  * axis 0 (pairs of a group, groups of unequal length), K0 = 1 (disjoint
- * rows), K0 even, causal axis 0, rpb, varlen (lines past a sample).
+ * rows), K0 even, causal axis 0, rpb, varlen (lines past a sample), GNA
+ * stride on axis 0 (windows jump: not paired).
  */
 static void check_fwd_pairs(void) {
     static const struct {
-        int64_t B, L[2], K[2], dil[2];
+        int64_t B, L[2], K[2], dil[2], gs0;
         int causal0, rpb, varlen;
     } cs[] = {
-        {1, {13, 37}, {5, 7}, {1, 1}, 0, 0, 0}, {1, {11, 20}, {3, 5}, {3, 1}, 0, 1, 0},
-        {2, {9, 33}, {1, 3}, {1, 2}, 0, 0, 0},  {1, {10, 19}, {4, 5}, {2, 1}, 1, 0, 0},
-        {1, {12, 17}, {7, 3}, {1, 1}, 1, 1, 0}, {3, {9, 21}, {3, 7}, {1, 1}, 0, 0, 1},
+        {1, {13, 37}, {5, 7}, {1, 1}, 1, 0, 0, 0}, {1, {11, 20}, {3, 5}, {3, 1}, 1, 0, 1, 0},
+        {2, {9, 33}, {1, 3}, {1, 2}, 1, 0, 0, 0},  {1, {10, 19}, {4, 5}, {2, 1}, 1, 1, 0, 0},
+        {1, {12, 17}, {7, 3}, {1, 1}, 1, 1, 1, 0}, {3, {9, 21}, {3, 7}, {1, 1}, 1, 0, 0, 1},
+        {1, {14, 18}, {5, 3}, {1, 1}, 3, 0, 0, 0}, {1, {13, 18}, {3, 3}, {2, 1}, 2, 1, 0, 0}, /* GNA axis 0: unpaired */
     };
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ++ci) {
         natten_problem p;
@@ -597,6 +599,7 @@ static void check_fwd_pairs(void) {
             p.kernel[a] = cs[ci].K[a];
             p.dilation[a] = cs[ci].dil[a];
         }
+        p.gna_stride[0] = cs[ci].gs0;
         p.causal[0] = cs[ci].causal0;
         p.dtype = NATTEN_DTYPE_F32;
         const int64_t nq = p.batch * p.extent[0] * p.extent[1] * p.heads * p.head_dim;
