@@ -402,7 +402,7 @@ static void run_tile(const blk_ctx *x, blk_scratch *s, int64_t b, int64_t h, con
     const int32_t rsh = s->off[rlo] - rlo;
     if (shift + rsh < 0 || shift + rsh + LN + K - 1 > x->XP) rhi = rlo; /* outside the pads: no run */
     blk_args a[2];
-    memset(a, 0, sizeof a);
+    memset(a, 0, (size_t)u->nq * sizeof a[0]);
     for (int j = 0; j < u->nq; ++j) {
         a[j].kld = x->XP;
         a[j].vld = x->vld;
