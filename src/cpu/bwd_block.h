@@ -59,6 +59,8 @@ typedef struct bwdk_args {
     float scale;
     float *dk_t, *dv_t;       /* [D][16], [Dv][16] */
     int64_t pf_next;          /* the next tile's P / dS are about pf_next floats further (a prefetch hint) */
+    const char *const *pf;    /* npf cache lines the caller needs soon (the tile's dk / dv rows): */
+    int64_t npf;              /* a tile spreads their prefetches over its arithmetic */
 } bwdk_args;
 
 typedef struct bwd_blk_kernel {
@@ -71,6 +73,9 @@ typedef struct bwd_blk_kernel {
      * lane-major: dst[c*ld + i] (i < nb; other lanes untouched) -- the packs'
      * conversion inside the transpose, no f32 row copy in between */
     void (*bf16_lanes)(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C);
+    /* the same for f32 rows (NULL: the ISA's generic transpose) */
+    void (*f32_rows)(const float *tt, float *dst, int64_t ls, int64_t C, int64_t nl);
+    void (*f32_lanes)(const float *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C);
 } bwd_blk_kernel;
 
 extern const bwd_blk_kernel natten_bwd_blk_scalar;

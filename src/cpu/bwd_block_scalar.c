@@ -43,6 +43,7 @@ static void bwd_query_scalar(const bwdq_args *a) {
 }
 
 static void bwd_key_scalar(const bwdk_args *a) {
+    for (int64_t i = 0; i < a->npf; ++i) __builtin_prefetch(a->pf[i]);
     for (int64_t c = 0; c < a->Dv; ++c)
         for (int l = 0; l < LANES; ++l) {
             float acc = 0.f;
@@ -69,4 +70,5 @@ static void bf16_lanes_scalar(const uint16_t *src, int64_t rs, float *dst, int64
         for (int64_t c = 0; c < C; ++c) dst[c * ld + i] = natten_bf16_to_f32(src[i * rs + c]);
 }
 
-const bwd_blk_kernel natten_bwd_blk_scalar = {bwd_query_scalar, bwd_key_scalar, bf16_rows_scalar, bf16_lanes_scalar};
+const bwd_blk_kernel natten_bwd_blk_scalar = {bwd_query_scalar, bwd_key_scalar, bf16_rows_scalar, bf16_lanes_scalar,
+                                              NULL, NULL}; /* f32: the scalar transpose */

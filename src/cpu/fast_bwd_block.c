@@ -93,12 +93,19 @@ static void rows_f32(const bb_ctx *x, const natten_tensor *t, int64_t off, int64
         load_row(c->kern, t->data, off + i * rs, t->stride[c->g.rank + 2], c->p->dtype, dst + i * C, C);
 }
 
+/* nb <= 16 f32 rows of C channels, rs apart, into dst[c*ld + i]: the tiles' own
+ * transpose where the ISA has one. */
+static void f32_lanes(const bb_ctx *x, const float *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
+    if (x->bk->f32_lanes) x->bk->f32_lanes(src, rs, dst, ld, nb, C);
+    else x->c->kern->transpose(src, rs, dst, ld, nb, C);
+}
+
 /* nb rows of C channels (row offsets off + i*rs) into dst[c*ld + i]; cvt: 16*C floats. */
 static void lane_major(const bb_ctx *x, const natten_tensor *t, int64_t off, int64_t rs, int64_t nb, int64_t C,
                        float *cvt, float *dst, int64_t ld) {
     const common *c = x->c;
     if (c->p->dtype == NATTEN_DTYPE_F32 && t->stride[c->g.rank + 2] == 1) {
-        c->kern->transpose((const float *)t->data + off, rs, dst, ld, nb, C);
+        f32_lanes(x, (const float *)t->data + off, rs, dst, ld, nb, C);
         return;
     }
     if (c->p->dtype == NATTEN_DTYPE_BF16 && t->stride[c->g.rank + 2] == 1) {
@@ -106,7 +113,7 @@ static void lane_major(const bb_ctx *x, const natten_tensor *t, int64_t off, int
         return;
     }
     rows_f32(x, t, off, rs, nb, C, cvt);
-    c->kern->transpose(cvt, C, dst, ld, nb, C);
+    f32_lanes(x, cvt, C, dst, ld, nb, C);
 }
 
 /* Pack positions [xr[0], xr[1]) of row (b, head h, leading row R) of t:
@@ -210,7 +217,8 @@ static void tile_store(const bb_ctx *x, const float *tt, natten_tensor *t, int64
     const int64_t off = row_off(t->stride, r, b, pos, h), ls = t->stride[r], cs = t->stride[r + 2];
     const natten_dtype dt = c->p->dtype;
     if (dt == NATTEN_DTYPE_F32 && cs == 1) {
-        c->kern->transpose(tt, 16, (float *)t->data + off, ls, C, nl);
+        if (x->bk->f32_rows) x->bk->f32_rows(tt, (float *)t->data + off, ls, C, nl);
+        else c->kern->transpose(tt, 16, (float *)t->data + off, ls, C, nl);
         return;
     }
     if (dt == NATTEN_DTYPE_BF16 && cs == 1) {
@@ -252,7 +260,7 @@ static void query_lanes(const bb_ctx *x, bb_scratch *s, int64_t b, int64_t h, in
         orows = s->cvo;
         dls = ols = g->Dv;
     }
-    c->kern->transpose(drows, dls, s->tdo, 16, nl, g->Dv);
+    f32_lanes(x, drows, dls, s->tdo, 16, nl, g->Dv);
     const float *lse = (const float *)x->lse->data + row_off(x->lse->stride, r, b, pos, 0) + h * x->lse->stride[r + 1];
     for (int64_t l = 0; l < 16; ++l) {
         float d = 0.f;
@@ -382,6 +390,11 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
                                           s.pf, &npf, BB_PF_MAX);
                         }
                     }
+                    /* this tile's dq lines: in cache (not read for ownership) when its store comes */
+                    pos[r - 1] = p;
+                    prefetch_rows(c, x->dq, row_off(x->dq->stride, r, b, pos, h), x->dq->stride[r], nl, g->D, s.pf, &npf,
+                                  BB_PF_MAX);
+                    pos[r - 1] = 0;
                     const int64_t sh = w0.start - x->qrange[2 * seg]; /* cached rows start at the segment's range */
                     for (int64_t i = 0; i < nrow; ++i) {
                         s.kr[i] += sh;
@@ -487,10 +500,17 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                     const int64_t pf_next = x0 + 16 < u1 ? 16
                                             : hk + 1 < hk1 ? hplanes - (x0 - x00)
                                                            : x->rp - (hk1 - 1 - hk0) * hplanes - (x0 - x00);
-                    bwdk_args a = {n, x->CXP, g->D, g->Dv, x->pw, x->sw, s.poff, s.qr, s.dr, s.mask, s.more,
-                                   g->scale, s.tk, s.tv, pf_next};
-                    x->bk->key(&a);
+                    /* the dk / dv lines this tile stores, fetched over its arithmetic (a
+                     * store to a line out of cache waits for the line) */
+                    int64_t npf = 0;
                     pos[r - 1] = x0;
+                    prefetch_rows(c, x->dk, row_off(x->dk->stride, r, b, pos, hk), x->dk->stride[r], nl, g->D, s.pf, &npf,
+                                  BB_PF_MAX);
+                    prefetch_rows(c, x->dv, row_off(x->dv->stride, r, b, pos, hk), x->dv->stride[r], nl, g->Dv, s.pf, &npf,
+                                  BB_PF_MAX);
+                    bwdk_args a = {n, x->CXP, g->D, g->Dv, x->pw, x->sw, s.poff, s.qr, s.dr, s.mask, s.more,
+                                   g->scale, s.tk, s.tv, pf_next, s.pf, npf};
+                    x->bk->key(&a);
                     tile_store(x, s.tk, x->dk, b, pos, hk, g->D, nl, s.cvt);
                     tile_store(x, s.tv, x->dv, b, pos, hk, g->Dv, nl, s.cvt);
                     pos[r - 1] = 0;

@@ -20,17 +20,29 @@
 
 #define AI static inline __attribute__((always_inline))
 #define KEY_PF 6 /* terms ahead */
+#define PF_EVERY 2 /* channel steps per caller prefetch in the query tile's dots */
+
+/* prefetcht0 without a memory operand: with _mm_prefetch in a loop GCC kept
+ * the accumulator arrays in memory (as in the blocked forward) */
+AI void pf_line(const char *p) { __asm__ volatile("prefetcht0 (%0)" : : "r"(p)); }
 
 /* Raw dots of rows [i0, i0+NR), slots [k0, k0+KC): x (lane-major, C
- * channels) against rows[i] shifted per lane by idx, into out[(i*K+k)*16]. */
+ * channels) against rows[i] shifted per lane by idx, into out[(i*K+k)*16].
+ * The caller's prefetches go out one per PF_EVERY channel steps from *pfi
+ * (the query tile's 144-192 lines in its softmax loop alone stalled on the
+ * fill buffers: a fifth of the tile's own samples on one prefetcht0). */
 AI void dots_rows(const bwdq_args *a, const float *x, const float *const *rows, int64_t C, float *out, int64_t i0,
-                  const int NR, const int KC, int64_t k0, const __m512i *idx) {
+                  const int NR, const int KC, int64_t k0, const __m512i *idx, int64_t *pfi) {
     __m512 acc[NR * KC];
     const float *p[NR];
     for (int t = 0; t < NR * KC; ++t) acc[t] = _mm512_setzero_ps();
     for (int rr = 0; rr < NR; ++rr) p[rr] = rows[i0 + rr];
     const int64_t ld = a->ld;
-    for (int64_t c = 0; c < C; ++c) {
+    const int64_t npq = (C + PF_EVERY - 1) / PF_EVERY, npf = a->npf - *pfi < npq ? a->npf - *pfi : npq;
+    const char *const *pf = a->pf + *pfi; /* a local cursor: a write through pfi in the loop spilled acc[] */
+    *pfi += npf;
+    for (int64_t c = 0, j = 0; c < C; ++c) {
+        if (c % PF_EVERY == 0 && j < npf) pf_line(pf[j++]);
         const __m512 xv = _mm512_load_ps(x + c * 16);
         for (int rr = 0; rr < NR; ++rr) {
             const float *kc = p[rr] + c * ld;
@@ -46,15 +58,15 @@ AI void dots_rows(const bwdq_args *a, const float *x, const float *const *rows, 
 #define QK_SMALL(KC, NRM)                                                                 \
     case KC: {                                                                            \
         int64_t i = 0;                                                                    \
-        for (; i + NRM <= a->nrow; i += NRM) dots_rows(a, x, rows, C, out, i, NRM, KC, 0, idx); \
-        for (; i < a->nrow; ++i) dots_rows(a, x, rows, C, out, i, 1, KC, 0, idx);         \
+        for (; i + NRM <= a->nrow; i += NRM) dots_rows(a, x, rows, C, out, i, NRM, KC, 0, idx, pfi); \
+        for (; i < a->nrow; ++i) dots_rows(a, x, rows, C, out, i, 1, KC, 0, idx, pfi);         \
     } break
 
 #define QK_CHUNK(KC) \
-    case KC: dots_rows(a, x, rows, C, out, i, 1, KC, k0, idx); break
+    case KC: dots_rows(a, x, rows, C, out, i, 1, KC, k0, idx, pfi); break
 
 static void dots_all(const bwdq_args *a, const float *x, const float *const *rows, int64_t C, float *out,
-                     const __m512i *idx) {
+                     const __m512i *idx, int64_t *pfi) {
     BLK_QK_DISPATCH(a->K, a->nrow, 12, 6, 4, 3, 2, 2, 1, 1)
 }
 
@@ -94,17 +106,16 @@ static void bwd_query_avx512(const bwdq_args *a) {
     const __m512i off = _mm512_loadu_si512(a->off);
     for (int64_t k = 0; k < K; ++k) idx[k] = _mm512_add_epi32(off, _mm512_set1_epi32((int)k));
     float *sb = a->sbuf, *db = a->sbuf + n * 16;
-    dots_all(a, a->qt, a->kr, a->D, sb, idx);
-    dots_all(a, a->dot, a->vr, a->Dv, db, idx);
-    /* the caller's prefetches spread over the softmax loop (inside the dot
-     * loops they made GCC keep the accumulators in memory; in one burst they
-     * stall on the fill buffers) */
-    const int64_t pfstep = (a->npf + n - 1) / n;
     int64_t pfi = 0;
+    dots_all(a, a->qt, a->kr, a->D, sb, idx, &pfi);
+    dots_all(a, a->dot, a->vr, a->Dv, db, idx, &pfi);
+    /* what is left of the caller's prefetches spread over the softmax loop
+     * (in one burst they stall on the fill buffers) */
+    const int64_t pfstep = (a->npf - pfi + n - 1) / n;
     const __m512 sc = _mm512_set1_ps(a->scale), lse = _mm512_loadu_ps(a->lse), delta = _mm512_loadu_ps(a->delta);
     const __mmask16 store = (__mmask16)((1u << a->nl) - 1u);
     for (int64_t j = 0; j < n; ++j) {
-        for (int64_t t = 0; t < pfstep && pfi < a->npf; ++t) _mm_prefetch(a->pf[pfi++], _MM_HINT_T0);
+        for (int64_t t = 0; t < pfstep && pfi < a->npf; ++t) pf_line(a->pf[pfi++]);
         const __mmask16 m = (__mmask16)a->vmask[j % K];
         const __m512 p = _mm512_maskz_mov_ps(m, exp512(_mm512_fmsub_ps(_mm512_load_ps(sb + j * 16), sc, lse)));
         const __m512 ds = _mm512_maskz_mov_ps(m, _mm512_mul_ps(p, _mm512_sub_ps(_mm512_load_ps(db + j * 16), delta)));
@@ -141,7 +152,10 @@ AI void key_chunk(const bwdk_args *a, const float *w, const float *const *rows, 
     const int64_t ld = a->ld;
     __m512 wv = _mm512_setzero_ps();
     __mmask16 m = 0;
+    const int64_t pfstep = pf ? (a->npf + a->nterm - 1) / a->nterm : 0; /* the caller's lines (dk / dv) */
+    int64_t pfi = 0;
     for (int64_t j = 0; j < a->nterm; ++j) {
+        for (int64_t t = 0; t < pfstep && pfi < a->npf; ++t) pf_line(a->pf[pfi++]);
         /* P / dS planes were written a whole pass ago (out of cache) and their
          * terms hop between planes: fetch KEY_PF terms ahead (pf: the other
          * plane, fetched for the next pass) */
@@ -210,33 +224,75 @@ static void bwd_key_avx512(const bwdk_args *a) {
     key_side(a, a->sw, a->qr, a->D, a->dk_t, _mm512_set1_ps(a->scale), NULL);
 }
 
-/* Transposed in registers, rounded and stored as rows: no f32 row copy. */
-static void bf16_rows_avx512(const float *tt, uint16_t *dst, int64_t ls, int64_t C, int64_t nl) {
+/* The backward's transposes between the caller's rows and [channel][lane]
+ * packs, f32 or bf16 (BF16: widened on the way in, rounded on the way out,
+ * no f32 row copy in scratch -- the bf16 backward spent ~8% of its samples
+ * on such copies).  Row addresses advance by a byte pitch one row at a time:
+ * the shared transpose keeps 16 source and 16 destination pointers, more than
+ * the registers, and reloaded them from the stack in its full-block loop. */
+AI __m512 lanes_load(const char *p, __mmask16 m, const int BF16) {
+    return BF16 ? bf16x16_to_f32(_mm256_maskz_loadu_epi16(m, p)) : _mm512_maskz_loadu_ps(m, p);
+}
+
+AI void rows_store(char *p, __mmask16 m, __m512 v, const int BF16) {
+    if (BF16) _mm512_mask_cvtepi32_storeu_epi16(p, m, f32x16_to_bf16(v));
+    else _mm512_mask_storeu_ps(p, m, v);
+}
+
+/* tt[c*16 + l] (l < nl) -> row l of dst (rows lsb bytes apart), channel c. */
+AI void to_rows(const float *tt, char *dst, int64_t lsb, int64_t C, int64_t nl, const int BF16) {
+    const int es = BF16 ? 2 : 4;
     for (int64_t c0 = 0; c0 < C; c0 += 16) {
         const int64_t nc = C - c0 < 16 ? C - c0 : 16;
         const __mmask16 cmask = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1u);
         __m512 r[16], o[16];
         for (int j = 0; j < 16; ++j) r[j] = j < nc ? _mm512_load_ps(tt + (c0 + j) * 16) : _mm512_setzero_ps();
         transpose16(r, o);
-        for (int64_t l = 0; l < nl; ++l)
-            _mm512_mask_cvtepi32_storeu_epi16(dst + l * ls + c0, cmask, f32x16_to_bf16(o[l]));
+        char *q = dst + c0 * es;
+        if (nl == 16)
+            for (int l = 0; l < 16; ++l, q += lsb) rows_store(q, cmask, o[l], BF16);
+        else
+            for (int64_t l = 0; l < nl; ++l, q += lsb) rows_store(q, cmask, o[l], BF16);
     }
 }
 
-/* 16 rows' 16-channel blocks widened in registers, then transposed: the
- * bf16 backward spent ~8% of its samples widening rows into a scratch row
- * set that the f32 transpose then read back. */
-static void bf16_lanes_avx512(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
+/* nb <= 16 rows (rsb bytes apart) of C channels -> dst[c*ld + i]. */
+AI void to_lanes(const char *src, int64_t rsb, float *dst, int64_t ld, int64_t nb, int64_t C, const int BF16) {
+    const int es = BF16 ? 2 : 4;
     const __mmask16 rmask = nb >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
     for (int64_t c0 = 0; c0 < C; c0 += 16) {
         const int64_t nc = C - c0 < 16 ? C - c0 : 16;
         const __mmask16 cmask = nc >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nc) - 1u);
         __m512 r[16], o[16];
-        for (int i = 0; i < 16; ++i)
-            r[i] = i < nb ? bf16x16_to_f32(_mm256_maskz_loadu_epi16(cmask, src + i * rs + c0)) : _mm512_setzero_ps();
+        const char *p = src + c0 * es;
+        if (nb == 16)
+            for (int i = 0; i < 16; ++i, p += rsb) r[i] = lanes_load(p, cmask, BF16);
+        else
+            for (int i = 0; i < 16; ++i, p += rsb) r[i] = i < nb ? lanes_load(p, cmask, BF16) : _mm512_setzero_ps();
         transpose16(r, o);
-        for (int64_t j = 0; j < nc; ++j) _mm512_mask_storeu_ps(dst + (c0 + j) * ld, rmask, o[j]);
+        float *q = dst + c0 * ld;
+        if (nc == 16)
+            for (int j = 0; j < 16; ++j, q += ld) _mm512_mask_storeu_ps(q, rmask, o[j]);
+        else
+            for (int64_t j = 0; j < nc; ++j, q += ld) _mm512_mask_storeu_ps(q, rmask, o[j]);
     }
 }
 
-const bwd_blk_kernel natten_bwd_blk_avx512 = {bwd_query_avx512, bwd_key_avx512, bf16_rows_avx512, bf16_lanes_avx512};
+static void bf16_rows_avx512(const float *tt, uint16_t *dst, int64_t ls, int64_t C, int64_t nl) {
+    to_rows(tt, (char *)dst, ls * 2, C, nl, 1);
+}
+
+static void bf16_lanes_avx512(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
+    to_lanes((const char *)src, rs * 2, dst, ld, nb, C, 1);
+}
+
+static void f32_rows_avx512(const float *tt, float *dst, int64_t ls, int64_t C, int64_t nl) {
+    to_rows(tt, (char *)dst, ls * 4, C, nl, 0);
+}
+
+static void f32_lanes_avx512(const float *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
+    to_lanes((const char *)src, rs * 4, dst, ld, nb, C, 0);
+}
+
+const bwd_blk_kernel natten_bwd_blk_avx512 = {bwd_query_avx512, bwd_key_avx512, bf16_rows_avx512, bf16_lanes_avx512,
+                                              f32_rows_avx512, f32_lanes_avx512};
