@@ -12,7 +12,9 @@
  *   out[l][c]   = sum softmax(s)[.][l] * v          (lanes l < nl only)
  *   lse[l]      = log-sum-exp of lane l's scores.
  * Every lane is computed on its own, in a fixed order, so the result does
- * not depend on which thread runs the tile.
+ * not depend on which thread runs the tile.  Kernels with `pair` take a
+ * second line of queries over the same positions (blk_args.pair), with the
+ * same result for each line as two calls.
  */
 #ifndef NATTEN_CPU_FWD_BLOCK_H
 #define NATTEN_CPU_FWD_BLOCK_H

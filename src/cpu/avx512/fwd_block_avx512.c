@@ -3,13 +3,13 @@
  * (contract in cpu/fwd_block.h).
  *
  * QK: per channel, lane l of slot k needs key position off[l] + k of a
- * lane-major row.  Uniform tiles (off[l] == l) load that vector directly
- * (unaligned); other tiles (borders, causal prefixes, GNA groups) load the
- * 32 positions [0, 32) once and build each slot's vector with one two-source
- * permute.  Several leading rows go in one pass when K is small, so at least
- * ~8 FMA chains are in flight.  Softmax runs on whole vectors (16 queries per
- * instruction).  AV: two lanes at a time, each lane's output row in
- * registers, value rows (row-major) as memory operands of the FMAs.
+ * lane-major row.  Tiles load the 32 positions [0, 32) once and build each
+ * slot's vector with valignd (uniform tiles, off[l] == l) or one two-source
+ * permute (borders, causal prefixes, GNA groups).  Several leading rows go in
+ * one pass when K is small, so at least ~8 FMA chains are in flight; with a
+ * pair (blk_args.pair) each slot vector feeds both lines' queries.  Softmax
+ * runs on whole vectors (16 queries per instruction).  AV: runs of lanes with
+ * one offset shift share value loads (av_uniform), other lanes two at a time.
  */
 #include <immintrin.h>
 #include <math.h>
