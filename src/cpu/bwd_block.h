@@ -81,6 +81,7 @@ typedef struct bwd_blk_kernel {
 extern const bwd_blk_kernel natten_bwd_blk_scalar;
 #if defined(NATTEN_HAVE_X86)
 extern const bwd_blk_kernel natten_bwd_blk_avx512;
+extern const bwd_blk_kernel natten_bwd_blk_avx2;
 #endif
 
 /* The blocked backward on the caller's tensors (fast_bwd_block.c): SUCCESS,

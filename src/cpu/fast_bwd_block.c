@@ -617,14 +617,15 @@ static int build_terms(bb_ctx *x) {
     return 1;
 }
 
-/* The tiles of the active ISA (AVX-512, or the portable ones for the scalar
- * level; AVX2 and NEON keep the generic path), or NULL; NATTEN_CPU_BWD_BLOCK=0
+/* The tiles of the active ISA (AVX-512, AVX2, or the portable ones for the
+ * scalar level; NEON keeps the generic path), or NULL; NATTEN_CPU_BWD_BLOCK=0
  * forces the generic path (the tests run both). */
 static const bwd_blk_kernel *bb_kernel_of(const natten_cpu_kernels *kern) {
     const char *e = getenv("NATTEN_CPU_BWD_BLOCK");
     if (e && e[0] == '0') return NULL;
 #if defined(NATTEN_HAVE_X86)
     if (kern->isa == NATTEN_CPU_ISA_AVX512) return &natten_bwd_blk_avx512;
+    if (kern->isa == NATTEN_CPU_ISA_AVX2) return &natten_bwd_blk_avx2;
 #endif
     return kern->isa == NATTEN_CPU_ISA_SCALAR ? &natten_bwd_blk_scalar : NULL;
 }
