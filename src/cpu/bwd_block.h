@@ -84,6 +84,43 @@ extern const bwd_blk_kernel natten_bwd_blk_avx512;
 extern const bwd_blk_kernel natten_bwd_blk_avx2;
 #endif
 
+/* A key tile's prefetches at term j of plane w: its term `ahead` terms on;
+ * pf (the other plane, read by the next pass): this term's, and both
+ * planes' for the next tile into L2 (P / dS were written a whole pass ago
+ * and their terms hop between planes). */
+static inline __attribute__((always_inline)) void bwdk_prefetch(const bwdk_args *a, const float *w, const float *pf,
+                                                                int64_t j, int64_t ahead) {
+    if (j + ahead < a->nterm) {
+        __builtin_prefetch(w + a->poff[j + ahead], 0, 3);
+        __builtin_prefetch(w + a->poff[j + ahead] + 15, 0, 3);
+    }
+    if (pf) {
+        __builtin_prefetch(pf + a->poff[j], 0, 3);
+        __builtin_prefetch(pf + a->poff[j] + 15, 0, 3);
+        __builtin_prefetch(w + a->poff[j] + a->pf_next, 0, 2);
+        __builtin_prefetch(pf + a->poff[j] + a->pf_next, 0, 2);
+    }
+}
+
+/* An ISA's tile table `name` from its query and key tiles and its
+ * to_rows(tt, dst, lsb, C, nl, BF16) / to_lanes(src, rsb, dst, ld, nb, C, BF16)
+ * transposes (byte pitches; BF16: widen on the way in, round on the way out). */
+#define BWD_BLK_KERNEL(name, query, key)                                                                      \
+    static void name##_bf16_rows(const float *tt, uint16_t *dst, int64_t ls, int64_t C, int64_t nl) {         \
+        to_rows(tt, (char *)dst, ls * 2, C, nl, 1);                                                           \
+    }                                                                                                         \
+    static void name##_bf16_lanes(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb,        \
+                                  int64_t C) {                                                                \
+        to_lanes((const char *)src, rs * 2, dst, ld, nb, C, 1);                                               \
+    }                                                                                                         \
+    static void name##_f32_rows(const float *tt, float *dst, int64_t ls, int64_t C, int64_t nl) {             \
+        to_rows(tt, (char *)dst, ls * 4, C, nl, 0);                                                           \
+    }                                                                                                         \
+    static void name##_f32_lanes(const float *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) { \
+        to_lanes((const char *)src, rs * 4, dst, ld, nb, C, 0);                                               \
+    }                                                                                                         \
+    const bwd_blk_kernel name = {query, key, name##_bf16_rows, name##_bf16_lanes, name##_f32_rows, name##_f32_lanes}
+
 /* The blocked backward on the caller's tensors (fast_bwd_block.c): SUCCESS,
  * or UNSUPPORTED (nothing written) for problems it leaves to the generic
  * path.  c: common_init'ed, no views made. */

@@ -215,17 +215,7 @@ static int64_t key_batch_fill(const bwdk_args *a, const float *w, const float *c
     uint32_t m = 0;
     b->ng = 0;
     for (; j < a->nterm && b->ng < KEY_BATCH; ++j) {
-        /* P / dS planes were written a whole pass ago: fetch KEY_PF terms ahead */
-        if (j + KEY_PF < a->nterm) {
-            _mm_prefetch((const char *)(w + a->poff[j + KEY_PF]), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + a->poff[j + KEY_PF] + 15), _MM_HINT_T0);
-        }
-        if (pf) { /* dS for the dk pass; the next tile's P and dS into L2 */
-            _mm_prefetch((const char *)(pf + a->poff[j]), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf + a->poff[j] + 15), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + a->poff[j] + a->pf_next), _MM_HINT_T1);
-            _mm_prefetch((const char *)(pf + a->poff[j] + a->pf_next), _MM_HINT_T1);
-        }
+        bwdk_prefetch(a, w, pf, j, KEY_PF);
         /* terms of one shift: disjoint lanes merged into one weight vector (masked lanes load 0) */
         const uint32_t mj = a->mask[j];
         const __m256i k0 = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)mj), lanes), lanes),
@@ -418,21 +408,4 @@ AI void to_lanes(const char *src, int64_t rsb, float *dst, int64_t ld, int64_t n
     }
 }
 
-static void bf16_rows_avx2(const float *tt, uint16_t *dst, int64_t ls, int64_t C, int64_t nl) {
-    to_rows(tt, (char *)dst, ls * 2, C, nl, 1);
-}
-
-static void bf16_lanes_avx2(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
-    to_lanes((const char *)src, rs * 2, dst, ld, nb, C, 1);
-}
-
-static void f32_rows_avx2(const float *tt, float *dst, int64_t ls, int64_t C, int64_t nl) {
-    to_rows(tt, (char *)dst, ls * 4, C, nl, 0);
-}
-
-static void f32_lanes_avx2(const float *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
-    to_lanes((const char *)src, rs * 4, dst, ld, nb, C, 0);
-}
-
-const bwd_blk_kernel natten_bwd_blk_avx2 = {bwd_query_avx2, bwd_key_avx2, bf16_rows_avx2, bf16_lanes_avx2,
-                                            f32_rows_avx2, f32_lanes_avx2};
+BWD_BLK_KERNEL(natten_bwd_blk_avx2, bwd_query_avx2, bwd_key_avx2);

@@ -153,19 +153,7 @@ AI void key_chunk(const bwdk_args *a, const float *w, const float *const *rows, 
     __m512 wv = _mm512_setzero_ps();
     __mmask16 m = 0;
     for (int64_t j = 0; j < a->nterm; ++j) {
-        /* P / dS planes were written a whole pass ago (out of cache) and their
-         * terms hop between planes: fetch KEY_PF terms ahead (pf: the other
-         * plane, fetched for the next pass) */
-        if (j + KEY_PF < a->nterm) {
-            _mm_prefetch((const char *)(w + a->poff[j + KEY_PF]), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + a->poff[j + KEY_PF] + 15), _MM_HINT_T0);
-        }
-        if (pf) { /* dS for the dk pass; the next tile's P and dS into L2 */
-            _mm_prefetch((const char *)(pf + a->poff[j]), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf + a->poff[j] + 15), _MM_HINT_T0);
-            _mm_prefetch((const char *)(w + a->poff[j] + a->pf_next), _MM_HINT_T1);
-            _mm_prefetch((const char *)(pf + a->poff[j] + a->pf_next), _MM_HINT_T1);
-        }
+        bwdk_prefetch(a, w, pf, j, KEY_PF);
         /* terms of one shift: their lanes merged into one weight vector */
         const __mmask16 mj = (__mmask16)a->mask[j];
         wv = m ? _mm512_mask_loadu_ps(wv, mj, w + a->poff[j]) : _mm512_maskz_loadu_ps(mj, w + a->poff[j]);
@@ -286,21 +274,4 @@ AI void to_lanes(const char *src, int64_t rsb, float *dst, int64_t ld, int64_t n
     }
 }
 
-static void bf16_rows_avx512(const float *tt, uint16_t *dst, int64_t ls, int64_t C, int64_t nl) {
-    to_rows(tt, (char *)dst, ls * 2, C, nl, 1);
-}
-
-static void bf16_lanes_avx512(const uint16_t *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
-    to_lanes((const char *)src, rs * 2, dst, ld, nb, C, 1);
-}
-
-static void f32_rows_avx512(const float *tt, float *dst, int64_t ls, int64_t C, int64_t nl) {
-    to_rows(tt, (char *)dst, ls * 4, C, nl, 0);
-}
-
-static void f32_lanes_avx512(const float *src, int64_t rs, float *dst, int64_t ld, int64_t nb, int64_t C) {
-    to_lanes((const char *)src, rs * 4, dst, ld, nb, C, 0);
-}
-
-const bwd_blk_kernel natten_bwd_blk_avx512 = {bwd_query_avx512, bwd_key_avx512, bf16_rows_avx512, bf16_lanes_avx512,
-                                              f32_rows_avx512, f32_lanes_avx512};
+BWD_BLK_KERNEL(natten_bwd_blk_avx512, bwd_query_avx512, bwd_key_avx512);
