@@ -32,6 +32,10 @@
 
 #include "core/dtype.h"
 #include "core/window.h"
+#if defined(__x86_64__) && !defined(NATTEN_HAVE_X86)
+#define NATTEN_HAVE_X86 1 /* the tile tables' declarations (the library's own build defines it) */
+#endif
+#include "cpu/bwd_block.h"
 #include "support.h"
 
 static int n_ref_compared = 0;
@@ -722,6 +726,76 @@ static void check_inf_key(void) {
 }
 
 /*
+ * The blocked backward's query tile, called directly at every ISA level the
+ * machine runs: a key (and value) position holding inf that sits only in
+ * masked slots must leave P, dS and dq finite and equal to the portable
+ * tile's.  check_inf_key reaches such slots through the whole backward, but
+ * only in tiles whose lanes the AVX2 tile hands to the portable one (offsets
+ * spanning more than 8 positions in a half); here both halves stay on the
+ * vector path (offsets 0 0 3 3 3 6 6 6 | 9 9 9 12 12 12 15 15).
+ */
+static void check_bwd_tile_masked_inf(void) {
+    enum { K = 5, D = 8, LD = 32, N = 16 };
+    static const int32_t off[N] = {0, 0, 3, 3, 3, 6, 6, 6, 9, 9, 9, 12, 12, 12, 15, 15};
+    const int64_t xinf = 4; /* slot 4 of lanes 0-1, slot 1 of lanes 2-4: all masked below */
+    float *qt = aligned_alloc(64, D * N * sizeof(float)), *dot = aligned_alloc(64, D * N * sizeof(float));
+    float *row = aligned_alloc(64, 2 * D * LD * sizeof(float)), *lse = aligned_alloc(64, N * sizeof(float));
+    float *delta = aligned_alloc(64, N * sizeof(float));
+    t_rng rng;
+    t_rng_seed(&rng, 4242);
+    for (int i = 0; i < D * N; ++i) qt[i] = (float)t_rng_uniform(&rng, -1, 1), dot[i] = (float)t_rng_uniform(&rng, -1, 1);
+    for (int i = 0; i < 2 * D * LD; ++i) row[i] = (float)t_rng_uniform(&rng, -1, 1);
+    for (int i = 0; i < N; ++i) lse[i] = (float)t_rng_uniform(&rng, 0.5, 1.5), delta[i] = (float)t_rng_uniform(&rng, -0.2, 0.2);
+    row[0 * LD + xinf] = INFINITY;      /* key channel 0 */
+    row[D * LD + 0 * LD + xinf] = INFINITY; /* value channel 0 */
+    uint32_t vmask[K];
+    for (int k = 0; k < K; ++k) {
+        vmask[k] = 0;
+        for (int l = 0; l < N; ++l)
+            if (off[l] + k != xinf) vmask[k] |= 1u << l;
+    }
+    const float *kr[1] = {row}, *vr[1] = {row + D * LD};
+    float *res[2][3]; /* [portable, ISA][P, dS, dq] */
+    for (int t = 0; t < 2; ++t)
+        for (int j = 0; j < 3; ++j) res[t][j] = aligned_alloc(64, (j < 2 ? K : D) * N * sizeof(float));
+    float *sbuf = aligned_alloc(64, 2 * K * N * sizeof(float));
+    const natten_cpu_isa isa0 = natten_cpu_isa_get();
+    const struct {
+        natten_cpu_isa isa;
+        const bwd_blk_kernel *bk;
+    } tiles[] = {
+#if defined(__x86_64__)
+        {NATTEN_CPU_ISA_AVX2, &natten_bwd_blk_avx2},
+        {NATTEN_CPU_ISA_AVX512, &natten_bwd_blk_avx512},
+#endif
+        {NATTEN_CPU_ISA_SCALAR, &natten_bwd_blk_scalar},
+    };
+    for (size_t ti = 0; ti < sizeof tiles / sizeof tiles[0]; ++ti) {
+        if (natten_cpu_isa_set(tiles[ti].isa) != NATTEN_STATUS_SUCCESS) continue; /* not on this machine */
+        for (int t = 0; t < 2; ++t) {
+            float *pp[K], *sp[K];
+            for (int k = 0; k < K; ++k) pp[k] = res[t][0] + k * N, sp[k] = res[t][1] + k * N;
+            const bwdq_args a = {.qt = qt, .dot = dot, .kr = kr, .vr = vr, .ld = LD, .nrow = 1, .K = K, .D = D,
+                                 .Dv = D, .nl = N, .off = off, .uniform = 0, .vmask = vmask, .scale = 0.35f,
+                                 .lse = lse, .delta = delta, .pp = pp, .sp = sp, .sbuf = sbuf, .dq_t = res[t][2]};
+            (t ? tiles[ti].bk : &natten_bwd_blk_scalar)->query(&a);
+        }
+        int bad = 0;
+        for (int j = 0; j < 3; ++j)
+            for (int i = 0; i < (j < 2 ? K : D) * N; ++i) {
+                const float want = res[0][j][i], got = res[1][j][i];
+                bad += !isfinite(want) || !(fabsf(got - want) <= 1e-5f * (1.0f + fabsf(want)));
+            }
+        t_check(bad == 0, "query tile [%s]: an inf in masked slots only: %d P/dS/dq values non-finite or off the "
+                "portable tile's", natten_cpu_isa_name(tiles[ti].isa), bad);
+    }
+    natten_cpu_isa_set(isa0);
+    for (int t = 0; t < 2; ++t)
+        for (int j = 0; j < 3; ++j) free(res[t][j]);
+    free(qt), free(dot), free(row), free(lse), free(delta), free(sbuf);
+}
+
+/*
  * The backward in bf16 is the f32 backward of the widened tensors, rounded:
  * dq, dk, dv bit for bit at every ISA (the blocked backward's vector bf16
  * conversions against natten_f32_to_bf16; a NaN in dO reaches some outputs).
@@ -847,6 +921,7 @@ int main(void) {
     if (!FAST_CPU_EXTRAS) return t_summary("test_fast_cpu (tiles)");
     check_stream_stores();
     check_inf_key();
+    check_bwd_tile_masked_inf();
     check_bf16_bwd_rounding();
     check_bf16_rounding();
     check_stale_packs();
