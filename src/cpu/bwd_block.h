@@ -102,6 +102,13 @@ static inline __attribute__((always_inline)) void bwdk_prefetch(const bwdk_args 
     }
 }
 
+/* Case lists of the tiles' channel-chunk switches: X(NC) expands to
+ * "case NC: ...; break" with the chunk's channel count a compile-time
+ * constant, so each chunk's accumulators stay in registers. */
+#define BWD_NC_CASES4(X) X(1); X(2); X(3); X(4)
+#define BWD_NC_CASES6(X) BWD_NC_CASES4(X); X(5); X(6)
+#define BWD_NC_CASES8(X) BWD_NC_CASES6(X); X(7); X(8)
+
 /* An ISA's tile table `name` from its query and key tiles and its
  * to_rows(tt, dst, lsb, C, nl, BF16) / to_lanes(src, rsb, dst, ld, nb, C, BF16)
  * transposes (byte pitches; BF16: widen on the way in, round on the way out). */

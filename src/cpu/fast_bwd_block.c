@@ -143,22 +143,6 @@ static void pack_row(const bb_ctx *x, const natten_tensor *t, int64_t b, int64_t
     memset(dst + C * x->CXP, 0, (size_t)(pitch - C * x->CXP) * sizeof(float));
 }
 
-/* Appends the cache lines of n rows (element offsets off + i*rs, C channels)
- * of t to list[np..BB_PF_MAX) and returns the new count (channel-strided
- * tensors: none).  prefetch_rows' list mode keeps its count in memory: a
- * store-to-load chain per line, ~4% of the f32 3-D backward's samples. */
-static int64_t add_lines(const bb_ctx *x, const natten_tensor *t, int64_t off, int64_t rs, int64_t n, int64_t C,
-                         const char **list, int64_t np) {
-    const common *c = x->c;
-    if (t->stride[c->g.rank + 2] != 1 || C <= 0) return np;
-    const size_t es = natten_dtype_size(c->p->dtype), bytes = (size_t)C * es;
-    for (int64_t i = 0; i < n; ++i) {
-        const uintptr_t row = (uintptr_t)((const char *)t->data + (size_t)(off + i * rs) * es);
-        for (uintptr_t a = row & ~(uintptr_t)63; a < row + bytes && np < BB_PF_MAX; a += 64) list[np++] = (const char *)a;
-    }
-    return np;
-}
-
 /* Slot of leading row R of kv head hk. */
 static int64_t cache_slot(const bb_ctx *x, const bb_cache *cc, int64_t R, int64_t hk) {
     const geom *g = &x->c->g;
@@ -405,15 +389,15 @@ static void query_task(void *vctx, int64_t begin, int64_t end, int tid) {
                             const int64_t nn = u1 - xn < 16 ? u1 - xn : 16;
                             const natten_tensor *ts[3] = {x->q, x->dout, x->out};
                             for (int i = 0; i < 3; ++i)
-                                npf = add_lines(x, ts[i], row_off(ts[i]->stride, r, b, pn, hn), ts[i]->stride[r], nn,
-                                                i ? g->Dv : g->D, s.pf, npf);
+                                prefetch_rows(c, ts[i], row_off(ts[i]->stride, r, b, pn, hn), ts[i]->stride[r], nn,
+                                              i ? g->Dv : g->D, s.pf, &npf, BB_PF_MAX);
                         }
                     }
                     /* this tile's dq lines: in cache when its store comes (see out_prefetch) */
                     pos[r - 1] = p;
                     if (x->out_pf)
-                        npf = add_lines(x, x->dq, row_off(x->dq->stride, r, b, pos, h), x->dq->stride[r], nl, g->D, s.pf,
-                                        npf);
+                        prefetch_rows(c, x->dq, row_off(x->dq->stride, r, b, pos, h), x->dq->stride[r], nl, g->D, s.pf,
+                                      &npf, BB_PF_MAX);
                     pos[r - 1] = 0;
                     const int64_t sh = w0.start - x->qrange[2 * seg]; /* cached rows start at the segment's range */
                     for (int64_t i = 0; i < nrow; ++i) {
@@ -524,9 +508,10 @@ static void key_task(void *vctx, int64_t begin, int64_t end, int tid) {
                     int64_t npf = 0;
                     pos[r - 1] = x0;
                     if (x->out_pf) {
-                        npf = add_lines(x, x->dk, row_off(x->dk->stride, r, b, pos, hk), x->dk->stride[r], nl, g->D, s.pf, npf);
-                        npf = add_lines(x, x->dv, row_off(x->dv->stride, r, b, pos, hk), x->dv->stride[r], nl, g->Dv, s.pf,
-                                        npf);
+                        prefetch_rows(c, x->dk, row_off(x->dk->stride, r, b, pos, hk), x->dk->stride[r], nl, g->D, s.pf,
+                                      &npf, BB_PF_MAX);
+                        prefetch_rows(c, x->dv, row_off(x->dv->stride, r, b, pos, hk), x->dv->stride[r], nl, g->Dv, s.pf,
+                                      &npf, BB_PF_MAX);
                     }
                     bwdk_args a = {n, x->CXP, g->D, g->Dv, x->pw, x->sw, s.poff, s.qr, s.dr, s.mask, s.more,
                                    g->scale, s.tk, s.tv, pf_next, s.pf, npf};

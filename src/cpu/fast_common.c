@@ -202,6 +202,9 @@ void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t
     const size_t es = natten_dtype_size(c->p->dtype);
     const char *base = (const char *)t->data;
     if (C <= 0) return;
+    /* the count in a local: kept in *nlist it was a store-to-load chain per
+     * line (~4% of the f32 3-D backward's samples) */
+    int64_t np = list ? *nlist : 0;
     for (int64_t i = 0; i < n; ++i) {
         /* every line the row touches: a row off a 64-byte boundary (MLX's
          * buffers start 24 bytes past one) ends in one line more than its
@@ -209,10 +212,11 @@ void prefetch_rows(const common *c, const natten_tensor *t, int64_t off, int64_t
         const uintptr_t row = (uintptr_t)(base + (size_t)(off + i * rs) * es);
         const uintptr_t last = (row + (size_t)C * es - 1) & ~(uintptr_t)63;
         for (uintptr_t a = row & ~(uintptr_t)63; a <= last; a += 64) {
-            if (list && *nlist < cap) list[(*nlist)++] = (const char *)a;
+            if (list && np < cap) list[np++] = (const char *)a;
             else __builtin_prefetch((const char *)a);
         }
     }
+    if (list) *nlist = np;
 }
 
 void store_zero_row(void *base, int64_t off, int64_t stride, natten_dtype dt, int64_t n) {

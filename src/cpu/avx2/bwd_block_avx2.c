@@ -109,10 +109,7 @@ AI void query_dq(const bwdq_args *a, const half_sel *s, __m256 (*valid)[32], con
         const __m256 *vh = valid[h];
         for (int64_t c0 = 0; c0 < a->D; c0 += 4) {
             switch (a->D - c0 < 4 ? a->D - c0 : 4) {
-                DQ_NC(1);
-                DQ_NC(2);
-                DQ_NC(3);
-                DQ_NC(4);
+                BWD_NC_CASES4(DQ_NC);
             }
         }
     }
@@ -284,12 +281,7 @@ static void key_side(const bwdk_args *a, const float *w, const float *const *row
         j = key_batch_fill(a, w, rows, pf, j, b);
         for (int64_t c0 = 0; c0 < C; c0 += 6) {
             switch (C - c0 < 6 ? C - c0 : 6) {
-                KEY_NC(1);
-                KEY_NC(2);
-                KEY_NC(3);
-                KEY_NC(4);
-                KEY_NC(5);
-                KEY_NC(6);
+                BWD_NC_CASES6(KEY_NC);
             }
             /* the caller's lines `share` a pass (in one burst they stall on the fill buffers) */
             for (const int64_t e = *pfi + share; *pfi < a->npf && *pfi < e; ++*pfi) _mm_prefetch(a->pf[*pfi], _MM_HINT_T0);

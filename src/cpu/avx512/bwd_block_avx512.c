@@ -131,14 +131,7 @@ static void bwd_query_avx512(const bwdq_args *a) {
     const float *ds = sb;
     for (int64_t c0 = 0; c0 < a->D; c0 += 8) {
         switch (a->D - c0 < 8 ? a->D - c0 : 8) {
-            DQ_NC(1);
-            DQ_NC(2);
-            DQ_NC(3);
-            DQ_NC(4);
-            DQ_NC(5);
-            DQ_NC(6);
-            DQ_NC(7);
-            DQ_NC(8);
+            BWD_NC_CASES8(DQ_NC);
         }
     }
 }
@@ -194,14 +187,7 @@ AI void key_side(const bwdk_args *a, const float *w, const float *const *rows, i
         }
     for (int64_t c0 = 0; c0 < C; c0 += 8) {
         switch (C - c0 < 8 ? C - c0 : 8) {
-            KEY_NC(1);
-            KEY_NC(2);
-            KEY_NC(3);
-            KEY_NC(4);
-            KEY_NC(5);
-            KEY_NC(6);
-            KEY_NC(7);
-            KEY_NC(8);
+            BWD_NC_CASES8(KEY_NC);
         }
         if (PFL)
             for (const int64_t e = *pfi + share; *pfi < a->npf && *pfi < e;) pf_line(a->pf[(*pfi)++]);
