@@ -47,6 +47,7 @@ try:  # never fail at import (CI machines have mlx[cpu] or nothing)
 except Exception:  # pragma: no cover
     mx = None
 
+from natten_mlx._core import cuda_jit
 from natten_mlx._core.params import NAParams
 
 __all__ = ["is_available", "supports", "na_fused", "na_qk", "na_av", "kernel_source_dir"]
@@ -138,6 +139,7 @@ _HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh"
 _HEADER_SETS = {
     "simple": ("window.cuh", "na_common.cuh", "na_simple.cuh"),
     "fwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh"),
+    "fwd_wgmma": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_wgmma.cuh"),
     "fwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh"),
     "bwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_bwd_tc.cuh"),
     "bwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh", "na_bwd_tc.cuh",
@@ -284,7 +286,7 @@ _TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_f32", "bwd_dkdv_f32", "bwd_dq_tc", "bw
 
 
 def _header_kind(name: str) -> str:
-    if name in ("fwd_tc", "fwd_f32"):
+    if name in ("fwd_tc", "fwd_f32", "fwd_wgmma"):
         return name
     if name == "bwd_dq_f32":
         return "fwd_f32"
@@ -311,6 +313,33 @@ def _kernel(name: str, smem: int = 0):
         )
         _kernels[(name, smem)] = kern
     return kern
+
+
+_CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
+
+
+@lru_cache(maxsize=64)
+def _precompiled_fwd(entry: str, dtype_name: str, targs: tuple, threads: int, smem: int, target: str):
+    """A tiled forward entry (na_fwd_tc_entry, na_fwd_wgmma_entry) compiled by
+    cuda_jit for `target`, as a callable with cuda_kernel's call interface
+    (inputs=, grid=, threadgroup=, output_shapes=, output_dtypes=).  The
+    kernel's name spells out its template arguments: MLX keeps one module per
+    name."""
+    ct = _CTYPE[dtype_name]
+    fn = "natten_%s_%s_%s_%s" % (entry, dtype_name, "_".join(map(str, targs)), target)
+    src = (_header(_header_kind(entry)) + '\nextern "C" __global__ void __launch_bounds__(%d) %s('
+           "const int *params, const %s *q, const %s *k, const %s *v, %s *out, float *lse) {\n"
+           "  na_%s_entry<%s, %s>(params, q, k, v, out, lse);\n}\n"
+           % (threads, fn, ct, ct, ct, ct, entry, ct, ", ".join(map(str, targs))))
+    data = cuda_jit.cubin(src, target)
+
+    def launch(inputs, grid, threadgroup, output_shapes, output_dtypes):
+        return mx.fast.precompiled_cuda_kernel(
+            name=fn, compiled_source=data, inputs=inputs, output_shapes=output_shapes,
+            output_dtypes=output_dtypes, scalars=[], grid=grid, threadgroup=threadgroup,
+            shared_memory=smem, ensure_row_contiguous=True)
+
+    return launch
 
 
 # ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import oracle
 
 mx = pytest.importorskip("mlx.core")
 
-from natten_mlx._core import cuda  # noqa: E402
+from natten_mlx._core import cuda, cuda_jit  # noqa: E402
 from natten_mlx._core.params import NAParams  # noqa: E402
 
 gpu = pytest.mark.skipif(not cuda.is_available(), reason="MLX CUDA backend not available")
@@ -377,6 +377,61 @@ def test_forward_tile_plan(cuda_env):
     for mode, want in (("64", (64, 4)), ("128", (128, 4)), ("128w", (128, 8))):
         cuda_env("NATTEN_CUDA_TQ", mode)
         assert cuda._fwd_tc_shape(1, 1, 4096, 128) == want
+
+
+_NVRTC = cuda_jit._nvrtc() is not None and bool(cuda_jit.include_dirs())
+
+
+@pytest.mark.skipif(not _NVRTC, reason="no NVRTC library or CUDA headers on this machine")
+def test_arch_specific_compile(monkeypatch, tmp_path):
+    """cuda_jit builds the tiled forward for sm_90a with NVRTC (no GPU needed: runs
+    wherever a CUDA toolkit is installed, CI included), caches it on disk, and
+    reports NVRTC's log for a source that does not compile."""
+    monkeypatch.setenv("NATTEN_CUDA_CACHE", str(tmp_path))
+    cuda._precompiled_fwd.cache_clear()
+    monkeypatch.setattr(cuda_jit, "_cubins", {})
+    launch = cuda._precompiled_fwd("fwd_tc", "bfloat16", (128, 128, 1, 1, 64, 1, 1, 4), 128,
+                                   cuda._fwd_tc_smem(128, 128), "sm_90a")
+    assert callable(launch)
+    files = list(tmp_path.glob("*.cubin"))
+    assert len(files) == 1 and files[0].read_bytes()[:4] == b"\x7fELF"
+    src = "__global__ void natten_probe(float *x) { x[threadIdx.x] = INFINITY; }\n"
+    first = cuda_jit.cubin(src)
+    assert len(list(tmp_path.glob("*.cubin"))) == 2
+    cuda_jit._cubins.clear()  # as in a second process: read back from disk, not recompiled
+    with monkeypatch.context() as m:
+        m.setattr(cuda_jit, "_nvrtc_compile", lambda *a: pytest.fail("compiled again"))
+        assert cuda_jit.cubin(src) == first
+    with pytest.raises(cuda_jit.CompileError, match="undefined"):
+        cuda_jit.cubin("__device__ int f() { return not_declared_here; }")
+    cuda._precompiled_fwd.cache_clear()
+
+
+@gpu
+@pytest.mark.skipif(not cuda.is_available() or cuda_jit.arch() is None, reason="needs a Hopper GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_precompiled_route_matches_jit(dtype):
+    """The mma.sync tiled forward built by cuda_jit for the arch-specific target and
+    launched through precompiled_cuda_kernel gives MLX's JIT build's results bit for
+    bit (same source): the launch path (argument order, shared memory above 48 KiB,
+    grid in threads) is right."""
+    p = make_params(2, (13, 9), dilation=(2, 1), causal=(True, False), D=128)
+    rng = np.random.default_rng(11)
+    shape = (2, 48, 50, 4, 128)
+    q, k, v = (rnd(rng, shape, _dt(dtype))[0] for _ in range(3))
+    flags = (False, False, False)
+    kern, kw, tiled, prm = cuda._fwd_plan(p, flags, q.shape, k.shape, v.shape, (1,), q.dtype)
+    t = dict(kw["template"])
+    assert tiled and "NW" in t
+    targs = (t["HD"], t["TQ0"], t["TQ1"], t["TQ2"], t["TK0"], t["TK1"], t["TK2"], t["NW"])
+    tq = t["TQ0"] * t["TQ1"] * t["TQ2"]
+    launch = cuda._precompiled_fwd("fwd_tc", dtype, targs, 32 * t["NW"], cuda._fwd_tc_smem(tq, 128),
+                                   cuda_jit.arch())
+    want = kern(inputs=[prm, q, k, v], **kw)
+    got = launch(inputs=[prm, q, k, v], grid=kw["grid"], threadgroup=kw["threadgroup"],
+                 output_shapes=kw["output_shapes"], output_dtypes=kw["output_dtypes"])
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(to_np(a), to_np(b))
 
 
 @gpu
