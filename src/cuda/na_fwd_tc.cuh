@@ -154,9 +154,20 @@ NA_DEV void na_tile_coords(int tt, const int nt[3], int kt[3]) {
     kt[0] = tt / (nt[2] * nt[1]);
 }
 
+/* Shared-memory element offset of 16-byte chunk `part` of row `row` in a
+ * tile of rows of HD channels: padded rows of LD elements, or (BLK) the
+ * wgmma "no swizzle" core-matrix layout -- 8-row groups of 8*HD elements,
+ * inside a group chunk `part` of its 8 rows is one contiguous 128-byte core
+ * matrix (rows 16 bytes apart). */
+template <typename T, int HD, bool BLK>
+NA_DEV int na_tile_off(int row, int part, int LD) {
+    constexpr int EPC = 16 / (int)sizeof(T);
+    return BLK ? (row >> 3) * 8 * HD + part * 8 * EPC + (row & 7) * EPC : row * LD + part * EPC;
+}
+
 /* cp.async a box of 64 (or TQ) rows of HD channels: rows at local coords
  * base + u (u decomposed over the box shape), valid iff <= lim. */
-template <typename T, int HD, int S0, int S1, int S2, int NT>
+template <typename T, int HD, int S0, int S1, int S2, int NT, bool BLK = false>
 NA_DEV void na_load_box(T *dst, int LD, const T *src, long long heads, int head, int b, const na_params &P,
                         const int r[3], const int base[3], const int lim[3], int tid) {
     constexpr int EPC = 16 / (int)sizeof(T), CPR = HD / EPC, ROWS = S0 * S1 * S2;
@@ -171,7 +182,7 @@ NA_DEV void na_load_box(T *dst, int LD, const T *src, long long heads, int head,
             pos[x] = ok ? l * P.dil[x] + r[x] : 0;
         }
         const long long g = ok ? (na_tok(b, pos, P.X) * heads + head) * (long long)HD + part * EPC : 0;
-        na_cp_async16(dst + row * LD + part * EPC, src + g, ok);
+        na_cp_async16(dst + na_tile_off<T, HD, BLK>(row, part, LD), src + g, ok);
     }
 }
 
@@ -308,6 +319,250 @@ NA_DEV unsigned long long na_tile_mask(const int lo[3], const int hi[3]) {
     return m;
 }
 
+/* K/V tile loader of the forward kernels.  Thread tid copies 16-byte chunk
+ * `part` of rows r0 + RSTEP*i of every key tile.  Row offsets in a box of
+ * power-of-2 sides are additive in the bits of the row index, so the byte
+ * offsets of my rows are fixed for the whole walk (roff); a tile then costs
+ * one 64-bit add per row and tensor, and only tiles that cross the key box's
+ * end (lim) test each row.  Padded rows (BLK false): consecutive threads take
+ * consecutive chunks of a row.  Core-matrix layout (BLK, see na_tile_off):
+ * 8 consecutive threads take one chunk of 8 consecutive rows, i.e. one
+ * contiguous 128-byte core matrix (no bank conflicts on the stores). */
+template <typename T, int HD, int TK0, int TK1, int TK2, int NT, bool BLK>
+struct na_kv_loader {
+    static constexpr int TK = TK0 * TK1 * TK2, EPC = 16 / (int)sizeof(T), CPR = HD / EPC, RSTEP = NT / CPR,
+                         RPT = TK / RSTEP;
+    static_assert(NT % CPR == 0 && TK % RSTEP == 0 && (!BLK || RSTEP % 8 == 0), "K/V tile load shape");
+    int r0, soff, istep;
+    int roff[RPT];
+    int ktl[3]; /* coordinates of the next tile to load (no divisions) */
+    NA_DEV void init(const int *tOff, int tid, int LD) {
+        const int part = BLK ? (tid >> 3) % CPR : tid % CPR;
+        r0 = BLK ? (tid & 7) + 8 * (tid / (8 * CPR)) : tid / CPR;
+        soff = na_tile_off<T, HD, BLK>(r0, part, LD);
+        istep = na_tile_off<T, HD, BLK>(RSTEP, 0, LD);
+#pragma unroll
+        for (int i = 0; i < RPT; ++i) roff[i] = (tOff[r0 + RSTEP * i] + part * EPC) * (int)sizeof(T);
+        ktl[0] = ktl[1] = ktl[2] = 0;
+    }
+    /* issue the next key tile into dK / dV (tile bases) */
+    NA_DEV void load(const na_params &P, int b, const int r[3], int kvh, const int kmin[3], const int kmax[3],
+                     const int nkt[3], const T *k, const T *v, const int *tU, T *dK, T *dV) {
+        const int TKa[3] = {TK0, TK1, TK2};
+        int base[3], lim[3];
+        bool inb = true;
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            base[x] = kmin[x] + ktl[x] * TKa[x];
+            lim[x] = kmax[x] - base[x];
+            inb = inb && lim[x] >= TKa[x] - 1;
+        }
+        const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
+        const char *kb = reinterpret_cast<const char *>(k + org), *vb = reinterpret_cast<const char *>(v + org);
+        dK += soff;
+        dV += soff;
+        if (inb) {
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) {
+                na_cp_async16(dK + istep * i, kb + roff[i], true);
+                na_cp_async16(dV + istep * i, vb + roff[i], true);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) {
+                const int uu = tU[r0 + RSTEP * i];
+                const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
+                na_cp_async16(dK + istep * i, ok ? kb + roff[i] : (const char *)k, ok); /* zero-fill */
+                na_cp_async16(dV + istep * i, ok ? vb + roff[i] : (const char *)v, ok);
+            }
+        }
+        if (++ktl[2] == nkt[2]) {
+            ktl[2] = 0;
+            if (++ktl[1] == nkt[1]) {
+                ktl[1] = 0;
+                ++ktl[0];
+            }
+        }
+    }
+};
+
+/* Per-row windows of the query box into sW ([TQ][6]: lo[3], hi[3]). */
+template <int TQ, int TQ1, int TQ2>
+NA_DEV void na_fwd_row_windows(const na_params &P, const int r[3], const int n[3], const int q0[3], int *sW,
+                               int tid, int nt) {
+    for (int row = tid; row < TQ; row += nt) {
+        int lo[3], hi[3];
+        na_row_window<TQ1, TQ2>(P, r, n, q0, row, lo, hi);
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            sW[row * 6 + x] = lo[x];
+            sW[row * 6 + 3 + x] = hi[x];
+        }
+    }
+}
+/* Window bounds over the active rows [row0, row0 + nrows) of sW, for the
+ * tile decisions of the group of warps owning them: intersection [flo, fhi]
+ * and union [ulo, uhi] per axis into sB (flo[3] fhi[3] ulo[3] uhi[3]),
+ * written by lanes 0-2 of the caller.  No active row: an empty union, so
+ * every tile is skipped. */
+NA_DEV void na_fwd_bounds(const int *sW, int row0, int nrows, int *sB, int lane) {
+    if (lane < 3) {
+        int flo = -(1 << 30), fhi = 1 << 30, ulo = 1 << 30, uhi = -(1 << 30);
+        for (int i = 0; i < nrows; ++i) {
+            const int *w = sW + (row0 + i) * 6;
+            if (w[0] > w[3]) continue; /* inactive row (outside the group): empty window */
+            flo = max(flo, w[lane]);
+            fhi = min(fhi, w[3 + lane]);
+            ulo = min(ulo, w[lane]);
+            uhi = max(uhi, w[3 + lane]);
+        }
+        sB[lane] = flo;
+        sB[3 + lane] = fhi;
+        sB[6 + lane] = ulo;
+        sB[9 + lane] = uhi;
+    }
+}
+/* Decide key tile at base (group-local key coordinates) from the bounds sB:
+ * full (inside every window: no mask) or empty (outside all: skip). */
+template <int TK0, int TK1, int TK2>
+NA_DEV void na_fwd_tile_decide(const int *sB, const int base[3], bool *full, bool *empty) {
+    int wb[12];
+    *reinterpret_cast<int4 *>(wb) = reinterpret_cast<const int4 *>(sB)[0];
+    *reinterpret_cast<int4 *>(wb + 4) = reinterpret_cast<const int4 *>(sB)[1];
+    *reinterpret_cast<int4 *>(wb + 8) = reinterpret_cast<const int4 *>(sB)[2];
+    bool f = true, e = false;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        const int TKx = x == 0 ? TK0 : x == 1 ? TK1 : TK2;
+        f = f && wb[x] <= base[x] && base[x] + TKx - 1 <= wb[3 + x];
+        e = e || wb[9 + x] < base[x] || wb[6 + x] > base[x] + TKx - 1;
+    }
+    *full = f;
+    *empty = e;
+}
+/* Step tile coordinates kt over the nkt box (last axis fastest). */
+NA_DEV void na_tile_next(int kt[3], const int nkt[3]) {
+    if (++kt[2] == nkt[2]) {
+        kt[2] = 0;
+        if (++kt[1] == nkt[1]) {
+            kt[1] = 0;
+            ++kt[0];
+        }
+    }
+}
+/* Mask S (m16n8 accumulator fragments of MT m-tiles x 64 key columns) of a
+ * partial tile: rows of the warp start at query row wrow0 of sW. */
+template <int MT, int TK0, int TK1, int TK2>
+NA_DEV void na_fwd_mask(float (&s)[MT][8][4], const int *sW, int wrow0, const int base[3], int g4, int t4) {
+#pragma unroll
+    for (int ri = 0; ri < 2 * MT; ++ri) {
+        const int *w = sW + (wrow0 + (ri >> 1) * 16 + g4 + (ri & 1) * 8) * 6;
+        int lo[3], hi[3];
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            lo[x] = w[x] - base[x];
+            hi[x] = w[3 + x] - base[x];
+        }
+        const unsigned long long mk = na_tile_mask<TK0, TK1, TK2>(lo, hi) >> (2 * t4);
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+                if (!((mk >> (j * 8 + c)) & 1ull)) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
+    }
+}
+/* Online softmax of one key tile in the exp2 domain, rows g (e=0,1) and g+8
+ * (e=2,3) of each m-tile: S -> P in place, running max m and sum l, O
+ * rescaled.  m (max * scale * log2 e) is the reference of the exponents; it
+ * moves only when a row's max passes it by more than 8 (so p <= 2^8,
+ * harmless in f32 and bf16) and the warp then rescales its accumulators:
+ * after the first tiles that is rare, which saves HD/2 multiplies per row
+ * and tile. */
+template <int MT, int HD>
+NA_DEV void na_fwd_softmax(float (&s)[MT][8][4], float (&o)[MT][HD / 8][4], float (&m)[2 * MT],
+                           float (&l)[2 * MT], float sl2) {
+    float mxs[2 * MT];
+    bool grow = false;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rr], s[mt][j][2 * rr + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mxs[mt * 2 + rr] = mx * sl2;
+            grow = grow || mx * sl2 > m[mt * 2 + rr] + 8.f;
+        }
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int ri = mt * 2 + rr;
+                const float mn = fmaxf(m[ri], mxs[ri]);
+                const float corr = mn == -INFINITY ? 1.f : na_ex2(m[ri] - mn);
+                m[ri] = mn;
+                l[ri] *= corr;
+#pragma unroll
+                for (int j = 0; j < HD / 8; ++j) {
+                    o[mt][j][2 * rr] *= corr;
+                    o[mt][j][2 * rr + 1] *= corr;
+                }
+            }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int ri = mt * 2 + rr;
+            const float ref = m[ri] == -INFINITY ? 0.f : m[ri];
+            float ls = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                s[mt][j][2 * rr] = na_ex2(fmaf(s[mt][j][2 * rr], sl2, -ref));
+                s[mt][j][2 * rr + 1] = na_ex2(fmaf(s[mt][j][2 * rr + 1], sl2, -ref));
+                ls += s[mt][j][2 * rr] + s[mt][j][2 * rr + 1];
+            }
+            l[ri] += ls;
+        }
+}
+/* A fragment (m16k16) of P for keys 16*kk..16*kk+15 of m-tile mt. */
+template <typename T, int MT>
+NA_DEV void na_fwd_pfrag(unsigned (&pa)[4], const float (&s)[MT][8][4], int mt, int kk) {
+    pa[0] = na_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T());
+    pa[1] = na_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T());
+    pa[2] = na_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T());
+    pa[3] = na_pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3], T());
+}
+/* Epilogue: out = O / l and lse of the warp's rows (query rows wrow0 + ...). */
+template <typename T, int HD, int MT, int TQ1, int TQ2>
+NA_DEV void na_fwd_store(const float (&o)[MT][HD / 8][4], const float (&m)[2 * MT], const float (&l)[2 * MT],
+                         const na_params &P, int b, int h, const int r[3], const int n[3], const int q0[3],
+                         int wrow0, int g4, int t4, T *out, float *lse) {
+    const long long HDl = HD;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int ri = mt * 2 + rr;
+            float lt = l[ri];
+            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+            const long long orow = na_row_token<TQ1, TQ2>(P, b, h, r, n, q0, wrow0 + mt * 16 + g4 + rr * 8);
+            if (orow < 0) continue;
+            const float inv = 1.f / lt;
+            T *dst = out + orow * HDl;
+#pragma unroll
+            for (int j = 0; j < HD / 8; ++j) {
+                const unsigned pk = na_pack2(o[mt][j][2 * rr] * inv, o[mt][j][2 * rr + 1] * inv, T());
+                *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) = pk;
+            }
+            if (t4 == 0) lse[orow] = (m[ri] + log2f(lt)) * 0.6931471805599453f;
+        }
+}
+
 /* NW warps; each owns 16*MT query rows (MT = TQ / (16*NW) m-tiles).
  *
  * Per key tile a warp first decides from warp-uniform bounds whether the
@@ -348,87 +603,17 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
     na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sQ, LD, q, P.H, h, b, P, r, q0, lastq, tid);
     na_cp_commit();
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
-    for (int row = tid; row < TQ; row += NT) {
-        int lo[3], hi[3];
-        na_row_window<TQ1, TQ2>(P, r, n, q0, row, lo, hi);
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            sW[row * 6 + x] = lo[x];
-            sW[row * 6 + 3 + x] = hi[x];
-        }
-    }
+    na_fwd_row_windows<TQ, TQ1, TQ2>(P, r, n, q0, sW, tid, NT);
     __syncthreads();
-    /* K/V tiles: thread tid copies 16-byte chunk `part` of rows r0 + RSTEP*i.
-     * Row offsets in a box of power-of-2 sides are additive in the bits of
-     * the row index, so the byte offsets of my rows are fixed for the whole
-     * walk (roff); a tile then costs one 64-bit add per row and tensor, and
-     * only tiles that cross the key box's end (lim) test each row. */
-    constexpr int EPC = 16 / (int)sizeof(T), CPR = HD / EPC, RSTEP = NT / CPR, RPT = TK / RSTEP;
-    static_assert(NT % CPR == 0 && TK % RSTEP == 0, "K/V tile load shape");
-    const int r0 = tid / CPR, part = tid % CPR;
-    int roff[RPT];
-#pragma unroll
-    for (int i = 0; i < RPT; ++i) roff[i] = (tOff[r0 + RSTEP * i] + part * EPC) * (int)sizeof(T);
-    int ktl[3] = {0, 0, 0}; /* coordinates of the next tile to load (no divisions) */
-    auto load_kv = [&](int stage) {
-        const int TKa[3] = {TK0, TK1, TK2};
-        int base[3], lim[3];
-        bool inb = true;
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            base[x] = kmin[x] + ktl[x] * TKa[x];
-            lim[x] = kmax[x] - base[x];
-            inb = inb && lim[x] >= TKa[x] - 1;
-        }
-        const long long org = na_box_origin(P, b, base, r, P.Hkv, kvh, HD);
-        const char *kb = reinterpret_cast<const char *>(k + org), *vb = reinterpret_cast<const char *>(v + org);
-        T *dK = sK + stage * TK * LD + r0 * LD + part * EPC, *dV = sV + stage * TK * LD + r0 * LD + part * EPC;
-        if (inb) {
-#pragma unroll
-            for (int i = 0; i < RPT; ++i) {
-                na_cp_async16(dK + RSTEP * i * LD, kb + roff[i], true);
-                na_cp_async16(dV + RSTEP * i * LD, vb + roff[i], true);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < RPT; ++i) {
-                const int uu = tU[r0 + RSTEP * i];
-                const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
-                na_cp_async16(dK + RSTEP * i * LD, ok ? kb + roff[i] : (const char *)k, ok); /* zero-fill */
-                na_cp_async16(dV + RSTEP * i * LD, ok ? vb + roff[i] : (const char *)v, ok);
-            }
-        }
-        if (++ktl[2] == nkt[2]) {
-            ktl[2] = 0;
-            if (++ktl[1] == nkt[1]) {
-                ktl[1] = 0;
-                ++ktl[0];
-            }
-        }
-    };
-    load_kv(0);
+    na_kv_loader<T, HD, TK0, TK1, TK2, NT, false> ld;
+    ld.init(tOff, tid, LD);
+    ld.load(P, b, r, kvh, kmin, kmax, nkt, k, v, tU, sK, sV);
     na_cp_commit();
 
     /* warp-uniform window bounds over the warp's active rows, kept in shared
-     * memory (read per tile; registers go to the accumulators): intersection
-     * [flo, fhi] and union [ulo, uhi] per axis.  A warp with no active row
-     * gets an empty union, so it skips every tile. */
-    int *sB = sW + TQ * 6 + warp * 12; /* flo[3] fhi[3] ulo[3] uhi[3] */
-    if (lane < 3) {
-        int flo = -(1 << 30), fhi = 1 << 30, ulo = 1 << 30, uhi = -(1 << 30);
-        for (int i = 0; i < 16 * MT; ++i) {
-            const int *w = sW + (warp * 16 * MT + i) * 6;
-            if (w[0] > w[3]) continue; /* inactive row (outside the group): empty window */
-            flo = max(flo, w[lane]);
-            fhi = min(fhi, w[3 + lane]);
-            ulo = min(ulo, w[lane]);
-            uhi = max(uhi, w[3 + lane]);
-        }
-        sB[lane] = flo;
-        sB[3 + lane] = fhi;
-        sB[6 + lane] = ulo;
-        sB[9 + lane] = uhi;
-    }
+     * memory (read per tile; registers go to the accumulators) */
+    int *sB = sW + TQ * 6 + warp * 12;
+    na_fwd_bounds(sW, warp * 16 * MT, 16 * MT, sB, lane);
     __syncwarp();
     const int g4 = lane >> 2, t4 = lane & 3;
     const float sl2 = P.scale * 1.4426950408889634f;
@@ -452,7 +637,8 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
         na_cp_wait<0>();
         __syncthreads();
         if (tt + 1 < ntiles) {
-            load_kv((tt + 1) & 1);
+            const int st = (tt + 1) & 1;
+            ld.load(P, b, r, kvh, kmin, kmax, nkt, k, v, tU, sK + st * TK * LD, sV + st * TK * LD);
             na_cp_commit();
         }
         if (QREG && tt == 0) {
@@ -461,25 +647,12 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
                 na_ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
         }
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
-        int base[3], wb[12];
-        *reinterpret_cast<int4 *>(wb) = reinterpret_cast<const int4 *>(sB)[0];
-        *reinterpret_cast<int4 *>(wb + 4) = reinterpret_cast<const int4 *>(sB)[1];
-        *reinterpret_cast<int4 *>(wb + 8) = reinterpret_cast<const int4 *>(sB)[2];
-        bool full = true, empty = false;
+        int base[3];
 #pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            const int TKx = x == 0 ? TK0 : x == 1 ? TK1 : TK2;
-            base[x] = kmin[x] + kt[x] * TKx;
-            full = full && wb[x] <= base[x] && base[x] + TKx - 1 <= wb[3 + x];
-            empty = empty || wb[9 + x] < base[x] || wb[6 + x] > base[x] + TKx - 1;
-        }
-        if (++kt[2] == nkt[2]) {
-            kt[2] = 0;
-            if (++kt[1] == nkt[1]) {
-                kt[1] = 0;
-                ++kt[0];
-            }
-        }
+        for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * (x == 0 ? TK0 : x == 1 ? TK1 : TK2);
+        bool full, empty;
+        na_fwd_tile_decide<TK0, TK1, TK2>(sB, base, &full, &empty);
+        na_tile_next(kt, nkt);
         if (empty) continue;
         float s[MT][8][4];
 #pragma unroll
@@ -509,87 +682,14 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
                 }
             }
         }
-        if (!full) {
-#pragma unroll
-            for (int ri = 0; ri < 2 * MT; ++ri) {
-                const int *w = sW + (warp * 16 * MT + (ri >> 1) * 16 + g4 + (ri & 1) * 8) * 6;
-                int lo[3], hi[3];
-#pragma unroll
-                for (int x = 0; x < 3; ++x) {
-                    lo[x] = w[x] - base[x];
-                    hi[x] = w[3 + x] - base[x];
-                }
-                const unsigned long long mk = na_tile_mask<TK0, TK1, TK2>(lo, hi) >> (2 * t4);
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-#pragma unroll
-                    for (int c = 0; c < 2; ++c)
-                        if (!((mk >> (j * 8 + c)) & 1ull)) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
-            }
-        }
-        /* online softmax in the exp2 domain, rows g (e=0,1) and g+8 (e=2,3)
-         * of each m-tile.  m (max * scale * log2 e) is the reference of the
-         * exponents; it moves only when a row's max passes it by more than 8
-         * (so p <= 2^8, harmless in f32 and bf16) and the warp then rescales
-         * its accumulators: after the first tiles that is rare, which saves
-         * HD/2 multiplies per row and tile. */
-        float mxs[2 * MT];
-        bool grow = false;
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                float mx = -INFINITY;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rr], s[mt][j][2 * rr + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                mxs[mt * 2 + rr] = mx * sl2;
-                grow = grow || mx * sl2 > m[mt * 2 + rr] + 8.f;
-            }
-        if (__any_sync(0xffffffffu, grow)) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int rr = 0; rr < 2; ++rr) {
-                    const int ri = mt * 2 + rr;
-                    const float mn = fmaxf(m[ri], mxs[ri]);
-                    const float corr = mn == -INFINITY ? 1.f : na_ex2(m[ri] - mn);
-                    m[ri] = mn;
-                    l[ri] *= corr;
-#pragma unroll
-                    for (int j = 0; j < HD / 8; ++j) {
-                        o[mt][j][2 * rr] *= corr;
-                        o[mt][j][2 * rr + 1] *= corr;
-                    }
-                }
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                const int ri = mt * 2 + rr;
-                const float ref = m[ri] == -INFINITY ? 0.f : m[ri];
-                float ls = 0.f;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    s[mt][j][2 * rr] = na_ex2(fmaf(s[mt][j][2 * rr], sl2, -ref));
-                    s[mt][j][2 * rr + 1] = na_ex2(fmaf(s[mt][j][2 * rr + 1], sl2, -ref));
-                    ls += s[mt][j][2 * rr] + s[mt][j][2 * rr + 1];
-                }
-                l[ri] += ls;
-            }
+        if (!full) na_fwd_mask<MT, TK0, TK1, TK2>(s, sW, warp * 16 * MT, base, g4, t4);
+        na_fwd_softmax<MT, HD>(s, o, m, l, sl2);
         /* O += P V */
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
             unsigned pa[MT][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                pa[mt][0] = na_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T());
-                pa[mt][1] = na_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T());
-                pa[mt][2] = na_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T());
-                pa[mt][3] = na_pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3], T());
-            }
+            for (int mt = 0; mt < MT; ++mt) na_fwd_pfrag<T, MT>(pa[mt], s, mt, kk);
 #pragma unroll
             for (int jp = 0; jp < HD / 16; ++jp) {
                 unsigned bv[4];
@@ -602,28 +702,7 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
             }
         }
     }
-
-    /* ---- epilogue */
-    const long long HDl = HD;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            const int ri = mt * 2 + rr;
-            float lt = l[ri];
-            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-            const long long orow = na_row_token<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 * MT + mt * 16 + g4 + rr * 8);
-            if (orow < 0) continue;
-            const float inv = 1.f / lt;
-            T *dst = out + orow * HDl;
-#pragma unroll
-            for (int j = 0; j < HD / 8; ++j) {
-                const unsigned pk = na_pack2(o[mt][j][2 * rr] * inv, o[mt][j][2 * rr + 1] * inv, T());
-                *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) = pk;
-            }
-            if (t4 == 0) lse[orow] = (m[ri] + log2f(lt)) * 0.6931471805599453f;
-        }
+    na_fwd_store<T, HD, MT, TQ1, TQ2>(o, m, l, P, b, h, r, n, q0, warp * 16 * MT, g4, t4, out, lse);
 }
 
 #endif /* NATTEN_CUDA_FWD_TC_CUH */
