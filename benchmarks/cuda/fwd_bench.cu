@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../../src/cuda/na_fwd_tc.cuh"
+#include "../../src/cuda/na_fwd_wgmma.cuh"
 #ifdef NA_BENCH_BASE
 #include NA_BENCH_BASE /* defines na_fwd_tc_entry_base */
 #endif
@@ -40,6 +41,12 @@ typedef __nv_bfloat16 B16;
 template <int HD, int A, int B_, int C, int D, int E, int F, int NW>
 __global__ void k_bench_new(const int *pa, const B16 *q, const B16 *k, const B16 *v, B16 *o, float *lse) {
     na_fwd_tc_entry<B16, HD, A, B_, C, D, E, F, NW>(pa, q, k, v, o, lse);
+}
+/* the wgmma forward: 256 threads, one CTA per SM */
+template <int HD, int A, int B_, int C, int D, int E, int F, int NW>
+__global__ void __launch_bounds__(256, 1)
+    k_bench_wg(const int *pa, const B16 *q, const B16 *k, const B16 *v, B16 *o, float *lse) {
+    na_fwd_wgmma_entry<B16, HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
 }
 #ifdef NA_BENCH_BASE
 template <int HD, int A, int B_, int C, int D, int E, int F, int NW>
@@ -64,11 +71,12 @@ static const Case CASES[] = {
 struct Variant {
     const char *cs, *name;
     kfn fn;
-    int tq[3], nw, hd, is_new; /* is_new: NA_FWD_TC_SMEM layout, else the pre-0937 base entry's */
+    int tq[3], nw, hd, is_new; /* is_new: 1 NA_FWD_TC_SMEM layout, 2 NA_FWD_WGMMA_SMEM, 0 the pre-0937 base entry's */
 };
 
 #define V_NEW(CS, NAME, HD, A, B_, C, D, E, F, NW) \
     {CS, NAME, k_bench_new<HD, A, B_, C, D, E, F, NW>, {A, B_, C}, NW, HD, 1}
+#define V_WG(CS, NAME, HD, A, B_, C, D, E, F) {CS, NAME, k_bench_wg<HD, A, B_, C, D, E, F, 8>, {A, B_, C}, 8, HD, 2}
 #ifndef NA_BENCH_BASE_LAYOUT /* 1: the base entry uses NA_FWD_TC_SMEM's layout (since 0937) */
 #define NA_BENCH_BASE_LAYOUT 1
 #endif
@@ -95,6 +103,13 @@ static const Variant VARS[] = {
     V_NEW("hun", "new128", 128, 2, 8, 8, 1, 2, 32, 4),
     V_NEW("vis", "new64", 64, 8, 8, 1, 4, 16, 1, 4),
     V_NEW("vis", "new128", 64, 8, 16, 1, 8, 8, 1, 4),
+    V_WG("flux", "wg", 128, 8, 16, 1, 2, 32, 1),
+    V_WG("flux", "wg88", 128, 8, 16, 1, 8, 8, 1),
+    V_WG("1d", "wg", 128, 128, 1, 1, 64, 1, 1),
+    V_WG("hun", "wg", 128, 2, 8, 8, 1, 2, 32),
+    V_WG("hun", "wg444", 128, 2, 8, 8, 4, 4, 4),
+    V_WG("vis", "wg", 64, 8, 16, 1, 8, 8, 1),
+    V_WG("vis", "wg432", 64, 8, 16, 1, 4, 16, 1),
 };
 
 static float frand(unsigned long long &s) {
@@ -147,7 +162,9 @@ int main(int argc, char **argv) {
             int tiles = 1;
             for (int x = 0; x < 3; ++x) tiles *= (c.X[x] + v.tq[x] - 1) / v.tq[x];
             const int TQ = v.tq[0] * v.tq[1] * v.tq[2];
-            const int smem = v.is_new ? NA_FWD_TC_SMEM(TQ, v.hd) : (TQ + 4 * 64) * (v.hd + 8) * 2 + 8 * 64;
+            const int smem = v.is_new == 2 ? NA_FWD_WGMMA_SMEM(v.hd)
+                             : v.is_new ? NA_FWD_TC_SMEM(TQ, v.hd)
+                                        : (TQ + 4 * 64) * (v.hd + 8) * 2 + 8 * 64;
             CK(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
             cudaFuncAttributes fa;
             CK(cudaFuncGetAttributes(&fa, v.fn));
