@@ -43,10 +43,10 @@ __global__ void k_bench_new(const int *pa, const B16 *q, const B16 *k, const B16
     na_fwd_tc_entry<B16, HD, A, B_, C, D, E, F, NW>(pa, q, k, v, o, lse);
 }
 /* the wgmma forward: 256 threads, one CTA per SM */
-template <int HD, int A, int B_, int C, int D, int E, int F, int NW>
+template <int HD, int A, int B_, int C, int D, int E, int F, int NW, bool PIPE>
 __global__ void __launch_bounds__(256, 1)
     k_bench_wg(const int *pa, const B16 *q, const B16 *k, const B16 *v, B16 *o, float *lse) {
-    na_fwd_wgmma_entry<B16, HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse);
+    na_fwd_wgmma_entry<B16, HD, A, B_, C, D, E, F, PIPE>(pa, q, k, v, o, lse);
 }
 #ifdef NA_BENCH_BASE
 template <int HD, int A, int B_, int C, int D, int E, int F, int NW>
@@ -76,7 +76,8 @@ struct Variant {
 
 #define V_NEW(CS, NAME, HD, A, B_, C, D, E, F, NW) \
     {CS, NAME, k_bench_new<HD, A, B_, C, D, E, F, NW>, {A, B_, C}, NW, HD, 1}
-#define V_WG(CS, NAME, HD, A, B_, C, D, E, F) {CS, NAME, k_bench_wg<HD, A, B_, C, D, E, F, 8>, {A, B_, C}, 8, HD, 2}
+#define V_WG(CS, NAME, HD, A, B_, C, D, E, F, PIPE) \
+    {CS, NAME, k_bench_wg<HD, A, B_, C, D, E, F, 8, PIPE>, {A, B_, C}, 8, HD, 2}
 #ifndef NA_BENCH_BASE_LAYOUT /* 1: the base entry uses NA_FWD_TC_SMEM's layout (since 0937) */
 #define NA_BENCH_BASE_LAYOUT 1
 #endif
@@ -103,13 +104,17 @@ static const Variant VARS[] = {
     V_NEW("hun", "new128", 128, 2, 8, 8, 1, 2, 32, 4),
     V_NEW("vis", "new64", 64, 8, 8, 1, 4, 16, 1, 4),
     V_NEW("vis", "new128", 64, 8, 16, 1, 8, 8, 1, 4),
-    V_WG("flux", "wg", 128, 8, 16, 1, 2, 32, 1),
-    V_WG("flux", "wg88", 128, 8, 16, 1, 8, 8, 1),
-    V_WG("1d", "wg", 128, 128, 1, 1, 64, 1, 1),
-    V_WG("hun", "wg", 128, 2, 8, 8, 1, 2, 32),
-    V_WG("hun", "wg444", 128, 2, 8, 8, 4, 4, 4),
-    V_WG("vis", "wg", 64, 8, 16, 1, 8, 8, 1),
-    V_WG("vis", "wg432", 64, 8, 16, 1, 4, 16, 1),
+    V_WG("flux", "wg", 128, 8, 16, 1, 2, 32, 1, true),
+    V_WG("flux", "wgnp", 128, 8, 16, 1, 2, 32, 1, false),
+    V_WG("flux", "wg88", 128, 8, 16, 1, 8, 8, 1, true),
+    V_WG("1d", "wg", 128, 128, 1, 1, 64, 1, 1, true),
+    V_WG("1d", "wgnp", 128, 128, 1, 1, 64, 1, 1, false),
+    V_WG("hun", "wg", 128, 2, 8, 8, 1, 2, 32, true),
+    V_WG("hun", "wgnp", 128, 2, 8, 8, 1, 2, 32, false),
+    V_WG("hun", "wg444", 128, 2, 8, 8, 4, 4, 4, true),
+    V_WG("vis", "wg", 64, 8, 16, 1, 8, 8, 1, true),
+    V_WG("vis", "wgnp", 64, 8, 16, 1, 8, 8, 1, false),
+    V_WG("vis", "wg432", 64, 8, 16, 1, 4, 16, 1, true),
 };
 
 static float frand(unsigned long long &s) {

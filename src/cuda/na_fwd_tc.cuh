@@ -155,14 +155,15 @@ NA_DEV void na_tile_coords(int tt, const int nt[3], int kt[3]) {
 }
 
 /* Shared-memory element offset of 16-byte chunk `part` of row `row` in a
- * tile of rows of HD channels: padded rows of LD elements, or (BLK) the
- * wgmma "no swizzle" core-matrix layout -- 8-row groups of 8*HD elements,
- * inside a group chunk `part` of its 8 rows is one contiguous 128-byte core
- * matrix (rows 16 bytes apart). */
+ * tile of rows of HD channels (2-byte T): padded rows of ld elements, or
+ * (BLK) wgmma's 128-byte-swizzle layout for a tile of ld rows -- HD/64
+ * column regions of ld rows x 128 bytes, and in a row chunk c (of 8) at
+ * position c ^ (row & 7): the XOR of address bits 4-6 with bits 7-9 that the
+ * tensor cores apply (regions 1024-byte aligned). */
 template <typename T, int HD, bool BLK>
-NA_DEV int na_tile_off(int row, int part, int LD) {
+NA_DEV int na_tile_off(int row, int part, int ld) {
     constexpr int EPC = 16 / (int)sizeof(T);
-    return BLK ? (row >> 3) * 8 * HD + part * 8 * EPC + (row & 7) * EPC : row * LD + part * EPC;
+    return BLK ? (part >> 3) * ld * 8 * EPC + row * 8 * EPC + ((part & 7) ^ (row & 7)) * EPC : row * ld + part * EPC;
 }
 
 /* cp.async a box of 64 (or TQ) rows of HD channels: rows at local coords
@@ -325,9 +326,9 @@ NA_DEV unsigned long long na_tile_mask(const int lo[3], const int hi[3]) {
  * offsets of my rows are fixed for the whole walk (roff); a tile then costs
  * one 64-bit add per row and tensor, and only tiles that cross the key box's
  * end (lim) test each row.  Padded rows (BLK false): consecutive threads take
- * consecutive chunks of a row.  Core-matrix layout (BLK, see na_tile_off):
- * 8 consecutive threads take one chunk of 8 consecutive rows, i.e. one
- * contiguous 128-byte core matrix (no bank conflicts on the stores). */
+ * consecutive chunks of a row.  Swizzled layout (BLK, see na_tile_off): 8
+ * consecutive threads take one chunk of 8 consecutive rows, which the
+ * swizzle spreads over all banks. */
 template <typename T, int HD, int TK0, int TK1, int TK2, int NT, bool BLK>
 struct na_kv_loader {
     static constexpr int TK = TK0 * TK1 * TK2, EPC = 16 / (int)sizeof(T), CPR = HD / EPC, RSTEP = NT / CPR,
@@ -336,11 +337,11 @@ struct na_kv_loader {
     int r0, soff, istep;
     int roff[RPT];
     int ktl[3]; /* coordinates of the next tile to load (no divisions) */
-    NA_DEV void init(const int *tOff, int tid, int LD) {
-        const int part = BLK ? (tid >> 3) % CPR : tid % CPR;
+    NA_DEV void init(const int *tOff, int tid, int LD) { /* LD: row length, unused with BLK */
+        const int part = BLK ? (tid >> 3) % CPR : tid % CPR, ld = BLK ? TK : LD;
         r0 = BLK ? (tid & 7) + 8 * (tid / (8 * CPR)) : tid / CPR;
-        soff = na_tile_off<T, HD, BLK>(r0, part, LD);
-        istep = na_tile_off<T, HD, BLK>(RSTEP, 0, LD);
+        soff = na_tile_off<T, HD, BLK>(r0, part, ld); /* rows r0 + RSTEP*i: + RSTEP*i rows (RSTEP % 8 == 0) */
+        istep = na_tile_off<T, HD, BLK>(RSTEP, 0, ld);
 #pragma unroll
         for (int i = 0; i < RPT; ++i) roff[i] = (tOff[r0 + RSTEP * i] + part * EPC) * (int)sizeof(T);
         ktl[0] = ktl[1] = ktl[2] = 0;
@@ -477,10 +478,12 @@ NA_DEV void na_fwd_mask(float (&s)[MT][8][4], const int *sW, int wrow0, const in
  * moves only when a row's max passes it by more than 8 (so p <= 2^8,
  * harmless in f32 and bf16) and the warp then rescales its accumulators:
  * after the first tiles that is rare, which saves HD/2 multiplies per row
- * and tile. */
-template <int MT, int HD>
-NA_DEV void na_fwd_softmax(float (&s)[MT][8][4], float (&o)[MT][HD / 8][4], float (&m)[2 * MT],
-                           float (&l)[2 * MT], float sl2) {
+ * and tile.  In three steps (the wgmma kernel rescales O later, once the
+ * tensor cores are done with it): na_fwd_rowmax moves m, scales l and
+ * returns whether O needs na_fwd_rescale_o with corr; na_fwd_exp makes P. */
+template <int MT>
+NA_DEV bool na_fwd_rowmax(const float (&s)[MT][8][4], float (&m)[2 * MT], float (&l)[2 * MT],
+                          float (&corr)[2 * MT], float sl2) {
     float mxs[2 * MT];
     bool grow = false;
 #pragma unroll
@@ -495,23 +498,30 @@ NA_DEV void na_fwd_softmax(float (&s)[MT][8][4], float (&o)[MT][HD / 8][4], floa
             mxs[mt * 2 + rr] = mx * sl2;
             grow = grow || mx * sl2 > m[mt * 2 + rr] + 8.f;
         }
-    if (__any_sync(0xffffffffu, grow)) {
+    if (!__any_sync(0xffffffffu, grow)) return false;
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                const int ri = mt * 2 + rr;
-                const float mn = fmaxf(m[ri], mxs[ri]);
-                const float corr = mn == -INFINITY ? 1.f : na_ex2(m[ri] - mn);
-                m[ri] = mn;
-                l[ri] *= corr;
-#pragma unroll
-                for (int j = 0; j < HD / 8; ++j) {
-                    o[mt][j][2 * rr] *= corr;
-                    o[mt][j][2 * rr + 1] *= corr;
-                }
-            }
+    for (int ri = 0; ri < 2 * MT; ++ri) {
+        const float mn = fmaxf(m[ri], mxs[ri]);
+        corr[ri] = mn == -INFINITY ? 1.f : na_ex2(m[ri] - mn);
+        m[ri] = mn;
+        l[ri] *= corr[ri];
     }
+    return true;
+}
+template <int MT, int HD>
+NA_DEV void na_fwd_rescale_o(float (&o)[MT][HD / 8][4], const float (&corr)[2 * MT]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+            for (int j = 0; j < HD / 8; ++j) {
+                o[mt][j][2 * rr] *= corr[mt * 2 + rr];
+                o[mt][j][2 * rr + 1] *= corr[mt * 2 + rr];
+            }
+}
+template <int MT>
+NA_DEV void na_fwd_exp(float (&s)[MT][8][4], const float (&m)[2 * MT], float (&l)[2 * MT], float sl2) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -527,6 +537,13 @@ NA_DEV void na_fwd_softmax(float (&s)[MT][8][4], float (&o)[MT][HD / 8][4], floa
             }
             l[ri] += ls;
         }
+}
+template <int MT, int HD>
+NA_DEV void na_fwd_softmax(float (&s)[MT][8][4], float (&o)[MT][HD / 8][4], float (&m)[2 * MT],
+                           float (&l)[2 * MT], float sl2) {
+    float corr[2 * MT];
+    if (na_fwd_rowmax<MT>(s, m, l, corr, sl2)) na_fwd_rescale_o<MT, HD>(o, corr);
+    na_fwd_exp<MT>(s, m, l, sl2);
 }
 /* A fragment (m16k16) of P for keys 16*kk..16*kk+15 of m-tile mt. */
 template <typename T, int MT>

@@ -13,16 +13,23 @@
  * accumulator fragment of S, per warp, is mma.sync's m16n8 C fragment, which
  * is also the register A fragment: packed in place) and B = V from shared
  * memory, MN-major (keys x HD, HD contiguous: transposed B).  Q, K and V sit
- * in shared memory in the no-swizzle core-matrix layout (na_tile_off with
- * BLK): 8-row groups of 16*HD bytes, chunk c (8 channels) of a group's 8 rows
- * one 128-byte core matrix at byte c*128.  Descriptors (PTX ISA, canonical
- * layouts, no swizzle): K-major ((8,m),(T,2k)):((1T,SBO),(1,LBO)) -> LBO =
- * 128 (next 8 channels), SBO = 16*HD (next 8 rows); MN-major
- * ((T,1,m),(8,k)):((1,T,SBO),(1T,LBO)) -> SBO = 128 (next 8 channels),
- * LBO = 16*HD (next 8 keys).  K/V tiles: cp.async, two stages, one barrier
- * per tile; fence.proxy.async before the barrier makes the cp.async writes
- * visible to the tensor cores' (async proxy) reads.  Skip / no-mask decisions
- * are per warpgroup (wgmma is warpgroup-collective), masks per row.
+ * in shared memory in the 128-byte-swizzle layout (na_tile_off with BLK):
+ * HD/64 column regions of R rows x 128 bytes (8-row atoms of 1024 bytes),
+ * chunk c of row r at c ^ (r & 7).  Descriptors (PTX ISA, canonical layouts,
+ * 128B swizzle): K-major ((8,m),(T,2k)):((8T,SBO),(1,T)) -> SBO = 1024 (next
+ * 8 rows), LBO unused; a k-step of 16 channels advances the start address by
+ * 32 bytes inside a region, regions R*128 bytes apart.  MN-major
+ * ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)) -> LBO = 64*128 bytes (next 64
+ * channels: next region), SBO = 1024 (next 8 keys); a k-step of 16 keys
+ * advances by 2048 bytes.  (The no-swizzle core-matrix layout, also right,
+ * ran at 187 TFLOP/s on 1d-32k-w2k: its operand reads conflict.)  K/V tiles:
+ * cp.async, one barrier per tile; fence.proxy.async before the barrier makes
+ * the cp.async writes visible to the tensor cores' (async proxy) reads.
+ * PIPE (default): three K/V stages, and per tile the warpgroup issues
+ * S(t) = Q K(t)^T and O += P(t-1) V(t-1) together, waits for S(t) only, and
+ * does the softmax of tile t while the tensor cores run P(t-1) V(t-1)
+ * (O is rescaled after that MMA completes).  Skip / no-mask decisions are
+ * per warpgroup (wgmma is warpgroup-collective), masks per row.
  *
  * Scope: f16/bf16, head_dim == head_dim_v == HD in {64, 128}, out_stride 1,
  * no RPB, no extra KV, no varlen; dilation, per-axis causal, GNA stride, GQA,
@@ -32,28 +39,31 @@
  * Launch: 256 threads (__launch_bounds__(256, 1) on the wrapper: 2 warpgroups,
  * up to 255 registers), grid (query boxes, B*H) exactly as na_fwd_tc_entry's
  * with TQ0*TQ1*TQ2 = 128, dynamic shared memory NA_FWD_WGMMA_SMEM(HD) bytes
- * (raise the limit with cudaFuncSetAttribute when above 48 KiB: 100864 for
- * HD 128, 51968 for HD 64).
+ * (raise the limit with cudaFuncSetAttribute: 135776 for HD 128, 69216 for
+ * HD 64).
  */
 #ifndef NATTEN_CUDA_FWD_WGMMA_CUH
 #define NATTEN_CUDA_FWD_WGMMA_CUH
 
 #include "na_fwd_tc.cuh"
 
-/* Q tile, two K and two V stages (core-matrix layout, no padding), the
- * key-box table, per-row windows, per-warpgroup window bounds. */
-#define NA_FWD_WGMMA_SMEM(HD) ((128 + 4 * 64) * (HD) * 2 + 8 * 64 + 24 * 128 + 2 * 48)
+/* Q tile, three K and three V stages (swizzled layout, 1024-byte aligned at
+ * run time: + 1024), the key-box table, per-row windows, per-warpgroup
+ * window bounds. */
+#define NA_FWD_WGMMA_SMEM(HD) ((128 + 6 * 64) * (HD) * 2 + 1024 + 8 * 64 + 24 * 128 + 2 * 48)
 
-/* Shared-memory matrix descriptor, no swizzle: start address, leading and
- * stride byte offsets (each >> 4), swizzle bits 62-63 zero. */
+/* Shared-memory matrix descriptor, 128-byte swizzle (bits 62-63 = 1): start
+ * address, leading and stride byte offsets, each >> 4. */
 NA_DEV unsigned long long na_wg_desc(const void *p, int lbo, int sbo) {
     return (unsigned long long)((na_smem_u32(p) & 0x3FFFF) >> 4) | ((unsigned long long)(lbo >> 4) << 16) |
-           ((unsigned long long)(sbo >> 4) << 32);
+           ((unsigned long long)(sbo >> 4) << 32) | (1ull << 62);
 }
 /* K-major operand (rows x HD, HD contiguous: Q, K) / MN-major one (keys x HD
- * used as K x N: V) in na_tile_off's core-matrix layout. */
-template <int HD> NA_DEV unsigned long long na_wg_desc_kmajor(const void *p) { return na_wg_desc(p, 128, 16 * HD); }
-template <int HD> NA_DEV unsigned long long na_wg_desc_mnmajor(const void *p) { return na_wg_desc(p, 16 * HD, 128); }
+ * used as K x N: V, a tile of `rows` keys) in na_tile_off's swizzled layout. */
+NA_DEV unsigned long long na_wg_desc_kmajor(const void *p) { return na_wg_desc(p, 16, 1024); }
+NA_DEV unsigned long long na_wg_desc_mnmajor(const void *p, int rows) { return na_wg_desc(p, rows * 128, 1024); }
+/* 1024-byte aligned start of the dynamic shared memory (swizzle atoms) */
+NA_DEV unsigned char *na_smem_align1k(unsigned char *p) { return p + ((1024 - (na_smem_u32(p) & 1023)) & 1023); }
 
 NA_DEV void na_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 NA_DEV void na_wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -102,22 +112,33 @@ NA_WG_PV64(__half, "f16")
 NA_WG_PV128(__nv_bfloat16, "bf16")
 NA_WG_PV128(__half, "f16")
 
-/* S = Q K^T for one warpgroup: 64 query rows (descriptor dq) x 64 keys
- * (descriptor dk), HD/16 k-steps of 16 channels (32 bytes = two core
- * matrices, LBO apart: +256 bytes). */
+/* Issue S = Q K^T for one warpgroup: 64 query rows (descriptor dq, tile of
+ * QR rows) x 64 keys (descriptor dk, tile of 64 rows), HD/16 k-steps of 16
+ * channels: +32 bytes inside a 128-byte row, +rows*128 bytes per region. */
+template <typename T, int HD, int QR>
+NA_DEV void na_wg_qk_issue(float (&s)[8][4], unsigned long long dq, unsigned long long dk) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+        na_wg_qk(s, dq + (((kk & 3) * 32 + (kk >> 2) * QR * 128) >> 4), dk + (((kk & 3) * 32 + (kk >> 2) * 64 * 128) >> 4),
+                 kk > 0, T());
+}
+/* Issue O += P V for one warpgroup: P (64 x 64 keys) as A fragments pa,
+ * V (64 keys x HD, descriptor dv): 4 k-steps of 16 keys (+2048 bytes). */
 template <typename T, int HD>
+NA_DEV void na_wg_pv_issue(float (&o)[HD / 8][4], const unsigned (&pa)[4][4], unsigned long long dv) {
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) na_wg_pv(o, pa[kk], dv + ((kk * 2048) >> 4), 1, T());
+}
+/* The two MMAs of a tile, each issued and waited for on its own. */
+template <typename T, int HD, int QR>
 NA_DEV void na_wg_qk_tile(float (&s)[8][4], unsigned long long dq, unsigned long long dk) {
     na_wg_keep<8>(s);
     na_wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) na_wg_qk(s, dq + kk * (256 >> 4), dk + kk * (256 >> 4), kk > 0, T());
+    na_wg_qk_issue<T, HD, QR>(s, dq, dk);
     na_wg_commit();
     na_wg_wait<0>();
     na_wg_keep<8>(s);
 }
-/* O += P V for one warpgroup: P (64 x 64 keys) from the S fragments in
- * registers, V (64 keys x HD, descriptor dv): 4 k-steps of 16 keys (two
- * 8-key core-matrix groups: +2 * 16*HD bytes). */
 template <typename T, int HD>
 NA_DEV void na_wg_pv_tile(float (&o)[HD / 8][4], const float (&s)[1][8][4], unsigned long long dv) {
     unsigned pa[4][4];
@@ -125,24 +146,23 @@ NA_DEV void na_wg_pv_tile(float (&o)[HD / 8][4], const float (&s)[1][8][4], unsi
     for (int kk = 0; kk < 4; ++kk) na_fwd_pfrag<T, 1>(pa[kk], s, 0, kk);
     na_wg_keep<HD / 8>(o);
     na_wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) na_wg_pv(o, pa[kk], dv + kk * ((32 * HD) >> 4), 1, T());
+    na_wg_pv_issue<T, HD>(o, pa, dv);
     na_wg_commit();
     na_wg_wait<0>();
     na_wg_keep<HD / 8>(o);
 }
 
-template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, bool PIPE = true>
 NA_DEV void na_fwd_wgmma_entry(const int *params, const T *q, const T *k, const T *v, T *out, float *lse) {
-    constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2, NT = 256;
+    constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2, NT = 256, ST = PIPE ? 3 : 2;
     static_assert(TQ == 128 && TK == 64, "128-query boxes (2 warpgroups x m64), 64-key tiles");
     static_assert(HD == 64 || HD == 128, "head dim 64 or 128");
     static_assert(sizeof(T) == 2, "f16 / bf16");
     extern __shared__ __align__(16) unsigned char na_smem_raw[];
-    T *sQ = reinterpret_cast<T *>(na_smem_raw); /* [TQ * HD], core-matrix layout */
-    T *sK = sQ + TQ * HD;                      /* [2][TK * HD] */
-    T *sV = sK + 2 * TK * HD;
-    int *tOff = reinterpret_cast<int *>(sV + 2 * TK * HD); /* [TK] key-box table */
+    T *sQ = reinterpret_cast<T *>(na_smem_align1k(na_smem_raw)); /* [TQ * HD], swizzled */
+    T *sK = sQ + TQ * HD;                                        /* [ST][TK * HD] */
+    T *sV = sK + ST * TK * HD;
+    int *tOff = reinterpret_cast<int *>(sV + ST * TK * HD); /* [TK] key-box table */
     int *tU = tOff + TK;
     int *sW = tU + TK; /* [TQ][6]: window lo[3], hi[3] of each query row */
 
@@ -156,7 +176,7 @@ NA_DEV void na_fwd_wgmma_entry(const int *params, const T *q, const T *k, const 
 
     /* ---- Q tile -> smem (inactive queries zero), then key tile 0 */
     const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
-    na_load_box<T, HD, TQ0, TQ1, TQ2, NT, true>(sQ, 0, q, P.H, h, b, P, r, q0, lastq, tid);
+    na_load_box<T, HD, TQ0, TQ1, TQ2, NT, true>(sQ, TQ, q, P.H, h, b, P, r, q0, lastq, tid);
     na_cp_commit();
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     na_fwd_row_windows<TQ, TQ1, TQ2>(P, r, n, q0, sW, tid, NT);
@@ -177,21 +197,24 @@ NA_DEV void na_fwd_wgmma_entry(const int *params, const T *q, const T *k, const 
 #pragma unroll
     for (int j = 0; j < 8; ++j) s[0][j][0] = s[0][j][1] = s[0][j][2] = s[0][j][3] = 0.f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const unsigned long long dq = na_wg_desc_kmajor<HD>(sQ + wg * 64 * HD);
-    const unsigned long long dk0 = na_wg_desc_kmajor<HD>(sK), dv0 = na_wg_desc_mnmajor<HD>(sV);
+    const unsigned long long dq = na_wg_desc_kmajor(sQ + wg * 64 * 64); /* row 64*wg of each region */
+    const unsigned long long dk0 = na_wg_desc_kmajor(sK), dv0 = na_wg_desc_mnmajor(sV, TK);
     constexpr int STAGE16 = TK * HD * 2 >> 4; /* descriptor address step of one stage */
+    unsigned pa[4][4] = {};                   /* PIPE: P of the previous tile (none: 0), its V stage */
+    int pst16 = 0;
 
     int kt[3] = {0, 0, 0}; /* coordinates of the current tile */
     for (int tt = 0; tt < ntiles; ++tt) {
-        /* two stages, one barrier per tile: tile tt has landed and both
-         * warpgroups are done with tile tt-1 (their MMAs waited for), whose
-         * stage tile tt+1 now reuses */
+        /* one barrier per tile: tile tt has landed and both warpgroups are
+         * done with the stage tile tt+1 now reuses (tile tt-1 with two
+         * stages, tt-2 with three: its P V was waited for in tile tt-1) */
         na_cp_wait<0>();
         na_fence_proxy_async();
         __syncthreads();
+        const int st = tt % ST;
         if (tt + 1 < ntiles) {
-            const int st = (tt + 1) & 1;
-            ld.load(P, b, r, kvh, kmin, kmax, nkt, k, v, tU, sK + st * TK * HD, sV + st * TK * HD);
+            const int sn = st + 1 == ST ? 0 : st + 1;
+            ld.load(P, b, r, kvh, kmin, kmax, nkt, k, v, tU, sK + sn * TK * HD, sV + sn * TK * HD);
             na_cp_commit();
         }
         int base[3];
@@ -200,12 +223,47 @@ NA_DEV void na_fwd_wgmma_entry(const int *params, const T *q, const T *k, const 
         bool full, empty;
         na_fwd_tile_decide<TK0, TK1, TK2>(sB, base, &full, &empty);
         na_tile_next(kt, nkt);
-        if (empty) continue; /* warpgroup-uniform */
-        const int st16 = (tt & 1) * STAGE16;
-        na_wg_qk_tile<T, HD>(s[0], dq, dk0 + st16);
+        if (!PIPE) {
+            if (empty) continue; /* warpgroup-uniform */
+            na_wg_qk_tile<T, HD, TQ>(s[0], dq, dk0 + st * STAGE16);
+            if (!full) na_fwd_mask<1, TK0, TK1, TK2>(s, sW, warp * 16, base, g4, t4);
+            na_fwd_softmax<1, HD>(s, o, m, l, sl2);
+            na_wg_pv_tile<T, HD>(o[0], s, dv0 + st * STAGE16);
+            continue;
+        }
+        /* PIPE: S(tt) and P(tt-1) V(tt-1) issued together; the softmax of
+         * tile tt runs while the tensor cores do P V; O is rescaled after.
+         * No branch around the MMAs or waits (ptxas serializes wgmma issued
+         * or waited for under a branch, C7520): a tile outside every window
+         * of the warpgroup is computed and masked to P = 0, and tile 0's
+         * P V runs with P = 0 (on V of tile 0, finite). */
+        na_wg_keep<8>(s[0]);
+        na_wg_keep<HD / 8>(o[0]);
+        na_wg_fence();
+        na_wg_qk_issue<T, HD, TQ>(s[0], dq, dk0 + st * STAGE16);
+        na_wg_commit();
+        na_wg_pv_issue<T, HD>(o[0], pa, dv0 + pst16);
+        na_wg_commit();
+        na_wg_wait<1>(); /* S(tt) done, P V may run on */
+        na_wg_keep<8>(s[0]);
         if (!full) na_fwd_mask<1, TK0, TK1, TK2>(s, sW, warp * 16, base, g4, t4);
-        na_fwd_softmax<1, HD>(s, o, m, l, sl2);
-        na_wg_pv_tile<T, HD>(o[0], s, dv0 + st16);
+        float corr[2];
+        const bool resc = na_fwd_rowmax<1>(s, m, l, corr, sl2);
+        na_fwd_exp<1>(s, m, l, sl2);
+        na_wg_wait<0>();
+        na_wg_keep<HD / 8>(o[0]);
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) na_fwd_pfrag<T, 1>(pa[kk], s, 0, kk);
+        if (resc) na_fwd_rescale_o<1, HD>(o, corr);
+        pst16 = st * STAGE16;
+    }
+    if (PIPE) {
+        na_wg_keep<HD / 8>(o[0]);
+        na_wg_fence();
+        na_wg_pv_issue<T, HD>(o[0], pa, dv0 + pst16);
+        na_wg_commit();
+        na_wg_wait<0>();
+        na_wg_keep<HD / 8>(o[0]);
     }
     na_fwd_store<T, HD, 1, TQ1, TQ2>(o, m, l, P, b, h, r, n, q0, warp * 16, g4, t4, out, lse);
 }

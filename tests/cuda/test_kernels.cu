@@ -360,7 +360,7 @@ static int test_fwd(const Prob &P, int mode) {
  * D x E x F, NW warps, so 16 or 32 query rows per warp) against the host brute
  * force: output poisoned first (every element must be written), errors as
  * max |diff| on O(1) data. */
-template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int NW, bool WG = false>
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int NW, int WG = 0>
 static int test_fwd_tc(const Prob &P) {
     const int ntok = P.X[0] * P.X[1] * P.X[2];
     const size_t nq = (size_t)P.B * ntok * P.H * HD, nk = (size_t)P.B * ntok * P.Hkv * HD;
@@ -381,11 +381,11 @@ static int test_fwd_tc(const Prob &P) {
     T *dq = upload<T>(q), *dk = upload<T>(k), *dv = upload<T>(v), *dout;
     CK(cudaMalloc(&dout, nq * 2));
     CK(cudaMemset(dout, 0xff, nq * 2)); /* NaN in f16 and bf16 */
-    /* WG: the wgmma forward (na_fwd_wgmma.cuh; 256 threads, NW unused) */
+    /* WG 1 / 2: the wgmma forward (na_fwd_wgmma.cuh; 256 threads, NW unused), PIPE on / off */
     void (*kern)(const int *, const T *, const T *, const T *, T *, float *);
     int smem, nthr;
-    if constexpr (WG) {
-        kern = k_fwd_wgmma<T, HD, A, B_, C, D, E, F>;
+    if constexpr (WG != 0) {
+        kern = k_fwd_wgmma<T, HD, A, B_, C, D, E, F, WG == 1>;
         smem = NA_FWD_WGMMA_SMEM(HD);
         nthr = 256;
     } else {
@@ -417,7 +417,7 @@ static int test_fwd_tc(const Prob &P) {
     const int bad = !(eo <= 2e-2 && el <= 2e-2 && unwritten == 0);
     printf("fwd %s %s HD=%d tiles %dx%dx%d/%dx%dx%d NW=%d X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d gs=%dx%dx%d "
            "causal=%d%d%d H=%d/%d B=%d: max|dout|=%.2e max|dlse|=%.2e unwritten=%zu %s\n",
-           WG ? "wgmma" : "tc", sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, A, B_, C, D, E,
+           WG == 1 ? "wgmma" : WG == 2 ? "wgmma-np" : "tc", sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, A, B_, C, D, E,
            F, NW, P.X[0],
            P.X[1], P.X[2], P.K[0], P.K[1], P.K[2], P.dil[0], P.dil[1], P.dil[2], P.gs[0], P.gs[1], P.gs[2],
            P.causal[0], P.causal[1], P.causal[2], P.H, P.Hkv, P.B, eo, el, unwritten, bad ? "FAIL" : "ok");
@@ -426,15 +426,15 @@ static int test_fwd_tc(const Prob &P) {
 
 /* ---- wgmma layout unit test: one warpgroup, S = Q K^T (HD/16 m64n64k16,
  * A and B K-major from shared memory) and O = P V (4 m64n{HD}k16, P from
- * registers, V MN-major), with the kernel's own helpers (na_tile_off core-matrix
- * layout, descriptors, accumulator fragment mapping), on small integers:
+ * registers, V MN-major), with the kernel's own helpers (na_tile_off swizzled
+ * layout, descriptors, k-step advance, accumulator fragment mapping), on small integers:
  * exact in f32, so any layout error shows as a mismatch. */
 template <typename T, int HD>
 __global__ void k_wg_layout(const float *qh, const float *kh, const float *vh, float *so, float *oo) {
     extern __shared__ __align__(16) unsigned char na_smem_raw[];
-    T *sQ = reinterpret_cast<T *>(na_smem_raw), *sK = sQ + 64 * HD, *sV = sK + 64 * HD;
+    T *sQ = reinterpret_cast<T *>(na_smem_align1k(na_smem_raw)), *sK = sQ + 64 * HD, *sV = sK + 64 * HD;
     for (int i = threadIdx.x; i < 64 * HD; i += 128) {
-        const int row = i / HD, c = i % HD, off = na_tile_off<T, HD, true>(row, c / 8, 0) + c % 8;
+        const int row = i / HD, c = i % HD, off = na_tile_off<T, HD, true>(row, c / 8, 64) + c % 8;
         sQ[off] = (T)qh[i];
         sK[off] = (T)kh[i];
         sV[off] = (T)vh[i];
@@ -446,7 +446,7 @@ __global__ void k_wg_layout(const float *qh, const float *kh, const float *vh, f
         for (int e = 0; e < 4; ++e) s[0][j][e] = 1e6f; /* overwritten: the first k-step does not accumulate */
     for (int j = 0; j < HD / 8; ++j)
         for (int e = 0; e < 4; ++e) o[j][e] = 0.f;
-    na_wg_qk_tile<T, HD>(s[0], na_wg_desc_kmajor<HD>(sQ), na_wg_desc_kmajor<HD>(sK));
+    na_wg_qk_tile<T, HD, 64>(s[0], na_wg_desc_kmajor(sQ), na_wg_desc_kmajor(sK));
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g4 = lane >> 2, t4 = lane & 3;
     for (int j = 0; j < 8; ++j)
         for (int e = 0; e < 4; ++e) {
@@ -454,7 +454,7 @@ __global__ void k_wg_layout(const float *qh, const float *kh, const float *vh, f
             so[row * 64 + col] = s[0][j][e];
             s[0][j][e] = (float)((row * 3 + col * 5) % 7 - 3); /* P */
         }
-    na_wg_pv_tile<T, HD>(o, s, na_wg_desc_mnmajor<HD>(sV));
+    na_wg_pv_tile<T, HD>(o, s, na_wg_desc_mnmajor(sV, 64));
     for (int j = 0; j < HD / 8; ++j)
         for (int e = 0; e < 4; ++e) oo[(warp * 16 + g4 + (e >> 1) * 8) * HD + j * 8 + 2 * t4 + (e & 1)] = o[j][e];
 }
@@ -467,7 +467,7 @@ static int test_wg_layout() {
     float *dq = upload<float>(q), *dk = upload<float>(k), *dv = upload<float>(v), *ds, *dO;
     CK(cudaMalloc(&ds, 64 * 64 * 4));
     CK(cudaMalloc(&dO, 64 * HD * 4));
-    const int smem = 3 * 64 * HD * 2;
+    const int smem = 3 * 64 * HD * 2 + 1024;
     CK(cudaFuncSetAttribute(k_wg_layout<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     k_wg_layout<T, HD><<<1, 128, smem>>>(dq, dk, dv, ds, dO);
     CK(cudaGetLastError());
@@ -713,20 +713,24 @@ int main() {
     fails += test_wg_layout<B16, 128>();
     fails += test_wg_layout<__half, 64>();
     fails += test_wg_layout<__half, 128>();
-    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, true>(t3);
-    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, true>(t4);
-    fails += test_fwd_tc<B16, 128, 8, 16, 1, 2, 32, 1, 8, true>(t3);
-    fails += test_fwd_tc<B16, 128, 8, 16, 1, 2, 32, 1, 8, true>(t4);
-    fails += test_fwd_tc<__half, 128, 8, 16, 1, 2, 32, 1, 8, true>(t4);
-    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, true>(t8);
-    fails += test_fwd_tc<__half, 128, 128, 1, 1, 64, 1, 1, 8, true>(t8);
-    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, true>(t2w);
-    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, true>(t6);
-    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, true>(t7);
-    fails += test_fwd_tc<__half, 128, 2, 8, 8, 4, 4, 4, 8, true>(t6);
-    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, true>(t5);
-    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, true>(t3h);
-    fails += test_fwd_tc<B16, 64, 128, 1, 1, 64, 1, 1, 8, true>(c2w);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, 1>(t3);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, 1>(t4);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 2, 32, 1, 8, 1>(t3);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 2, 32, 1, 8, 1>(t4);
+    fails += test_fwd_tc<__half, 128, 8, 16, 1, 2, 32, 1, 8, 1>(t4);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 1>(t8);
+    fails += test_fwd_tc<__half, 128, 128, 1, 1, 64, 1, 1, 8, 1>(t8);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 1>(t2w);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 1>(t6);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 1>(t7);
+    fails += test_fwd_tc<__half, 128, 2, 8, 8, 4, 4, 4, 8, 1>(t6);
+    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, 1>(t5);
+    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, 1>(t3h);
+    fails += test_fwd_tc<B16, 64, 128, 1, 1, 64, 1, 1, 8, 1>(c2w);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 2, 32, 1, 8, 2>(t4); /* without the MMA / softmax overlap */
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 2>(t8);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 2>(t6);
+    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, 2>(t5);
     /* backward: tile shapes of the 2-D (asymmetric: the dk/dv pass swaps them), 1-D and 3-D plans */
     Prob b2 = {{20, 23, 1}, {7, 9, 1}, {1, 2, 1}, {1, 1, 1}, {0, 1, 0}, 4, 2, 32, 2};
     fails += test_bwd<32, 8, 8, 1, 4, 16, 1>(b2, true);
