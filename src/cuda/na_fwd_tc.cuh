@@ -580,6 +580,44 @@ NA_DEV void na_fwd_store(const float (&o)[MT][HD / 8][4], const float (&m)[2 * M
         }
 }
 
+/* Per-CTA setup of the forward kernels: parameters, (batch, head) of
+ * blockIdx.y and its kv head, the query box of blockIdx.x and the box of
+ * key tiles covering its windows.  False: no query here. */
+template <int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV bool na_fwd_cta(const int *params, na_params &P, int &b, int &h, int &kvh, int r[3], int n[3], int q0[3],
+                       int kmin[3], int kmax[3], int nkt[3], int &ntiles) {
+    P = na_load_params(params);
+    const int bh = blockIdx.y;
+    b = bh / P.H;
+    h = bh % P.H;
+    kvh = h / (P.H / P.Hkv);
+    if (!na_fwd_box<TQ0, TQ1, TQ2, TK0, TK1, TK2>(P, blockIdx.x, r, n, q0, kmin, kmax, nkt)) return false;
+    ntiles = nkt[0] * nkt[1] * nkt[2];
+    return true;
+}
+/* Q tile -> smem (inactive queries zero; one cp.async group), the key-box
+ * table and the per-row windows, then a barrier. */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, int NT, bool BLK>
+NA_DEV void na_fwd_prologue(const na_params &P, int b, int h, const int r[3], const int n[3], const int q0[3],
+                            const T *q, T *sQ, int ld, int *tOff, int *tU, int *sW, int tid) {
+    const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
+    na_load_box<T, HD, TQ0, TQ1, TQ2, NT, BLK>(sQ, ld, q, P.H, h, b, P, r, q0, lastq, tid);
+    na_cp_commit();
+    na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
+    na_fwd_row_windows<TQ0 * TQ1 * TQ2, TQ1, TQ2>(P, r, n, q0, sW, tid, NT);
+    __syncthreads();
+}
+/* Origin (group-local) of key tile kt, its state against the bounds sB (full:
+ * no mask, empty: skip), and kt stepped to the next tile. */
+template <int TK0, int TK1, int TK2>
+NA_DEV void na_fwd_tile_step(int kt[3], const int nkt[3], const int kmin[3], const int *sB, int base[3], bool *full,
+                             bool *empty) {
+#pragma unroll
+    for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * (x == 0 ? TK0 : x == 1 ? TK1 : TK2);
+    na_fwd_tile_decide<TK0, TK1, TK2>(sB, base, full, empty);
+    na_tile_next(kt, nkt);
+}
+
 /* NW warps; each owns 16*MT query rows (MT = TQ / (16*NW) m-tiles).
  *
  * Per key tile a warp first decides from warp-uniform bounds whether the
@@ -607,21 +645,13 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
     int *tU = tOff + TK;
     int *sW = tU + TK; /* [TQ][6]: window lo[3], hi[3] of each query row */
 
-    const na_params P = na_load_params(params);
+    na_params P;
+    int b, h, kvh, r[3], n[3], q0[3], kmin[3], kmax[3], nkt[3], ntiles;
+    if (!na_fwd_cta<TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, P, b, h, kvh, r, n, q0, kmin, kmax, nkt, ntiles)) return;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int bh = blockIdx.y, b = bh / P.H, h = bh % P.H;
-    const int kvh = h / (P.H / P.Hkv);
-    int r[3], n[3], q0[3], kmin[3], kmax[3], nkt[3];
-    if (!na_fwd_box<TQ0, TQ1, TQ2, TK0, TK1, TK2>(P, blockIdx.x, r, n, q0, kmin, kmax, nkt)) return;
-    const int ntiles = nkt[0] * nkt[1] * nkt[2];
 
     /* ---- Q tile -> smem (inactive queries zero), then key tile 0 */
-    const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
-    na_load_box<T, HD, TQ0, TQ1, TQ2, NT>(sQ, LD, q, P.H, h, b, P, r, q0, lastq, tid);
-    na_cp_commit();
-    na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
-    na_fwd_row_windows<TQ, TQ1, TQ2>(P, r, n, q0, sW, tid, NT);
-    __syncthreads();
+    na_fwd_prologue<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, NT, false>(P, b, h, r, n, q0, q, sQ, LD, tOff, tU, sW, tid);
     na_kv_loader<T, HD, TK0, TK1, TK2, NT, false> ld;
     ld.init(tOff, tid, LD);
     ld.load(P, b, r, kvh, kmin, kmax, nkt, k, v, tU, sK, sV);
@@ -665,11 +695,8 @@ NA_DEV void na_fwd_tc_entry(const int *params, const T *q, const T *k, const T *
         }
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
         int base[3];
-#pragma unroll
-        for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * (x == 0 ? TK0 : x == 1 ? TK1 : TK2);
         bool full, empty;
-        na_fwd_tile_decide<TK0, TK1, TK2>(sB, base, &full, &empty);
-        na_tile_next(kt, nkt);
+        na_fwd_tile_step<TK0, TK1, TK2>(kt, nkt, kmin, sB, base, &full, &empty);
         if (empty) continue;
         float s[MT][8][4];
 #pragma unroll

@@ -28,7 +28,10 @@
  * PIPE (default): three K/V stages, and per tile the warpgroup issues
  * S(t) = Q K(t)^T and O += P(t-1) V(t-1) together, waits for S(t) only, and
  * does the softmax of tile t while the tensor cores run P(t-1) V(t-1)
- * (O is rescaled after that MMA completes).  Skip / no-mask decisions are
+ * (O is rescaled after that MMA completes).  Tried and dropped: warpgroup 1
+ * running half a tile behind (its softmax against warpgroup 0's MMAs, FA3's
+ * ping-pong without named barriers): H100 1d-32k-w2k 0.1189-0.1208 vs
+ * 0.1183-0.1199 ms, hunyuan 81.7 vs 75.4 ms.  Skip / no-mask decisions are
  * per warpgroup (wgmma is warpgroup-collective), masks per row.
  *
  * Scope: f16/bf16, head_dim == head_dim_v == HD in {64, 128}, out_stride 1,
@@ -39,8 +42,10 @@
  * Launch: 256 threads (__launch_bounds__(256, 1) on the wrapper: 2 warpgroups,
  * up to 255 registers), grid (query boxes, B*H) exactly as na_fwd_tc_entry's
  * with TQ0*TQ1*TQ2 = 128, dynamic shared memory NA_FWD_WGMMA_SMEM(HD) bytes
- * (raise the limit with cudaFuncSetAttribute: 135776 for HD 128, 69216 for
- * HD 64).
+ * (raise the limit with cudaFuncSetAttribute: 135776 for HD 128, 70240 for
+ * HD 64).  NVRTC (-arch=sm_90a) compiles it pasted after window.cuh,
+ * na_common.cuh and na_fwd_tc.cuh (INFINITY from the JIT's preamble, as for
+ * na_fwd_tc.cuh).
  */
 #ifndef NATTEN_CUDA_FWD_WGMMA_CUH
 #define NATTEN_CUDA_FWD_WGMMA_CUH
@@ -166,21 +171,13 @@ NA_DEV void na_fwd_wgmma_entry(const int *params, const T *q, const T *k, const 
     int *tU = tOff + TK;
     int *sW = tU + TK; /* [TQ][6]: window lo[3], hi[3] of each query row */
 
-    const na_params P = na_load_params(params);
+    na_params P;
+    int b, h, kvh, r[3], n[3], q0[3], kmin[3], kmax[3], nkt[3], ntiles;
+    if (!na_fwd_cta<TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, P, b, h, kvh, r, n, q0, kmin, kmax, nkt, ntiles)) return;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-    const int bh = blockIdx.y, b = bh / P.H, h = bh % P.H;
-    const int kvh = h / (P.H / P.Hkv);
-    int r[3], n[3], q0[3], kmin[3], kmax[3], nkt[3];
-    if (!na_fwd_box<TQ0, TQ1, TQ2, TK0, TK1, TK2>(P, blockIdx.x, r, n, q0, kmin, kmax, nkt)) return;
-    const int ntiles = nkt[0] * nkt[1] * nkt[2];
 
     /* ---- Q tile -> smem (inactive queries zero), then key tile 0 */
-    const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
-    na_load_box<T, HD, TQ0, TQ1, TQ2, NT, true>(sQ, TQ, q, P.H, h, b, P, r, q0, lastq, tid);
-    na_cp_commit();
-    na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
-    na_fwd_row_windows<TQ, TQ1, TQ2>(P, r, n, q0, sW, tid, NT);
-    __syncthreads();
+    na_fwd_prologue<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, NT, true>(P, b, h, r, n, q0, q, sQ, TQ, tOff, tU, sW, tid);
     na_kv_loader<T, HD, TK0, TK1, TK2, NT, true> ld;
     ld.init(tOff, tid, 0);
     ld.load(P, b, r, kvh, kmin, kmax, nkt, k, v, tU, sK, sV);
@@ -218,11 +215,8 @@ NA_DEV void na_fwd_wgmma_entry(const int *params, const T *q, const T *k, const 
             na_cp_commit();
         }
         int base[3];
-#pragma unroll
-        for (int x = 0; x < 3; ++x) base[x] = kmin[x] + kt[x] * (x == 0 ? TK0 : x == 1 ? TK1 : TK2);
         bool full, empty;
-        na_fwd_tile_decide<TK0, TK1, TK2>(sB, base, &full, &empty);
-        na_tile_next(kt, nkt);
+        na_fwd_tile_step<TK0, TK1, TK2>(kt, nkt, kmin, sB, base, &full, &empty);
         if (!PIPE) {
             if (empty) continue; /* warpgroup-uniform */
             na_wg_qk_tile<T, HD, TQ>(s[0], dq, dk0 + st * STAGE16);
