@@ -319,7 +319,8 @@ _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 
 
 @lru_cache(maxsize=64)
-def _precompiled_fwd(entry: str, dtype_name: str, targs: tuple, threads: int, smem: int, target: str):
+def _precompiled_fwd(entry: str, dtype_name: str, targs: tuple, threads: int, smem: int, target: str,
+                     min_blocks: int = 0):
     """A tiled forward entry (na_fwd_tc_entry, na_fwd_wgmma_entry) compiled by
     cuda_jit for `target`, as a callable with cuda_kernel's call interface
     (inputs=, grid=, threadgroup=, output_shapes=, output_dtypes=).  The
@@ -327,10 +328,11 @@ def _precompiled_fwd(entry: str, dtype_name: str, targs: tuple, threads: int, sm
     name."""
     ct = _CTYPE[dtype_name]
     fn = "natten_%s_%s_%s_%s" % (entry, dtype_name, "_".join(map(str, targs)), target)
-    src = (_header(_header_kind(entry)) + '\nextern "C" __global__ void __launch_bounds__(%d) %s('
+    bounds = "%d, %d" % (threads, min_blocks) if min_blocks else str(threads)
+    src = (_header(_header_kind(entry)) + '\nextern "C" __global__ void __launch_bounds__(%s) %s('
            "const int *params, const %s *q, const %s *k, const %s *v, %s *out, float *lse) {\n"
            "  na_%s_entry<%s, %s>(params, q, k, v, out, lse);\n}\n"
-           % (threads, fn, ct, ct, ct, ct, entry, ct, ", ".join(map(str, targs))))
+           % (bounds, fn, ct, ct, ct, ct, entry, ct, ", ".join(map(str, targs))))
     data = cuda_jit.cubin(src, target)
 
     def launch(inputs, grid, threadgroup, output_shapes, output_dtypes):
@@ -430,6 +432,9 @@ def _prod(t):
 #   NATTEN_CUDA_TQ=128w     128-query forward tiles, 1 m-tile per warp (8 warps)
 #   NATTEN_CUDA_TQ=64       64-query forward tiles (4 warps)
 #   (default: see _fwd_tc_shape)
+#   NATTEN_CUDA_WGMMA=0     never the Hopper wgmma forward (na_fwd_wgmma.cuh)
+#   NATTEN_CUDA_WGMMA=1     the wgmma forward for every problem in its scope
+#                           (default: see _use_wgmma)
 #   NATTEN_CUDA_SMALL=R     problems of at most R query rows (B*N*H) and a window
 #                           of at most _SMALL_KK keys run the warp-per-row kernels,
 #                           any rank and dtype (0: tiled whenever it applies);
@@ -457,7 +462,8 @@ _SMALL_KK_ANY = 64  # window limit under NATTEN_CUDA_SMALL=R
 def refresh_env():
     """Re-read the NATTEN_CUDA_* switches (they are read once, at import)."""
     _env.clear()
-    for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ", "NATTEN_CUDA_SMALL"):
+    for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ", "NATTEN_CUDA_SMALL",
+                 "NATTEN_CUDA_WGMMA"):
         _env[name] = os.environ.get(name, "")
     _fwd_plans.clear()
 
@@ -502,9 +508,12 @@ def _pow2_shapes(rank, total):
 
 
 @lru_cache(maxsize=256)
-def _choose_tiles(p: NAParams, X: tuple, tq_total: int):
+def _choose_tiles(p: NAParams, X: tuple, tq_total: int, compact_keys: bool = False):
     """Query box (tq_total queries) and key box (64 keys) minimising the
-    tensor-core work: query tiles x key tiles of the windows' union box."""
+    tensor-core work: query tiles x key tiles of the windows' union box.
+    compact_keys: among equal counts take the key tile closest to a square or
+    cube (the wgmma forward, H100: flux-2d-256-w80 17.9 ms with 8x8 key tiles
+    against 20.1 with 2x32, the same 132 tiles a box)."""
     rank = p.rank
     X3, K3, d3 = _pad3(X, 1), _pad3(p.kernel, 1), _pad3(p.dilation, 1)
     s3 = _pad3(p.gna_stride, 1)
@@ -519,15 +528,15 @@ def _choose_tiles(p: NAParams, X: tuple, tq_total: int):
             if any(tk[a] > 2 * union[a] for a in range(3)):
                 continue
             kt = _prod(-(-union[a] // tk[a]) for a in range(3))
-            cost = qt * kt
+            cost = (qt * kt, max(tk[:rank]) // min(tk[:rank]) if compact_keys else 0)
             if best is None or cost < best[0]:
                 best = (cost, tq, tk)
     return None if best is None else (best[1], best[2])
 
 
-def _default_tiles(p: NAParams, X, tq_total=128):
+def _default_tiles(p: NAParams, X, tq_total=128, compact_keys=False):
     """Query tile (TQ queries) and key tile (64 keys) shapes."""
-    return _choose_tiles(p, tuple(int(x) for x in X), tq_total)
+    return _choose_tiles(p, tuple(int(x) for x in X), tq_total, compact_keys)
 
 
 def _fwd_tc_shape(B, H, ntok, D):
@@ -554,6 +563,26 @@ def _fwd_tc_shape(B, H, ntok, D):
     return 64, 4
 
 
+_WGMMA_HD = (64, 128)
+_WGMMA_THREADS = 256  # two warpgroups of 64 query rows: one 128-query box per CTA
+
+
+def _use_wgmma(B, H, ntok, D) -> bool:
+    """Whether a tensor-core forward runs the Hopper wgmma kernel (compiled by
+    cuda_jit for sm_90a) instead of the mma.sync one."""
+    mode = _env["NATTEN_CUDA_WGMMA"]
+    if mode == "0" or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
+        return False
+    return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
+
+
+def _fwd_wgmma_smem(D):
+    """NA_FWD_WGMMA_SMEM(HD) of na_fwd_wgmma.cuh: Q box, three K and three V
+    stages (128-byte-swizzled rows), 1 KiB to align them to 1024 bytes, the
+    key-box table, per-row windows, per-warpgroup bounds."""
+    return (128 + 6 * 64) * D * 2 + 1024 + 8 * 64 + 24 * 128 + 2 * 48
+
+
 # Per-signature launch plans of the fused forward: everything that depends only
 # on shapes, dtypes and parameters is computed once, so a call costs one dict
 # lookup and the kernel call (tiny problems are bound by this host work).
@@ -571,26 +600,36 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
     lse_shape = (B,) + tuple(O) + (H,)
     kind = _tc_plan(p, X, D, Dv, dtype, has_rpb, has_extra, has_varlen, B * _prod(O) * H)
     if kind is not None and _prod(X) * H * D < 2**31:  # box offsets are 32-bit in the kernel
-        if kind == "tc":
+        if kind == "tc" and _use_wgmma(B, H, _prod(X), D):
+            tqn, warps, name = 128, _WGMMA_THREADS // 32, "fwd_wgmma"
+        elif kind == "tc":
             tqn, warps = _fwd_tc_shape(B, H, _prod(X), D)
             name = "fwd_tc"
         else:
             tqn, warps, name = 64, 4, "fwd_f32"
-        plan = _default_tiles(p, X, tqn)
+        plan = _default_tiles(p, X, tqn, compact_keys=name == "fwd_wgmma")
         if plan is not None:
             tq, tk = plan
             tiles = _tc_grid(X, p, tq)
             tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
                     ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
-            if kind == "tc":
+            if name == "fwd_wgmma":
+                smem = _fwd_wgmma_smem(D)
+            elif kind == "tc":
                 tmpl = [("T", dtype)] + tmpl + [("NW", warps)]
                 smem = _fwd_tc_smem(_prod(tq), D)
             else:
                 smem = _f32_smem(D, 1)
             if tiles < 2**31 // (32 * warps) and B * H < 65536:
-                kw = dict(template=tmpl, grid=(tiles * 32 * warps, B * H, 1), threadgroup=(32 * warps, 1, 1),
+                kw = dict(grid=(tiles * 32 * warps, B * H, 1), threadgroup=(32 * warps, 1, 1),
                           output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
                 prm = mx.array(_param_list(p, B, X, H, Hkv, D, Dv)[0], dtype=mx.int32)
+                if name == "fwd_wgmma":
+                    # one CTA per SM: 204-206 registers a thread (ptxas, H100)
+                    kern = _precompiled_fwd(name, str(dtype).split(".")[-1], tuple(v for _, v in tmpl),
+                                            32 * warps, smem, "sm_90a", min_blocks=1)
+                    return kern, kw, True, prm
+                kw["template"] = tmpl
                 return _kernel(name, smem), kw, True, prm
     prm = mx.array(vals, dtype=mx.int32)
     rows = B * _prod(O) * H

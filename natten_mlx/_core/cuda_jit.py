@@ -101,10 +101,7 @@ def _compute_capability() -> Optional[tuple]:
 
 
 def arch() -> Optional[str]:
-    """'sm_90a' on a Hopper GPU when this module can compile for it, else None.
-    NATTEN_CUDA_WGMMA=0 turns the arch-specific kernels off."""
-    if os.environ.get("NATTEN_CUDA_WGMMA", "") == "0":
-        return None
+    """'sm_90a' on a Hopper GPU when this module can compile for it, else None."""
     cc = _compute_capability()
     if cc != (9, 0) or _nvrtc() is None or not include_dirs():
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -384,7 +385,7 @@ _NVRTC = cuda_jit._nvrtc() is not None and bool(cuda_jit.include_dirs())
 
 @pytest.mark.skipif(not _NVRTC, reason="no NVRTC library or CUDA headers on this machine")
 def test_arch_specific_compile(monkeypatch, tmp_path):
-    """cuda_jit builds the tiled forward for sm_90a with NVRTC (no GPU needed: runs
+    """cuda_jit builds the tiled forwards (mma.sync and wgmma) for sm_90a with NVRTC (no GPU needed: runs
     wherever a CUDA toolkit is installed, CI included), caches it on disk, and
     reports NVRTC's log for a source that does not compile."""
     monkeypatch.setenv("NATTEN_CUDA_CACHE", str(tmp_path))
@@ -393,11 +394,14 @@ def test_arch_specific_compile(monkeypatch, tmp_path):
     launch = cuda._precompiled_fwd("fwd_tc", "bfloat16", (128, 128, 1, 1, 64, 1, 1, 4), 128,
                                    cuda._fwd_tc_smem(128, 128), "sm_90a")
     assert callable(launch)
+    for dt, hd in (("bfloat16", 128), ("float16", 64)):  # the wgmma forward: NVRTC only, sm_90a only
+        cuda._precompiled_fwd("fwd_wgmma", dt, (hd, 8, 16, 1, 8, 8, 1), cuda._WGMMA_THREADS,
+                              cuda._fwd_wgmma_smem(hd), "sm_90a", min_blocks=1)
     files = list(tmp_path.glob("*.cubin"))
-    assert len(files) == 1 and files[0].read_bytes()[:4] == b"\x7fELF"
+    assert len(files) == 3 and all(f.read_bytes()[:4] == b"\x7fELF" for f in files)
     src = "__global__ void natten_probe(float *x) { x[threadIdx.x] = INFINITY; }\n"
     first = cuda_jit.cubin(src)
-    assert len(list(tmp_path.glob("*.cubin"))) == 2
+    assert len(list(tmp_path.glob("*.cubin"))) == 4
     cuda_jit._cubins.clear()  # as in a second process: read back from disk, not recompiled
     with monkeypatch.context() as m:
         m.setattr(cuda_jit, "_nvrtc_compile", lambda *a: pytest.fail("compiled again"))
@@ -432,6 +436,65 @@ def test_precompiled_route_matches_jit(dtype):
                  output_shapes=kw["output_shapes"], output_dtypes=kw["output_dtypes"])
     for a, b in zip(got, want):
         np.testing.assert_array_equal(to_np(a), to_np(b))
+
+
+def _smem_macro(header, macro):
+    """A shared-memory size macro of a src/cuda header as a Python function of its
+    arguments (the plan must ask MLX for what the kernel uses)."""
+    txt = (cuda.kernel_source_dir() / header).read_text()
+    m = re.search(r"#define %s\((\w+)(?:, *(\w+))?\) +(.+)" % macro, txt)
+    names = [n for n in m.groups()[:2] if n]
+    return lambda *a: eval(m.group(3), {}, dict(zip(names, a)))  # noqa: S307 (our own header)
+
+
+def test_shared_memory_sizes_match_the_kernels():
+    """cuda.py's shared-memory sizes equal the headers' macros (pure Python)."""
+    tc = _smem_macro("na_fwd_tc.cuh", "NA_FWD_TC_SMEM")
+    for tq, hd in ((64, 32), (64, 128), (128, 64), (128, 128)):
+        assert cuda._fwd_tc_smem(tq, hd) == tc(tq, hd)
+    wg = _smem_macro("na_fwd_wgmma.cuh", "NA_FWD_WGMMA_SMEM")
+    for hd in cuda._WGMMA_HD:
+        assert cuda._fwd_wgmma_smem(hd) == wg(hd)
+
+
+def test_wgmma_rule(cuda_env, monkeypatch):
+    """When the Hopper wgmma forward is chosen (pure Python, runs everywhere)."""
+    monkeypatch.setattr(cuda_jit, "arch", lambda: "sm_90a")
+    cuda_env("NATTEN_CUDA_WGMMA", "")
+    assert cuda._use_wgmma(1, 24, 256 * 256, 128)  # flux
+    assert cuda._use_wgmma(1, 1, 32768, 128)  # 1d-32k-w2k
+    assert not cuda._use_wgmma(1, 1, 32768, 32)  # head_dim outside its scope
+    cuda_env("NATTEN_CUDA_WGMMA", "1")
+    assert cuda._use_wgmma(1, 1, 64, 64) and not cuda._use_wgmma(1, 1, 64, 32)
+    cuda_env("NATTEN_CUDA_WGMMA", "0")
+    assert not cuda._use_wgmma(1, 24, 256 * 256, 128)
+    monkeypatch.setattr(cuda_jit, "arch", lambda: None)  # not Hopper
+    cuda_env("NATTEN_CUDA_WGMMA", "1")
+    assert not cuda._use_wgmma(1, 24, 256 * 256, 128)
+
+
+WGMMA_CASES = [c for c in TC_CASES if c[8] in (64, 128)] + [
+    ((48, 50), (13, 9), (2, 1), 1, 1, (True, False), 8, 4, 128, 128),
+    ((300,), 129, 1, 1, 1, False, 2, 1, 128, 128),
+    ((9, 33), (5, 31), 1, 1, (1, 4), (False, True), 4, 4, 64, 64),
+]
+
+
+@gpu
+@pytest.mark.skipif(not cuda.is_available() or cuda_jit.arch() != "sm_90a", reason="needs a Hopper GPU")
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=lambda c: "x".join(map(str, c[0])) + "-d%d" % c[8])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_wgmma_forward(case, dtype, cuda_env):
+    """The Hopper wgmma forward (NATTEN_CUDA_WGMMA=1 sends these small problems to
+    it) against the float64 oracle, and the backward run from its out and lse."""
+    cuda_env("NATTEN_CUDA_WGMMA", "1")
+    ext, D = case[0], case[8]
+    p = make_params(len(ext), case[1], case[2], case[3], case[4], case[5], D=D)
+    shape = (2,) + ext + (case[6], D)
+    kv = (2,) + ext + (case[7], D)
+    _, kw, tiled, _ = cuda._fwd_plan(p, (False,) * 3, shape, kv, kv, (1,), _dt(dtype))
+    assert tiled and "template" not in kw and kw["threadgroup"] == (cuda._WGMMA_THREADS, 1, 1)
+    _run_fused_case(case, _dt(dtype), seed=8)
 
 
 @gpu
