@@ -43,10 +43,10 @@ __global__ void k_bench_new(const int *pa, const B16 *q, const B16 *k, const B16
     na_fwd_tc_entry<B16, HD, A, B_, C, D, E, F, NW>(pa, q, k, v, o, lse);
 }
 /* the wgmma forward: 256 threads, one CTA per SM */
-template <int HD, int A, int B_, int C, int D, int E, int F, int NW, bool PIPE>
+template <int HD, int A, int B_, int C, int D, int E, int F, int NW, bool PIPE, int SYNC = 0, int ST = 3>
 __global__ void __launch_bounds__(256, 1)
     k_bench_wg(const int *pa, const B16 *q, const B16 *k, const B16 *v, B16 *o, float *lse) {
-    na_fwd_wgmma_entry<B16, HD, A, B_, C, D, E, F, PIPE>(pa, q, k, v, o, lse);
+    na_fwd_wgmma_entry<B16, HD, A, B_, C, D, E, F, PIPE, SYNC, ST>(pa, q, k, v, o, lse);
 }
 #ifdef NA_BENCH_BASE
 template <int HD, int A, int B_, int C, int D, int E, int F, int NW>
@@ -72,12 +72,16 @@ struct Variant {
     const char *cs, *name;
     kfn fn;
     int tq[3], nw, hd, is_new; /* is_new: 1 NA_FWD_TC_SMEM layout, 2 NA_FWD_WGMMA_SMEM, 0 the pre-0937 base entry's */
+    int st;                    /* wgmma: K/V stages (0: 3) */
 };
 
 #define V_NEW(CS, NAME, HD, A, B_, C, D, E, F, NW) \
     {CS, NAME, k_bench_new<HD, A, B_, C, D, E, F, NW>, {A, B_, C}, NW, HD, 1}
 #define V_WG(CS, NAME, HD, A, B_, C, D, E, F, PIPE) \
     {CS, NAME, k_bench_wg<HD, A, B_, C, D, E, F, 8, PIPE>, {A, B_, C}, 8, HD, 2}
+/* the wgmma forward with synchronization SYNC (na_fwd_wgmma_entry) and ST stages */
+#define V_WGS(CS, NAME, HD, A, B_, C, D, E, F, SYNC, ST) \
+    {CS, NAME, k_bench_wg<HD, A, B_, C, D, E, F, 8, true, SYNC, ST>, {A, B_, C}, 8, HD, 2, ST}
 #ifndef NA_BENCH_BASE_LAYOUT /* 1: the base entry uses NA_FWD_TC_SMEM's layout (since 0937) */
 #define NA_BENCH_BASE_LAYOUT 1
 #endif
@@ -107,11 +111,21 @@ static const Variant VARS[] = {
     V_WG("flux", "wg", 128, 8, 16, 1, 2, 32, 1, true),
     V_WG("flux", "wgnp", 128, 8, 16, 1, 2, 32, 1, false),
     V_WG("flux", "wg88", 128, 8, 16, 1, 8, 8, 1, true),
+    V_WGS("flux", "mb1_88", 128, 8, 16, 1, 8, 8, 1, 1, 3),
+    V_WGS("flux", "mb2_88", 128, 8, 16, 1, 8, 8, 1, 2, 3),
+    V_WGS("flux", "mb3_88", 128, 8, 16, 1, 8, 8, 1, 3, 3),
     V_WG("1d", "wg", 128, 128, 1, 1, 64, 1, 1, true),
     V_WG("1d", "wgnp", 128, 128, 1, 1, 64, 1, 1, false),
+    V_WGS("1d", "mb1", 128, 128, 1, 1, 64, 1, 1, 1, 3),
+    V_WGS("1d", "mb2", 128, 128, 1, 1, 64, 1, 1, 2, 3),
+    V_WGS("1d", "mb3", 128, 128, 1, 1, 64, 1, 1, 3, 3),
+    V_WGS("1d", "mb3_4", 128, 128, 1, 1, 64, 1, 1, 3, 4),
     V_WG("hun", "wg", 128, 2, 8, 8, 1, 2, 32, true),
     V_WG("hun", "wgnp", 128, 2, 8, 8, 1, 2, 32, false),
     V_WG("hun", "wg444", 128, 2, 8, 8, 4, 4, 4, true),
+    V_WGS("hun", "mb1_444", 128, 2, 8, 8, 4, 4, 4, 1, 3),
+    V_WGS("hun", "mb2_444", 128, 2, 8, 8, 4, 4, 4, 2, 3),
+    V_WGS("hun", "mb3_444", 128, 2, 8, 8, 4, 4, 4, 3, 3),
     V_WG("vis", "wg", 64, 8, 16, 1, 8, 8, 1, true),
     V_WG("vis", "wgnp", 64, 8, 16, 1, 8, 8, 1, false),
     V_WG("vis", "wg432", 64, 8, 16, 1, 4, 16, 1, true),
@@ -167,7 +181,7 @@ int main(int argc, char **argv) {
             int tiles = 1;
             for (int x = 0; x < 3; ++x) tiles *= (c.X[x] + v.tq[x] - 1) / v.tq[x];
             const int TQ = v.tq[0] * v.tq[1] * v.tq[2];
-            const int smem = v.is_new == 2 ? NA_FWD_WGMMA_SMEM(v.hd)
+            const int smem = v.is_new == 2 ? NA_FWD_WGMMA_SMEM_ST(v.hd, v.st ? v.st : 3)
                              : v.is_new ? NA_FWD_TC_SMEM(TQ, v.hd)
                                         : (TQ + 4 * 64) * (v.hd + 8) * 2 + 8 * 64;
             CK(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

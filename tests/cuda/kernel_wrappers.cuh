@@ -54,10 +54,11 @@ __global__ void k_fwd_tc(const int *pa, const T *q, const T *k, const T *v, T *o
 
 #ifdef NATTEN_CUDA_FWD_WGMMA_CUH
 /* 256 threads, one CTA per SM (~180 registers: O and S accumulators) */
-template <typename T, int HD, int A, int B_, int C, int D, int E, int F, bool PIPE = true>
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F, bool PIPE = true,
+          int SYNC = NA_WG_SYNC_DEFAULT(B_, C, E, F), int ST = 3>
 __global__ void __launch_bounds__(256, 1) k_fwd_wgmma(const int *pa, const T *q, const T *k, const T *v, T *o,
                                                       float *lse) {
-    na_fwd_wgmma_entry<T, HD, A, B_, C, D, E, F, PIPE>(pa, q, k, v, o, lse);
+    na_fwd_wgmma_entry<T, HD, A, B_, C, D, E, F, PIPE, SYNC, ST>(pa, q, k, v, o, lse);
 }
 #endif
 

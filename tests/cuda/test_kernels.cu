@@ -384,7 +384,11 @@ static int test_fwd_tc(const Prob &P) {
     /* WG 1 / 2: the wgmma forward (na_fwd_wgmma.cuh; 256 threads, NW unused), PIPE on / off */
     void (*kern)(const int *, const T *, const T *, const T *, T *, float *);
     int smem, nthr;
-    if constexpr (WG != 0) {
+    if constexpr (WG >= 10) { /* WG 10 + 10*(ST-3) + SYNC: the wgmma forward with synchronization SYNC, ST stages */
+        kern = k_fwd_wgmma<T, HD, A, B_, C, D, E, F, true, WG % 10, 3 + (WG - 10) / 10>;
+        smem = NA_FWD_WGMMA_SMEM_ST(HD, 3 + (WG - 10) / 10);
+        nthr = 256;
+    } else if constexpr (WG != 0) {
         kern = k_fwd_wgmma<T, HD, A, B_, C, D, E, F, WG == 1>;
         smem = NA_FWD_WGMMA_SMEM(HD);
         nthr = 256;
@@ -417,7 +421,7 @@ static int test_fwd_tc(const Prob &P) {
     const int bad = !(eo <= 2e-2 && el <= 2e-2 && unwritten == 0);
     printf("fwd %s %s HD=%d tiles %dx%dx%d/%dx%dx%d NW=%d X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d gs=%dx%dx%d "
            "causal=%d%d%d H=%d/%d B=%d: max|dout|=%.2e max|dlse|=%.2e unwritten=%zu %s\n",
-           WG == 1 ? "wgmma" : WG == 2 ? "wgmma-np" : "tc", sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, A, B_, C, D, E,
+           WG == 1 ? "wgmma" : WG == 2 ? "wgmma-np" : WG == 11 ? "wgmma-mb1" : WG == 12 ? "wgmma-mb2" : WG == 13 ? "wgmma-mb3" : WG > 20 ? "wgmma-mb-st4" : "tc", sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, A, B_, C, D, E,
            F, NW, P.X[0],
            P.X[1], P.X[2], P.K[0], P.K[1], P.K[2], P.dil[0], P.dil[1], P.dil[2], P.gs[0], P.gs[1], P.gs[2],
            P.causal[0], P.causal[1], P.causal[2], P.H, P.Hkv, P.B, eo, el, unwritten, bad ? "FAIL" : "ok");
@@ -731,6 +735,34 @@ int main() {
     fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 2>(t8);
     fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 2>(t6);
     fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, 2>(t5);
+    /* mbarrier-synchronized variants (WG 10 + SYNC, 20 + SYNC: 4 stages; see
+     * na_fwd_wgmma_entry; WG 1 above runs the default: 2 for 1-D boxes, else
+     * 1): decoupled warpgroups.  t1k: 1-D, 4096 tokens, window 1023, 2 heads:
+     * 17+ key tiles per box, each stage reused 5+ times. */
+    const Prob t1k = {{4096, 1, 1}, {1023, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 2, 128, 1};
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 1>(t1k);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, 11>(t3);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, 11>(t4);
+    fails += test_fwd_tc<__half, 128, 8, 16, 1, 2, 32, 1, 8, 11>(t4);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 11>(t8);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 11>(t2w);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 11>(t1k);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 11>(t6);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 11>(t7);
+    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, 11>(t5);
+    fails += test_fwd_tc<__half, 64, 8, 16, 1, 8, 8, 1, 8, 11>(t3h);
+    fails += test_fwd_tc<B16, 64, 128, 1, 1, 64, 1, 1, 8, 11>(c2w);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, 12>(t4);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 12>(t6);
+    fails += test_fwd_tc<__half, 128, 2, 8, 8, 4, 4, 4, 8, 12>(t6);
+    fails += test_fwd_tc<B16, 128, 8, 16, 1, 8, 8, 1, 8, 13>(t4);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 13>(t8);
+    fails += test_fwd_tc<__half, 128, 128, 1, 1, 64, 1, 1, 8, 13>(t2w);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 13>(t1k);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 1, 2, 32, 8, 13>(t6);
+    fails += test_fwd_tc<B16, 64, 128, 1, 1, 64, 1, 1, 8, 13>(c2w);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 23>(t1k);
+    fails += test_fwd_tc<B16, 128, 2, 8, 8, 4, 4, 4, 8, 21>(t6);
     /* backward: tile shapes of the 2-D (asymmetric: the dk/dv pass swaps them), 1-D and 3-D plans */
     Prob b2 = {{20, 23, 1}, {7, 9, 1}, {1, 2, 1}, {1, 1, 1}, {0, 1, 0}, 4, 2, 32, 2};
     fails += test_bwd<32, 8, 8, 1, 4, 16, 1>(b2, true);
