@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -571,9 +572,14 @@ def _use_wgmma(B, H, ntok, D) -> bool:
     """Whether a tensor-core forward runs the Hopper wgmma kernel (compiled by
     cuda_jit for sm_90a) instead of the mma.sync one."""
     mode = _env["NATTEN_CUDA_WGMMA"]
-    if mode == "0" or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
+    if mode == "0" or _wgmma_failed or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
         return False
     return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
+
+
+# Set when NVRTC could not build the wgmma forward here (an NVRTC or CUDA
+# headers older than the kernel needs): the mma.sync forward serves instead.
+_wgmma_failed = False
 
 
 def _fwd_wgmma_smem(D):
@@ -625,9 +631,14 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
                           output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
                 prm = mx.array(_param_list(p, B, X, H, Hkv, D, Dv)[0], dtype=mx.int32)
                 if name == "fwd_wgmma":
-                    # one CTA per SM: 204-206 registers a thread (ptxas, H100)
-                    kern = _precompiled_fwd(name, str(dtype).split(".")[-1], tuple(v for _, v in tmpl),
-                                            32 * warps, smem, "sm_90a", min_blocks=1)
+                    try:  # one CTA per SM: 204-206 registers a thread (ptxas, H100)
+                        kern = _precompiled_fwd(name, str(dtype).split(".")[-1], tuple(v for _, v in tmpl),
+                                                32 * warps, smem, "sm_90a", min_blocks=1)
+                    except cuda_jit.CompileError as e:
+                        global _wgmma_failed
+                        _wgmma_failed = True
+                        warnings.warn(f"natten_mlx: the wgmma forward did not build, using mma.sync: {e}")
+                        return _fwd_plan(p, flags, qs, ks, vs, es, dtype)
                     return kern, kw, True, prm
                 kw["template"] = tmpl
                 return _kernel(name, smem), kw, True, prm

@@ -473,6 +473,28 @@ def test_wgmma_rule(cuda_env, monkeypatch):
     assert not cuda._use_wgmma(1, 24, 256 * 256, 128)
 
 
+def test_wgmma_build_failure_falls_back(cuda_env, monkeypatch):
+    """An NVRTC that cannot build the wgmma forward (too old for sm_90a, say) costs a
+    warning and the mma.sync plan, not a failed call (pure Python, runs everywhere)."""
+    monkeypatch.setattr(cuda_jit, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(cuda, "_wgmma_failed", False)
+    cuda._precompiled_fwd.cache_clear()
+
+    def broken(source, target="sm_90a"):
+        raise cuda_jit.CompileError("natten_mlx CUDA tier: NVRTC compile for sm_90a failed: test")
+
+    monkeypatch.setattr(cuda_jit, "cubin", broken)
+    monkeypatch.setattr(cuda, "_kernel", lambda name, smem=0: name)  # no cuda_kernel objects off the GPU
+    cuda_env("NATTEN_CUDA_WGMMA", "1")
+    p = make_params(1, 9, D=128)
+    shape = (1, 4096, 2, 128)
+    with pytest.warns(UserWarning, match="wgmma forward did not build"):
+        kern, kw, tiled, _ = cuda._fwd_plan(p, (False,) * 3, shape, shape, shape, (1,), mx.bfloat16)
+    assert tiled and kern == "fwd_tc" and dict(kw["template"])["NW"] == 4  # the mma.sync kernel
+    assert not cuda._use_wgmma(1, 2, 4096, 128)  # and it is not retried
+    cuda._precompiled_fwd.cache_clear()
+
+
 WGMMA_CASES = [c for c in TC_CASES if c[8] in (64, 128)] + [
     ((48, 50), (13, 9), (2, 1), 1, 1, (True, False), 8, 4, 128, 128),
     ((300,), 129, 1, 1, 1, False, 2, 1, 128, 128),
