@@ -566,6 +566,9 @@ def _fwd_tc_shape(B, H, ntok, D):
 
 _WGMMA_HD = (64, 128)
 _WGMMA_THREADS = 256  # two warpgroups of 64 query rows: one 128-query box per CTA
+# Set when NVRTC could not build the wgmma forward here (an NVRTC or CUDA
+# headers older than the kernel needs): the mma.sync forward serves instead.
+_wgmma_failed = False
 
 
 def _use_wgmma(B, H, ntok, D) -> bool:
@@ -575,11 +578,6 @@ def _use_wgmma(B, H, ntok, D) -> bool:
     if mode == "0" or _wgmma_failed or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
         return False
     return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
-
-
-# Set when NVRTC could not build the wgmma forward here (an NVRTC or CUDA
-# headers older than the kernel needs): the mma.sync forward serves instead.
-_wgmma_failed = False
 
 
 def _fwd_wgmma_smem(D):
