@@ -71,7 +71,8 @@ static const Case CASES[] = {
 struct Variant {
     const char *cs, *name;
     kfn fn;
-    int tq[3], nw, hd, is_new; /* is_new: 1 NA_FWD_TC_SMEM layout, 2 NA_FWD_WGMMA_SMEM, 0 the pre-0937 base entry's */
+    int tq[3], nw, hd, is_new; /* is_new: 1 NA_FWD_TC_SMEM layout, 2 NA_FWD_WGMMA_SMEM, 3 NA_FWD_WGMMA128_SMEM,
+                                  0 the pre-0937 base entry's */
     int st;                    /* wgmma: K/V stages (0: 3) */
 };
 
@@ -82,6 +83,8 @@ struct Variant {
 /* the wgmma forward with synchronization SYNC (na_fwd_wgmma_entry) and ST stages */
 #define V_WGS(CS, NAME, HD, A, B_, C, D, E, F, SYNC, ST) \
     {CS, NAME, k_bench_wg<HD, A, B_, C, D, E, F, 8, true, SYNC, ST>, {A, B_, C}, 8, HD, 2, ST}
+/* the wgmma forward with 1-D 128-key tiles (na_fwd_wgmma_k128) */
+#define V_WGK(CS, NAME, HD) {CS, NAME, k_bench_wg<HD, 128, 1, 1, 128, 1, 1, 8, true>, {128, 1, 1}, 8, HD, 3}
 #ifndef NA_BENCH_BASE_LAYOUT /* 1: the base entry uses NA_FWD_TC_SMEM's layout (since 0937) */
 #define NA_BENCH_BASE_LAYOUT 1
 #endif
@@ -120,6 +123,7 @@ static const Variant VARS[] = {
     V_WGS("1d", "mb2", 128, 128, 1, 1, 64, 1, 1, 2, 3),
     V_WGS("1d", "mb3", 128, 128, 1, 1, 64, 1, 1, 3, 3),
     V_WGS("1d", "mb3_4", 128, 128, 1, 1, 64, 1, 1, 3, 4),
+    V_WGK("1d", "k128", 128),
     V_WG("hun", "wg", 128, 2, 8, 8, 1, 2, 32, true),
     V_WG("hun", "wgnp", 128, 2, 8, 8, 1, 2, 32, false),
     V_WG("hun", "wg444", 128, 2, 8, 8, 4, 4, 4, true),
@@ -181,7 +185,8 @@ int main(int argc, char **argv) {
             int tiles = 1;
             for (int x = 0; x < 3; ++x) tiles *= (c.X[x] + v.tq[x] - 1) / v.tq[x];
             const int TQ = v.tq[0] * v.tq[1] * v.tq[2];
-            const int smem = v.is_new == 2 ? NA_FWD_WGMMA_SMEM_ST(v.hd, v.st ? v.st : 3)
+            const int smem = v.is_new == 3   ? NA_FWD_WGMMA128_SMEM(v.hd)
+                             : v.is_new == 2 ? NA_FWD_WGMMA_SMEM_ST(v.hd, v.st ? v.st : 3)
                              : v.is_new ? NA_FWD_TC_SMEM(TQ, v.hd)
                                         : (TQ + 4 * 64) * (v.hd + 8) * 2 + 8 * 64;
             CK(cudaFuncSetAttribute(v.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));

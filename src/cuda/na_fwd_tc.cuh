@@ -385,6 +385,27 @@ struct na_kv_loader {
             }
         }
     }
+    /* 1-D key tiles, one tensor: issue key tile j of src (K or V) into dst
+     * (tile base), independently of the walk of load (ktl untouched).  A
+     * row's box coordinate is its index, so the tile's end needs no table. */
+    NA_DEV void load_1d(const na_params &P, int b, const int r[3], int kvh, const int kmin[3], const int kmax[3],
+                        int j, const T *src, T *dst) const {
+        static_assert(TK1 == 1 && TK2 == 1, "1-D key tiles");
+        const int base[3] = {kmin[0] + j * TK0, kmin[1], kmin[2]};
+        const int lim = kmax[0] - base[0];
+        const char *sb = reinterpret_cast<const char *>(src + na_box_origin(P, b, base, r, P.Hkv, kvh, HD));
+        dst += soff;
+        if (lim >= TK0 - 1) {
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) na_cp_async16(dst + istep * i, sb + roff[i], true);
+        } else {
+#pragma unroll
+            for (int i = 0; i < RPT; ++i) {
+                const bool ok = r0 + RSTEP * i <= lim;
+                na_cp_async16(dst + istep * i, ok ? sb + roff[i] : (const char *)src, ok); /* zero-fill */
+            }
+        }
+    }
 };
 
 /* Per-row windows of the query box into sW ([TQ][6]: lo[3], hi[3]). */
@@ -451,25 +472,32 @@ NA_DEV void na_tile_next(int kt[3], const int nkt[3]) {
         }
     }
 }
-/* Mask S (m16n8 accumulator fragments of MT m-tiles x 64 key columns) of a
- * partial tile: rows of the warp start at query row wrow0 of sW. */
-template <int MT, int TK0, int TK1, int TK2>
-NA_DEV void na_fwd_mask(float (&s)[MT][8][4], const int *sW, int wrow0, const int base[3], int g4, int t4) {
+/* Mask S (m16n8 accumulator fragments of MT m-tiles x 8*NJ key columns) of
+ * a partial tile: rows of the warp start at query row wrow0 of sW.  NJ 8: a
+ * 64-key tile; NJ 16: a 1-D tile of 128 keys (the wgmma forward's), masked
+ * as two 64-key halves. */
+template <int MT, int TK0, int TK1, int TK2, int NJ>
+NA_DEV void na_fwd_mask(float (&s)[MT][NJ][4], const int *sW, int wrow0, const int base[3], int g4, int t4) {
+    static_assert(NJ == 8 || (NJ == 16 && TK0 == 128 && TK1 == 1 && TK2 == 1), "64-key tiles or 1-D 128-key tiles");
+    constexpr int H0 = NJ == 8 ? TK0 : 64; /* first axis of a 64-key half */
 #pragma unroll
     for (int ri = 0; ri < 2 * MT; ++ri) {
         const int *w = sW + (wrow0 + (ri >> 1) * 16 + g4 + (ri & 1) * 8) * 6;
-        int lo[3], hi[3];
 #pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            lo[x] = w[x] - base[x];
-            hi[x] = w[3 + x] - base[x];
+        for (int hh = 0; hh < NJ / 8; ++hh) {
+            int lo[3], hi[3];
+#pragma unroll
+            for (int x = 0; x < 3; ++x) {
+                lo[x] = w[x] - base[x] - (x == 0 ? 64 * hh : 0);
+                hi[x] = w[3 + x] - base[x] - (x == 0 ? 64 * hh : 0);
+            }
+            const unsigned long long mk = na_tile_mask<H0, TK1, TK2>(lo, hi) >> (2 * t4);
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int c = 0; c < 2; ++c)
+                    if (!((mk >> (j * 8 + c)) & 1ull)) s[ri >> 1][hh * 8 + j][(ri & 1) * 2 + c] = -INFINITY;
         }
-        const unsigned long long mk = na_tile_mask<TK0, TK1, TK2>(lo, hi) >> (2 * t4);
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int c = 0; c < 2; ++c)
-                if (!((mk >> (j * 8 + c)) & 1ull)) s[ri >> 1][j][(ri & 1) * 2 + c] = -INFINITY;
     }
 }
 /* Online softmax of one key tile in the exp2 domain, rows g (e=0,1) and g+8
@@ -481,8 +509,8 @@ NA_DEV void na_fwd_mask(float (&s)[MT][8][4], const int *sW, int wrow0, const in
  * and tile.  In three steps (the wgmma kernel rescales O later, once the
  * tensor cores are done with it): na_fwd_rowmax moves m, scales l and
  * returns whether O needs na_fwd_rescale_o with corr; na_fwd_exp makes P. */
-template <int MT>
-NA_DEV bool na_fwd_rowmax(const float (&s)[MT][8][4], float (&m)[2 * MT], float (&l)[2 * MT],
+template <int MT, int NJ>
+NA_DEV bool na_fwd_rowmax(const float (&s)[MT][NJ][4], float (&m)[2 * MT], float (&l)[2 * MT],
                           float (&corr)[2 * MT], float sl2) {
     float mxs[2 * MT];
     bool grow = false;
@@ -492,7 +520,7 @@ NA_DEV bool na_fwd_rowmax(const float (&s)[MT][8][4], float (&m)[2 * MT], float 
         for (int rr = 0; rr < 2; ++rr) {
             float mx = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rr], s[mt][j][2 * rr + 1]));
+            for (int j = 0; j < NJ; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * rr], s[mt][j][2 * rr + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             mxs[mt * 2 + rr] = mx * sl2;
@@ -520,8 +548,8 @@ NA_DEV void na_fwd_rescale_o(float (&o)[MT][HD / 8][4], const float (&corr)[2 * 
                 o[mt][j][2 * rr + 1] *= corr[mt * 2 + rr];
             }
 }
-template <int MT>
-NA_DEV void na_fwd_exp(float (&s)[MT][8][4], const float (&m)[2 * MT], float (&l)[2 * MT], float sl2) {
+template <int MT, int NJ>
+NA_DEV void na_fwd_exp(float (&s)[MT][NJ][4], const float (&m)[2 * MT], float (&l)[2 * MT], float sl2) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -530,7 +558,7 @@ NA_DEV void na_fwd_exp(float (&s)[MT][8][4], const float (&m)[2 * MT], float (&l
             const float ref = m[ri] == -INFINITY ? 0.f : m[ri];
             float ls = 0.f;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
+            for (int j = 0; j < NJ; ++j) {
                 s[mt][j][2 * rr] = na_ex2(fmaf(s[mt][j][2 * rr], sl2, -ref));
                 s[mt][j][2 * rr + 1] = na_ex2(fmaf(s[mt][j][2 * rr + 1], sl2, -ref));
                 ls += s[mt][j][2 * rr] + s[mt][j][2 * rr + 1];
@@ -546,8 +574,8 @@ NA_DEV void na_fwd_softmax(float (&s)[MT][8][4], float (&o)[MT][HD / 8][4], floa
     na_fwd_exp<MT>(s, m, l, sl2);
 }
 /* A fragment (m16k16) of P for keys 16*kk..16*kk+15 of m-tile mt. */
-template <typename T, int MT>
-NA_DEV void na_fwd_pfrag(unsigned (&pa)[4], const float (&s)[MT][8][4], int mt, int kk) {
+template <typename T, int MT, int NJ>
+NA_DEV void na_fwd_pfrag(unsigned (&pa)[4], const float (&s)[MT][NJ][4], int mt, int kk) {
     pa[0] = na_pack2(s[mt][2 * kk][0], s[mt][2 * kk][1], T());
     pa[1] = na_pack2(s[mt][2 * kk][2], s[mt][2 * kk][3], T());
     pa[2] = na_pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1], T());

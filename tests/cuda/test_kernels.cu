@@ -390,7 +390,7 @@ static int test_fwd_tc(const Prob &P) {
         nthr = 256;
     } else if constexpr (WG != 0) {
         kern = k_fwd_wgmma<T, HD, A, B_, C, D, E, F, WG == 1>;
-        smem = NA_FWD_WGMMA_SMEM(HD);
+        smem = D * E * F == 128 ? NA_FWD_WGMMA128_SMEM(HD) : NA_FWD_WGMMA_SMEM(HD); /* 1-D 128-key tiles */
         nthr = 256;
     } else {
         kern = k_fwd_tc_nw<T, HD, A, B_, C, D, E, F, NW>;
@@ -421,7 +421,7 @@ static int test_fwd_tc(const Prob &P) {
     const int bad = !(eo <= 2e-2 && el <= 2e-2 && unwritten == 0);
     printf("fwd %s %s HD=%d tiles %dx%dx%d/%dx%dx%d NW=%d X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d gs=%dx%dx%d "
            "causal=%d%d%d H=%d/%d B=%d: max|dout|=%.2e max|dlse|=%.2e unwritten=%zu %s\n",
-           WG == 1 ? "wgmma" : WG == 2 ? "wgmma-np" : WG == 11 ? "wgmma-mb1" : WG == 12 ? "wgmma-mb2" : WG == 13 ? "wgmma-mb3" : WG > 20 ? "wgmma-mb-st4" : "tc", sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, A, B_, C, D, E,
+           WG == 1 && D * E * F == 128 ? "wgmma-k128" : WG == 1 ? "wgmma" : WG == 2 ? "wgmma-np" : WG == 11 ? "wgmma-mb1" : WG == 12 ? "wgmma-mb2" : WG == 13 ? "wgmma-mb3" : WG > 20 ? "wgmma-mb-st4" : "tc", sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, A, B_, C, D, E,
            F, NW, P.X[0],
            P.X[1], P.X[2], P.K[0], P.K[1], P.K[2], P.dil[0], P.dil[1], P.dil[2], P.gs[0], P.gs[1], P.gs[2],
            P.causal[0], P.causal[1], P.causal[2], P.H, P.Hkv, P.B, eo, el, unwritten, bad ? "FAIL" : "ok");
@@ -763,6 +763,26 @@ int main() {
     fails += test_fwd_tc<B16, 64, 128, 1, 1, 64, 1, 1, 8, 13>(c2w);
     fails += test_fwd_tc<B16, 128, 128, 1, 1, 64, 1, 1, 8, 23>(t1k);
     fails += test_fwd_tc<B16, 128, 2, 8, 8, 4, 4, 4, 8, 21>(t6);
+    /* 1-D 128-key tiles (na_fwd_wgmma_k128, key box 128): windows of 2048
+     * class (t2k: 17+ tiles, partial tiles at both ends of every box,
+     * warpgroup halves with different key unions; t2kc: dilation 2, causal,
+     * GNA stride, GQA, uneven groups), t1k / t8 / t2w / c2w as
+     * above, and boxes of one (t1t) or two (t2t) key tiles. */
+    const Prob t2k = {{4500, 1, 1}, {2048, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 1, 128, 1};
+    const Prob t2kc = {{4001, 1, 1}, {1201, 1, 1}, {2, 1, 1}, {3, 1, 1}, {1, 0, 0}, 2, 1, 128, 1};
+    const Prob t1k64 = {{4096, 1, 1}, {1023, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 2, 64, 1};
+    const Prob t1t = {{100, 1, 1}, {9, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 2};
+    const Prob t2t = {{333, 1, 1}, {7, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 2, 128, 1};
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t2k);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t2kc);
+    fails += test_fwd_tc<__half, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t2kc);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t1k);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t8);
+    fails += test_fwd_tc<__half, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t2w);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t1t);
+    fails += test_fwd_tc<B16, 128, 128, 1, 1, 128, 1, 1, 8, 1>(t2t);
+    fails += test_fwd_tc<B16, 64, 128, 1, 1, 128, 1, 1, 8, 1>(c2w);
+    fails += test_fwd_tc<__half, 64, 128, 1, 1, 128, 1, 1, 8, 1>(t1k64);
     /* backward: tile shapes of the 2-D (asymmetric: the dk/dv pass swaps them), 1-D and 3-D plans */
     Prob b2 = {{20, 23, 1}, {7, 9, 1}, {1, 2, 1}, {1, 1, 1}, {0, 1, 0}, 4, 2, 32, 2};
     fails += test_bwd<32, 8, 8, 1, 4, 16, 1>(b2, true);
