@@ -587,6 +587,26 @@ def _fwd_wgmma_smem(D):
     return (128 + 6 * 64) * D * 2 + 1024 + 8 * 64 + 24 * 128 + 2 * 48
 
 
+def _fwd_wgmma128_smem(D):
+    """NA_FWD_WGMMA128_SMEM(HD) of na_fwd_wgmma.cuh (1-D 128-key tiles): Q box,
+    two K and two V stages of 128 keys, 1 KiB to align them, the key-box table
+    (128 keys), per-row windows, per-warpgroup bounds."""
+    return (128 + 4 * 128) * D * 2 + 1024 + 8 * 128 + 24 * 128 + 2 * 48
+
+
+def _wgmma_key_tile(p: NAParams, X, D, tq, tk):
+    """Key tile of the wgmma forward: 128 keys (na_fwd_wgmma_k128: per-tile
+    costs once per 128 keys; H100 1d-32k-w2k: see docs/cuda.md) for 1-D boxes
+    with head_dim 128 when the windows' union needs no more key work in
+    128-key tiles than in 64-key ones (1d-32k-w2k: 2175 keys, 17 or 34
+    tiles); else tk."""
+    if p.rank != 1 or D != 128 or tq != (128, 1, 1):
+        return tk
+    n = -(-int(X[0]) // _pad3(p.dilation, 1)[0])
+    union = min(n, 128 + _pad3(p.kernel, 1)[0] - 1 + _pad3(p.gna_stride, 1)[0] - 1)
+    return (128, 1, 1) if 2 * -(-union // 128) == -(-union // 64) else tk
+
+
 # Per-signature launch plans of the fused forward: everything that depends only
 # on shapes, dtypes and parameters is computed once, so a call costs one dict
 # lookup and the kernel call (tiny problems are bound by this host work).
@@ -614,11 +634,13 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
         plan = _default_tiles(p, X, tqn, compact_keys=name == "fwd_wgmma")
         if plan is not None:
             tq, tk = plan
+            if name == "fwd_wgmma":
+                tk = _wgmma_key_tile(p, X, D, tuple(tq), tuple(tk))
             tiles = _tc_grid(X, p, tq)
             tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
                     ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
             if name == "fwd_wgmma":
-                smem = _fwd_wgmma_smem(D)
+                smem = _fwd_wgmma128_smem(D) if _prod(tk) == 128 else _fwd_wgmma_smem(D)
             elif kind == "tc":
                 tmpl = [("T", dtype)] + tmpl + [("NW", warps)]
                 smem = _fwd_tc_smem(_prod(tq), D)

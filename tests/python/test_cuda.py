@@ -453,8 +453,11 @@ def test_shared_memory_sizes_match_the_kernels():
     for tq, hd in ((64, 32), (64, 128), (128, 64), (128, 128)):
         assert cuda._fwd_tc_smem(tq, hd) == tc(tq, hd)
     wg = _smem_macro("na_fwd_wgmma.cuh", "NA_FWD_WGMMA_SMEM")
+    wg128 = _smem_macro("na_fwd_wgmma.cuh", "NA_FWD_WGMMA128_SMEM")
     for hd in cuda._WGMMA_HD:
         assert cuda._fwd_wgmma_smem(hd) == wg(hd)
+        assert cuda._fwd_wgmma128_smem(hd) == wg128(hd)
+    assert wg128(128) == 169056 <= 227 * 1024  # the H100's per-block limit
 
 
 def test_wgmma_rule(cuda_env, monkeypatch):
@@ -471,6 +474,35 @@ def test_wgmma_rule(cuda_env, monkeypatch):
     monkeypatch.setattr(cuda_jit, "arch", lambda: None)  # not Hopper
     cuda_env("NATTEN_CUDA_WGMMA", "1")
     assert not cuda._use_wgmma(1, 24, 256 * 256, 128)
+
+
+def test_wgmma_key_tiles(cuda_env, monkeypatch):
+    """1-D boxes with head_dim 128 run the wgmma forward with 128-key tiles
+    (na_fwd_wgmma_k128) when the windows' union needs no more key work than
+    in 64-key tiles; the plan passes TK0 = 128 and NA_FWD_WGMMA128_SMEM (pure
+    Python, runs everywhere)."""
+    monkeypatch.setattr(cuda_jit, "arch", lambda: "sm_90a")
+    cuda_env("NATTEN_CUDA_WGMMA", "")
+    key_tile = cuda._wgmma_key_tile
+    q1, k64 = (128, 1, 1), (64, 1, 1)
+    X = (32768,)
+    assert key_tile(make_params(1, 2048, D=128), X, 128, q1, k64) == (128, 1, 1)  # 2175 keys: 17 or 34 tiles
+    assert key_tile(make_params(1, 7, D=128), X, 128, q1, k64) == k64  # 134 keys: 2 x 128 > 3 x 64
+    assert key_tile(make_params(1, 2048, D=64), X, 64, q1, k64) == k64  # head_dim 64: not measured
+    assert key_tile(make_params(1, 257, D=128), X, 128, q1, k64) == (128, 1, 1)  # 384 keys: 3 x 128 = 6 x 64
+    assert key_tile(make_params(1, 193, D=128), X, 128, q1, k64) == k64  # 320 keys: 3 x 128 > 5 x 64
+    assert key_tile(make_params(1, 255, 2, causal=True, D=128), (700,), 128, q1, k64) == (128, 1, 1)  # 350 keys
+    assert key_tile(make_params(1, 255, 4, D=128), (700,), 128, q1, k64) == k64  # groups of 175: 2 x 128 > 3 x 64
+    assert key_tile(make_params(2, 33, D=128), (256, 256), 128, (8, 16, 1), (8, 8, 1)) == (8, 8, 1)
+    seen = []
+    monkeypatch.setattr(cuda, "_precompiled_fwd", lambda *a, **kw: seen.append(a) or "wgmma")
+    for kernel, tk, smem in ((2048, (128, 1, 1), cuda._fwd_wgmma128_smem(128)), (7, k64, cuda._fwd_wgmma_smem(128))):
+        shape = (1, 32768, 1, 128)
+        kern, kw, tiled, _ = cuda._fwd_plan(make_params(1, kernel, D=128), (False,) * 3, shape, shape, shape, (1,),
+                                            mx.bfloat16)
+        entry, _, targs, threads, plan_smem = seen[-1][:5]
+        assert kern == "wgmma" and tiled and entry == "fwd_wgmma" and threads == cuda._WGMMA_THREADS
+        assert targs == (128, 128, 1, 1) + tk and plan_smem == smem and kw["grid"][0] == 256 * threads
 
 
 def test_wgmma_build_failure_falls_back(cuda_env, monkeypatch):
@@ -497,7 +529,8 @@ def test_wgmma_build_failure_falls_back(cuda_env, monkeypatch):
 
 WGMMA_CASES = [c for c in TC_CASES if c[8] in (64, 128)] + [
     ((48, 50), (13, 9), (2, 1), 1, 1, (True, False), 8, 4, 128, 128),
-    ((300,), 129, 1, 1, 1, False, 2, 1, 128, 128),
+    ((300,), 129, 1, 1, 1, False, 2, 1, 128, 128),  # 128-key tiles (na_fwd_wgmma_k128), as next
+    ((700,), 255, 2, 1, 3, True, 2, 1, 128, 128),
     ((9, 33), (5, 31), 1, 1, (1, 4), (False, True), 4, 4, 64, 64),
 ]
 
