@@ -22,6 +22,10 @@
 #include "../../src/cuda/na_fwd_f32.cuh"
 #include "../../src/cuda/na_bwd_tc.cuh"
 #include "../../src/cuda/na_bwd_f32.cuh"
+#ifdef NA_BENCH_WG /* the wgmma dk/dv pass (this tree only: build_bwd.sh's base build lacks it) */
+#include "../../src/cuda/na_fwd_wgmma.cuh"
+#include "../../src/cuda/na_bwd_wgmma.cuh"
+#endif
 #include "../../tests/cuda/kernel_wrappers.cuh"
 
 
@@ -64,6 +68,7 @@ static int grid_of(const Case &c, int t0, int t1, int t2) {
 }
 
 static bool g_once = false;
+static float g_min; /* min ms of the last time_ms */
 /* median ms of reps launches of f (each timed alone) */
 template <class F>
 static float time_ms(F &&f) {
@@ -98,6 +103,7 @@ static float time_ms(F &&f) {
     }
     CK(cudaGetLastError());
     std::sort(t.begin(), t.end());
+    g_min = t[0];
     cudaEventDestroy(a);
     cudaEventDestroy(b);
     return t[t.size() / 2];
@@ -148,8 +154,41 @@ struct Bufs {
     }
 };
 
+template <typename T>
+using WgRun = void (*)(const Case &, Bufs<T> &);
+#ifdef NA_BENCH_WG
+/* The wgmma dk/dv pass (run_tc's buffers: lse and delta from its forward and
+ * delta kernels): key boxes K0 x K1 x K2 (128: the wgmma forward's query box,
+ * as cuda.py plans it), query tiles Q0 x Q1 x Q2 (64), ST stages.  Median and
+ * min ms, TFLOP/s of its four products (S^T, dP^T, dV, dK over the windows). */
+template <typename T, int HD, int K0, int K1, int K2, int Q0, int Q1, int Q2, int ST = 3>
+static void run_wg(const Case &c, Bufs<T> &m) {
+    const int kb = grid_of(c, K0, K1, K2);
+    auto kw = k_bwd_dkdv_wgmma<T, HD, Q0, Q1, Q2, K0, K1, K2, ST>;
+    const int smw = NA_BWD_DKDV_WGMMA_SMEM(HD, ST);
+    CK(cudaFuncSetAttribute(kw, cudaFuncAttributeMaxDynamicSharedMemorySize, smw));
+    const float tk = time_ms([&] {
+        kw<<<dim3(kb, c.B * c.Hkv), 256, smw>>>(m.dp, m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dk, m.dv);
+    });
+    const float tkmin = g_min;
+    auto kq = k_bwd_dq_wgmma<T, HD, K0, K1, K2, Q0, Q1, Q2, ST>; /* query boxes of the K shape, key tiles of Q's */
+    const int smq = NA_BWD_DQ_WGMMA_SMEM(HD, ST);
+    CK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, smq));
+    const float tq = time_ms([&] {
+        kq<<<dim3(kb, c.B * c.H), 256, smq>>>(m.dp, m.q, m.k, m.v, m.dout, m.lse, m.delta, m.dq);
+    });
+    const double g = useful_gflop(c);
+    printf("%-22s bf16 wgmma ST=%d box %dx%dx%d tile %dx%dx%d: dkdv median %8.3f min %8.3f ms %4.0f TFLOP/s | "
+           "dq median %8.3f min %8.3f ms %4.0f TFLOP/s | dq+dkdv %8.3f ms\n",
+           c.name, ST, K0, K1, K2, Q0, Q1, Q2, tk, tkmin, 4 * g / tk, tq, g_min, 3 * g / tq, tq + tk);
+}
+#define WG(...) (run_wg<__VA_ARGS__>)
+#else
+#define WG(...) nullptr
+#endif
+
 template <typename T, int HD, int Q0, int Q1, int Q2, int K0, int K1, int K2>
-static void run_tc(const Case &c) {
+static void run_tc(const Case &c, WgRun<T> wg = nullptr) {
     Bufs<T> m(c, HD);
     T *q = m.q, *k = m.k, *v = m.v, *dout = m.dout, *o = m.o, *dq = m.dq, *dk = m.dk, *dv = m.dv;
     float *lse = m.lse, *delta = m.delta, *dlse = m.dlse;
@@ -171,13 +210,18 @@ static void run_tc(const Case &c) {
         k_delta<T, HD / 32><<<(unsigned)((rows * 32 + 127) / 128), 128>>>(dp, o, dout, dlse, delta);
     });
     const float tq = time_ms([&] { kq<<<dim3(qt, BH), 128, smq>>>(dp, q, k, v, dout, lse, delta, dq); });
+    const float tqmin = g_min;
     const float tk = time_ms([&] { kk<<<dim3(qt, BHkv), 128, smk>>>(dp, q, k, v, dout, lse, delta, dk, dv); });
+    const float tkmin = g_min;
     const float tb = time_ms([&] { kb<<<dim3(2 * qt, BH), 128, smk>>>(dp, q, k, v, dout, lse, delta, dq, dk, dv); });
     const double g = useful_gflop(c);
-    printf("%-22s bf16 fwd %8.3f  delta %7.3f  dq %8.3f  dkdv %8.3f  fused %8.3f  (bwd=delta+fused %8.3f ms; "
-           "useful 5-product TFLOP/s %.0f; fwd %.0f)\n",
-           c.name, tf, td, tq, tk, tb, td + tb, 5 * g / (td + tb), 2 * g / tf);
+    printf("%-22s bf16 fwd %8.3f  delta %7.3f  dq %8.3f (min %8.3f, %4.0f TFLOP/s)  dkdv %8.3f (min %8.3f, %4.0f "
+           "TFLOP/s)  fused %8.3f (min %8.3f)  (bwd=delta+fused %8.3f ms; useful 5-product TFLOP/s %.0f; fwd %.0f)\n",
+           c.name, tf, td, tq, tqmin, 3 * g / tq, tk, tkmin, 4 * g / tk, tb, g_min, td + tb, 5 * g / (td + tb),
+           2 * g / tf);
+    if (wg) wg(c, m);
 }
+
 
 template <int HD, int Q0, int Q1, int Q2, int K0, int K1, int K2>
 static void run_f32(const Case &c) {
@@ -219,12 +263,20 @@ int main(int argc, char **argv) {
     const Case l1d = {"1d-32k-w2k", 1, {32768, 1, 1}, 1, 1, 128, {2048, 1, 1}, {1, 1, 1}};
     const Case d3 = {"3d-32-k3", 1, {32, 32, 32}, 4, 4, 32, {3, 3, 3}, {1, 1, 1}};
     const Case hun = {"hunyuan-3d-w18x24x24", 1, {30, 48, 80}, 24, 24, 128, {18, 24, 24}, {1, 1, 1}};
-    if (strstr(flux.name, sel) && strcmp(sel, "flux-h4")) run_tc<__nv_bfloat16, 128, 8, 8, 1, 8, 8, 1>(flux);
-    if (!strcmp(sel, "flux-h4")) run_tc<__nv_bfloat16, 128, 8, 8, 1, 8, 8, 1>(flux4);
-    if (strstr(vis.name, sel)) run_tc<__nv_bfloat16, 64, 8, 8, 1, 4, 16, 1>(vis);
-    if (strstr(l1d.name, sel)) run_tc<__nv_bfloat16, 128, 64, 1, 1, 64, 1, 1>(l1d);
-    if (strstr(d3.name, sel)) run_tc<__nv_bfloat16, 32, 2, 2, 16, 4, 4, 4>(d3);
-    if (strstr(hun.name, sel) && *sel) run_tc<__nv_bfloat16, 128, 2, 4, 8, 1, 2, 32>(hun); /* by name only */
+    typedef __nv_bfloat16 B16;
+    /* wgmma dk/dv: the key box and query tile of cuda.py's plan (_choose_tiles
+     * with 128-query boxes, compact key tiles; head_dim 64 is not routed to
+     * it: vision's line is for comparison) */
+    const bool st4 = getenv("NA_BENCH_ST4") != nullptr; /* 4 Q / dO stages */
+    if (strstr(flux.name, sel) && strcmp(sel, "flux-h4"))
+        run_tc<B16, 128, 8, 8, 1, 8, 8, 1>(flux, st4 ? WG(B16, 128, 8, 16, 1, 8, 8, 1, 4) : WG(B16, 128, 8, 16, 1, 8, 8, 1));
+    if (!strcmp(sel, "flux-h4")) run_tc<B16, 128, 8, 8, 1, 8, 8, 1>(flux4);
+    if (strstr(vis.name, sel)) run_tc<B16, 64, 8, 8, 1, 4, 16, 1>(vis, WG(B16, 64, 8, 16, 1, 8, 8, 1));
+    if (strstr(l1d.name, sel))
+        run_tc<B16, 128, 64, 1, 1, 64, 1, 1>(l1d, st4 ? WG(B16, 128, 128, 1, 1, 64, 1, 1, 4) : WG(B16, 128, 128, 1, 1, 64, 1, 1));
+    if (strstr(d3.name, sel)) run_tc<B16, 32, 2, 2, 16, 4, 4, 4>(d3);
+    if (strstr(hun.name, sel) && *sel) /* by name only */
+        run_tc<B16, 128, 2, 4, 8, 1, 2, 32>(hun, st4 ? WG(B16, 128, 2, 8, 8, 1, 8, 8, 4) : WG(B16, 128, 2, 8, 8, 1, 8, 8));
     if (strstr(vis.name, sel) || !strcmp(sel, "f32")) run_f32<64, 8, 8, 1, 4, 16, 1>(vis);
     return 0;
 }

@@ -13,6 +13,10 @@ if [ -x $BIN/test_planted ]; then
   $BIN/test_planted > $OUT/planted.log 2>&1; echo "planted rc $? (must be 1)" >> $OUT/planted.log
   grep -cE "FAIL$" $OUT/planted.log; tail -1 $OUT/planted.log
 fi
+if [ -x $BIN/test_planted_wg ]; then
+  $BIN/test_planted_wg > $OUT/planted_wg.log 2>&1; echo "planted_wg rc $? (must be 1)" >> $OUT/planted_wg.log
+  grep -E "FAIL$" $OUT/planted_wg.log | cut -c1-60; tail -1 $OUT/planted_wg.log
+fi
 for c in ${CASES:-flux vision 1d hunyuan}; do
   for r in $(seq ${REPS:-2}); do $BIN/bwd_base $c | sed 's/^/base /'; $BIN/bwd_new $c | sed 's/^/new  /'; done
 done 2>&1 | grep -v "^.... *device" | tee -a $OUT/bench.log

@@ -95,6 +95,88 @@ NA_DEV void na_tile_step(int base[3], const int lo[3], const int hi[3]) {
     }
 }
 
+/* Per tile of T0 x T1 x T2 at base: this thread's two rows' (g, g+8) masks
+ * (na_tile_mask of their ranges [rlo, rhi]: keys of a query in the dq pass,
+ * queries of a key in the dk/dv pass), shifted to the thread's columns
+ * (na_mask_bit), and whether the tile is inside (full) or outside (empty)
+ * every range of the warp's rows. */
+template <int T0, int T1, int T2>
+NA_DEV void na_row_masks(const int rlo[2][3], const int rhi[2][3], const int base[3], int t4,
+                         unsigned long long mk[2], bool *full, bool *empty) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        int lo[3], hi[3];
+#pragma unroll
+        for (int x = 0; x < 3; ++x) {
+            lo[x] = rlo[rr][x] - base[x];
+            hi[x] = rhi[rr][x] - base[x];
+        }
+        mk[rr] = na_tile_mask<T0, T1, T2>(lo, hi);
+    }
+    *full = __all_sync(0xffffffffu, (mk[0] & mk[1]) == ~0ull);
+    *empty = __all_sync(0xffffffffu, (mk[0] | mk[1]) == 0ull);
+    mk[0] >>= 2 * t4;
+    mk[1] >>= 2 * t4;
+}
+/* dq pass: s <- dS = P (dP - delta) of a tile (m16n8 fragments, query rows
+ * g, g+8 x 64 key columns; P = exp2(S * scale*log2e - lse*log2e), masked),
+ * with the rows' lse * log2e (rl2) and delta (rdl). */
+NA_DEV void na_dq_probs(float (&s)[8][4], const float (&dp)[8][4], const float rl2[2], const float rdl[2],
+                        const unsigned long long mk[2], bool full, float sl2) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int rr = e >> 1;
+            const bool ok = full || na_mask_bit(mk[rr], j, e & 1);
+            const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -rl2[rr])) : 0.f;
+            s[j][e] = pr * (dp[j][e] - rdl[rr]);
+        }
+}
+/* dq pass, query row `row` of the box (shape TQ0 x TQ1 x TQ2 at q0): its
+ * window (group-local key ranges lo, hi; empty when inactive), position, lse
+ * * log2e and delta (0 when inactive).  Returns whether it is active. */
+template <int TQ1, int TQ2>
+NA_DEV bool na_dq_row(const na_params &P, int b, int h, const int r[3], const int n[3], const int q0[3], int row,
+                      const float *lse, const float *delta, int lo[3], int hi[3], int pos[3], float *rl2,
+                      float *rdl) {
+    const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
+    bool act = true;
+#pragma unroll
+    for (int x = 0; x < 3; ++x) {
+        const int ql = q0[x] + t[x];
+        act = act && ql < n[x];
+        pos[x] = ql * P.dil[x] + r[x];
+        lo[x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], min(ql, n[x] - 1));
+        hi[x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], min(ql, n[x] - 1));
+    }
+    *rl2 = 0.f;
+    *rdl = 0.f;
+    if (!act) {
+#pragma unroll
+        for (int x = 0; x < 3; ++x) { lo[x] = 1 << 30; hi[x] = -(1 << 30); }
+    } else {
+        const long long orow = na_tok(b, pos, P.X) * P.H + h;
+        *rl2 = lse[orow] * 1.4426950408889634f;
+        *rdl = delta[orow];
+    }
+    return act;
+}
+/* dQ (times the scale) of this thread's two query rows. */
+template <typename T, int HD>
+NA_DEV void na_dq_store(const float (&acc)[HD / 8][4], const bool ract[2], const int rowpos[2][3],
+                        const na_params &P, int b, int h, int t4, T *dq) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        if (!ract[rr]) continue;
+        T *dst = dq + (na_tok(b, rowpos[rr], P.X) * P.H + h) * (long long)HD;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j)
+            *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) =
+                na_pack2(acc[j][2 * rr] * P.scale, acc[j][2 * rr + 1] * P.scale, T());
+    }
+}
+
 /* ------------------------------------------------------------------ dQ */
 template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v,
@@ -138,30 +220,9 @@ __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, c
     float rl2[2], rdl[2];
     const float sl2 = P.scale * 1.4426950408889634f;
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int row = warp * 16 + g4 + rr * 8;
-        const int t[3] = {row / (TQ1 * TQ2), (row / TQ2) % TQ1, row % TQ2};
-        bool act = true;
-#pragma unroll
-        for (int x = 0; x < 3; ++x) {
-            const int ql = q0[x] + t[x];
-            act = act && ql < n[x];
-            rowpos[rr][x] = ql * P.dil[x] + r[x];
-            rlo[rr][x] = na_first_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], min(ql, n[x] - 1));
-            rhi[rr][x] = na_last_valid_local(P.X[x], P.K[x], P.dil[x], P.gs[x], P.causal[x], r[x], min(ql, n[x] - 1));
-        }
-        ract[rr] = act;
-        rl2[rr] = 0.f;
-        rdl[rr] = 0.f;
-        if (!act) {
-#pragma unroll
-            for (int x = 0; x < 3; ++x) { rlo[rr][x] = 1 << 30; rhi[rr][x] = -(1 << 30); }
-        } else {
-            const long long orow = na_tok(b, rowpos[rr], P.X) * P.H + h;
-            rl2[rr] = lse[orow] * 1.4426950408889634f;
-            rdl[rr] = delta[orow];
-        }
-    }
+    for (int rr = 0; rr < 2; ++rr)
+        ract[rr] = na_dq_row<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 + g4 + rr * 8, lse, delta, rlo[rr], rhi[rr],
+                                      rowpos[rr], &rl2[rr], &rdl[rr]);
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     __syncthreads();
     int lbase[3] = {kmin[0], kmin[1], kmin[2]}, base[3] = {kmin[0], kmin[1], kmin[2]}; /* next load, this tile */
@@ -192,20 +253,8 @@ __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, c
         const T *cK = sK + (tt & 1) * TK * LD, *cV = sV + (tt & 1) * TK * LD;
         if (tt > 0) na_tile_step<TK0, TK1, TK2>(base, kmin, kmax);
         unsigned long long mk[2];
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            int lo[3], hi[3];
-#pragma unroll
-            for (int x = 0; x < 3; ++x) {
-                lo[x] = rlo[rr][x] - base[x];
-                hi[x] = rhi[rr][x] - base[x];
-            }
-            mk[rr] = na_tile_mask<TK0, TK1, TK2>(lo, hi);
-        }
-        const bool full = __all_sync(0xffffffffu, (mk[0] & mk[1]) == ~0ull);
-        const bool empty = __all_sync(0xffffffffu, (mk[0] | mk[1]) == 0ull);
-        mk[0] >>= 2 * t4;
-        mk[1] >>= 2 * t4;
+        bool full, empty;
+        na_row_masks<TK0, TK1, TK2>(rlo, rhi, base, t4, mk, &full, &empty);
         if (!empty) {
             float s[8][4], dp[8][4];
 #pragma unroll
@@ -228,15 +277,7 @@ __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, c
                     na_mma(dp[2 * jp + 1], of, bv[2], bv[3], T());
                 }
             }
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int rr = e >> 1;
-                    const bool ok = full || na_mask_bit(mk[rr], j, e & 1);
-                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, -rl2[rr])) : 0.f;
-                    s[j][e] = pr * (dp[j][e] - rdl[rr]); /* dS */
-                }
+            na_dq_probs(s, dp, rl2, rdl, mk, full, sl2);
             /* dQ += dS K */
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
@@ -255,15 +296,7 @@ __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, c
             }
         }
     }
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        if (!ract[rr]) continue;
-        T *dst = dq + (na_tok(b, rowpos[rr], P.X) * P.H + h) * (long long)HD;
-#pragma unroll
-        for (int j = 0; j < HD / 8; ++j)
-            *reinterpret_cast<unsigned *>(dst + j * 8 + t4 * 2) =
-                na_pack2(acc[j][2 * rr] * P.scale, acc[j][2 * rr + 1] * P.scale, T());
-    }
+    na_dq_store<T, HD>(acc, ract, rowpos, P, b, h, t4, dq);
 }
 
 /* Query ranges of the dk/dv pass, computed once per CTA: for each axis x and
@@ -272,9 +305,9 @@ __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, c
  * off = 0, TK0, TK0 + TK1; parallel over threads.  Each range is two binary
  * searches (na_query_range); done per row and axis by every thread they
  * cost ~2000 instructions a thread, as much as a few tiles of vision-2d-64-k7. */
-template <int TK0, int TK1, int TK2>
+template <int TK0, int TK1, int TK2, int NT = 128>
 NA_DEV void na_key_ranges(const na_params &P, const int r[3], const int n[3], const int k0[3], int2 *tab, int tid) {
-    static_assert(TK0 + TK1 + TK2 <= 128, "one entry per thread of a 128-thread CTA");
+    static_assert(TK0 + TK1 + TK2 <= NT, "one entry per thread of an NT-thread CTA");
 #pragma unroll
     for (int x = 0; x < 3; ++x) { /* unrolled: no run-time index into P (it would go to local memory) */
         const int off = x == 0 ? 0 : x == 1 ? TK0 : TK0 + TK1, cnt = x == 0 ? TK0 : x == 1 ? TK1 : TK2;
@@ -320,22 +353,24 @@ NA_DEV bool na_key_row_range(const na_params &P, const int r[3], const int n[3],
     }
     return act;
 }
-/* Per-CTA setup of both dk/dv passes (tensor-core and tiled f32): key box of
- * this tile, its K and V rows (cp.async, committed), the query-box table, the
- * query-range table in pipeline stage 1 of sQ (free until the first step) and
- * the box of query tiles.  False: no key here (the whole CTA returns). */
-template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, int NT>
+/* Per-CTA setup of the dk/dv passes (tensor-core, wgmma and tiled f32): key
+ * box of this tile, its K and V rows (cp.async, committed), the query-box
+ * table, the query-range table in pipeline stage 1 of sQ (free until the
+ * first step; at sQ + TQ*LD) and the box of query tiles.  BLK (wgmma): K and
+ * V in the 128-byte-swizzled layout of na_tile_off, LD = rows of the key box.
+ * False: no key here (the whole CTA returns). */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, int NT, bool BLK = false>
 NA_DEV bool na_dkdv_setup(const na_params &P, int tile, int b, int kvh, const T *k, const T *v, T *sK, T *sV, T *sQ,
                           int LD, int *tOff, int *tU, int tid, int r[3], int n[3], int k0[3], int qmin[3],
                           int qmax[3], int nqt[3], const int2 *&tab) {
     int klast[3];
     if (!na_box_of<TK0, TK1, TK2>(P, tile, r, n, k0, klast)) return false;
     const int lastk[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
-    na_load_box<T, HD, TK0, TK1, TK2, NT>(sK, LD, k, P.Hkv, kvh, b, P, r, k0, lastk, tid);
-    na_load_box<T, HD, TK0, TK1, TK2, NT>(sV, LD, v, P.Hkv, kvh, b, P, r, k0, lastk, tid);
+    na_load_box<T, HD, TK0, TK1, TK2, NT, BLK>(sK, LD, k, P.Hkv, kvh, b, P, r, k0, lastk, tid);
+    na_load_box<T, HD, TK0, TK1, TK2, NT, BLK>(sV, LD, v, P.Hkv, kvh, b, P, r, k0, lastk, tid);
     na_cp_commit();
     int2 *t = reinterpret_cast<int2 *>(sQ + TQ0 * TQ1 * TQ2 * LD);
-    na_key_ranges<TK0, TK1, TK2>(P, r, n, k0, t, tid);
+    na_key_ranges<TK0, TK1, TK2, NT>(P, r, n, k0, t, tid);
     na_box_table<TQ0, TQ1, TQ2>(tOff, tU, P, P.H, HD, tid, NT);
     __syncthreads();
     na_dkdv_qbox<TQ0, TQ1, TQ2, TK0, TK1, TK2>(t, k0, klast, qmin, qmax, nqt);
@@ -365,6 +400,48 @@ NA_DEV void na_load_qtile(const na_params &P, int b, const int r[3], int h, cons
         const long long orow = ok ? (org + off) / HD : 0; /* token*H + h */
         na_cp_async4(sL + tid, lse + orow, ok);
         na_cp_async4(sD + tid, delta + orow, ok);
+    }
+}
+
+/* s <- P^T, dp <- dS^T of a tile (m16n8 accumulator fragments, key rows x 64
+ * query columns); lse and delta of this thread's two columns j*8 + t4*2 + c
+ * by one 8-byte read each (per-score reads were 32 predicated 4-byte ones a
+ * tile; H100, bwd_bench: the mma.sync pass on 3d-32-k3 0.180 -> 0.134 ms,
+ * 1d-32k-w2k 0.333 -> 0.317, flux unchanged alone, 71.3 -> 70.1 ms in the
+ * fused launch) */
+NA_DEV void na_dkdv_probs(float (&s)[8][4], float (&dp)[8][4], const float *cL, const float *cD,
+                          const unsigned long long mk[2], bool full, float sl2, int t4) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const float2 l2 = *reinterpret_cast<const float2 *>(cL + j * 8 + t4 * 2);
+        const float2 d2 = *reinterpret_cast<const float2 *>(cD + j * 8 + t4 * 2);
+        const float nl[2] = {-l2.x * 1.4426950408889634f, -l2.y * 1.4426950408889634f};
+        const float dl[2] = {d2.x, d2.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int rr = e >> 1, c = e & 1;
+            const bool ok = full || na_mask_bit(mk[rr], j, c);
+            const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, nl[c])) : 0.f;
+            s[j][e] = pr;
+            dp[j][e] = pr * (dp[j][e] - dl[c]);
+        }
+    }
+}
+/* dK (times the scale) and dV of this thread's two key rows. */
+template <typename T, int HD>
+NA_DEV void na_dkdv_store(const float (&dka)[HD / 8][4], const float (&dva)[HD / 8][4], const bool ract[2],
+                          const int rowpos[2][3], const na_params &P, int b, int kvh, int t4, T *dk, T *dv) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        if (!ract[rr]) continue;
+        const long long krow = na_tok(b, rowpos[rr], P.X) * P.Hkv + kvh;
+        T *dK = dk + krow * HD, *dV = dv + krow * HD;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j) {
+            *reinterpret_cast<unsigned *>(dK + j * 8 + t4 * 2) =
+                na_pack2(dka[j][2 * rr] * P.scale, dka[j][2 * rr + 1] * P.scale, T());
+            *reinterpret_cast<unsigned *>(dV + j * 8 + t4 * 2) = na_pack2(dva[j][2 * rr], dva[j][2 * rr + 1], T());
+        }
     }
 }
 
@@ -441,20 +518,8 @@ __device__ __noinline__ void na_bwd_dkdv_tc_entry(const int *params, const T *q,
             if (base[0] > qmax[0]) base[0] = qmin[0];
         }
         unsigned long long mk[2];
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            int lo[3], hi[3];
-#pragma unroll
-            for (int x = 0; x < 3; ++x) {
-                lo[x] = rlo[rr][x] - base[x];
-                hi[x] = rhi[rr][x] - base[x];
-            }
-            mk[rr] = na_tile_mask<TQ0, TQ1, TQ2>(lo, hi);
-        }
-        const bool full = __all_sync(0xffffffffu, (mk[0] & mk[1]) == ~0ull);
-        const bool empty = __all_sync(0xffffffffu, (mk[0] | mk[1]) == 0ull);
-        mk[0] >>= 2 * t4;
-        mk[1] >>= 2 * t4;
+        bool full, empty;
+        na_row_masks<TQ0, TQ1, TQ2>(rlo, rhi, base, t4, mk, &full, &empty);
         if (!empty) {
             float s[8][4], dp[8][4];
 #pragma unroll
@@ -478,26 +543,7 @@ __device__ __noinline__ void na_bwd_dkdv_tc_entry(const int *params, const T *q,
                     na_mma(dp[2 * jp + 1], va, bo[2], bo[3], T());
                 }
             }
-            /* s <- P^T, dp <- dS^T; lse and delta of this thread's two columns
-             * j*8 + t4*2 + c by one 8-byte read each (per-score reads were 32
-             * predicated 4-byte ones a tile; H100, bwd_bench: this pass on
-             * 3d-32-k3 0.180 -> 0.134 ms, 1d-32k-w2k 0.333 -> 0.317, flux
-             * unchanged alone, 71.3 -> 70.1 ms in the fused launch) */
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float2 l2 = *reinterpret_cast<const float2 *>(cL + j * 8 + t4 * 2);
-                const float2 d2 = *reinterpret_cast<const float2 *>(cD + j * 8 + t4 * 2);
-                const float nl[2] = {-l2.x * 1.4426950408889634f, -l2.y * 1.4426950408889634f};
-                const float dl[2] = {d2.x, d2.y};
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int rr = e >> 1, c = e & 1;
-                    const bool ok = full || na_mask_bit(mk[rr], j, c);
-                    const float pr = ok ? na_ex2(fmaf(s[j][e], sl2, nl[c])) : 0.f;
-                    s[j][e] = pr;
-                    dp[j][e] = pr * (dp[j][e] - dl[c]);
-                }
-            }
+            na_dkdv_probs(s, dp, cL, cD, mk, full, sl2, t4);
 #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
                 unsigned pa[4], da[4];
@@ -523,18 +569,7 @@ __device__ __noinline__ void na_bwd_dkdv_tc_entry(const int *params, const T *q,
             }
         }
     }
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        if (!ract[rr]) continue;
-        const long long krow = na_tok(b, rowpos[rr], P.X) * P.Hkv + kvh;
-        T *dK = dk + krow * HD, *dV = dv + krow * HD;
-#pragma unroll
-        for (int j = 0; j < HD / 8; ++j) {
-            *reinterpret_cast<unsigned *>(dK + j * 8 + t4 * 2) =
-                na_pack2(dka[j][2 * rr] * P.scale, dka[j][2 * rr + 1] * P.scale, T());
-            *reinterpret_cast<unsigned *>(dV + j * 8 + t4 * 2) = na_pack2(dva[j][2 * rr], dva[j][2 * rr + 1], T());
-        }
-    }
+    na_dkdv_store<T, HD>(dka, dva, ract, rowpos, P, b, kvh, t4, dk, dv);
 }
 
 /* Number of box tiles over the (dilation-grouped) extent, as cuda.py computes it. */

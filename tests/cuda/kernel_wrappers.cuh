@@ -92,4 +92,20 @@ __global__ void k_bwd_tc(const int *pa, const T *q, const T *k, const T *v, cons
     na_bwd_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dq, dk, dv);
 }
 
+#ifdef NATTEN_CUDA_BWD_WGMMA_CUH
+/* 256 threads, one CTA per SM (dK and dV accumulators: 128 f32 a thread) */
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int ST = 3>
+__global__ void __launch_bounds__(256, 1) k_bwd_dkdv_wgmma(const int *pa, const T *q, const T *k, const T *v,
+                                                           const T *dout, const float *lse, const float *delta,
+                                                           T *dk, T *dv) {
+    na_bwd_dkdv_wgmma_entry<T, HD, A, B_, C, D, E, F, ST>(pa, q, k, v, dout, lse, delta, dk, dv);
+}
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F, int ST = 3>
+__global__ void __launch_bounds__(256, 1) k_bwd_dq_wgmma(const int *pa, const T *q, const T *k, const T *v,
+                                                         const T *dout, const float *lse, const float *delta,
+                                                         T *dq) {
+    na_bwd_dq_wgmma_entry<T, HD, A, B_, C, D, E, F, ST>(pa, q, k, v, dout, lse, delta, dq);
+}
+#endif
+
 #endif /* NATTEN_CUDA_KERNEL_WRAPPERS_CUH */

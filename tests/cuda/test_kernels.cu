@@ -28,6 +28,7 @@
 #include "../../src/cuda/na_fwd_f32.cuh"
 #include "../../src/cuda/na_bwd_tc.cuh"
 #include "../../src/cuda/na_bwd_f32.cuh"
+#include "../../src/cuda/na_bwd_wgmma.cuh"
 #include "../../src/core/window.h"
 #include "kernel_wrappers.cuh"
 
@@ -565,33 +566,54 @@ static double rel_err(const std::vector<float> &got, const std::vector<double> &
     }
     return e / (m > 0 ? m : 1);
 }
+/* Random inputs (bf16-exact, seeded), the double-precision reference
+ * backward, and the kernels' f32 lse and delta on the device. */
+struct BwdCase {
+    size_t nq, nk, rows;
+    std::vector<float> q, k, v, dout, outf;
+    std::vector<double> rdq, rdk, rdv;
+    int *dp;
+    float *dl, *dd;
+    BwdCase(const Prob &P, int HD, unsigned seed) {
+        const int ntok = P.X[0] * P.X[1] * P.X[2];
+        nq = (size_t)P.B * ntok * P.H * HD, nk = (size_t)P.B * ntok * P.Hkv * HD, rows = (size_t)P.B * ntok * P.H;
+        q.resize(nq), k.resize(nk), v.resize(nk), dout.resize(nq);
+        srand(seed);
+        for (auto *vec : {&q, &k, &v, &dout})
+            for (auto &x : *vec) x = bf16r((float)rand() / RAND_MAX * 2.f - 1.f);
+        std::vector<double> ro, rl;
+        host_fwd(P, q, k, v, ro, rl);
+        host_bwd(P, q, k, v, dout, ro, rl, rdq, rdk, rdv);
+        std::vector<float> lse(rows), delta(rows, 0.f);
+        outf.resize(nq);
+        for (size_t i = 0; i < rows; ++i) {
+            lse[i] = (float)rl[i];
+            double d = 0;
+            for (int c = 0; c < HD; ++c) d += (double)dout[i * HD + c] * ro[i * HD + c];
+            delta[i] = (float)d;
+        }
+        for (size_t i = 0; i < nq; ++i) outf[i] = (float)ro[i];
+        std::vector<int> pa = make_params(P);
+        CK(cudaMalloc(&dp, pa.size() * 4));
+        CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
+        dl = upload<float>(lse), dd = upload<float>(delta);
+    }
+    ~BwdCase() {
+        cudaFree(dp);
+        cudaFree(dl);
+        cudaFree(dd);
+    }
+};
 /* TC: bf16 fused backward (na_bwd_tc_entry); else the tiled f32 passes.  Poisoned outputs. */
 template <int HD, int Q0, int Q1, int Q2, int K0, int K1, int K2>
 static int test_bwd(const Prob &P, bool tc) {
     typedef __nv_bfloat16 B16;
-    const int ntok = P.X[0] * P.X[1] * P.X[2];
-    const size_t nq = (size_t)P.B * ntok * P.H * HD, nk = (size_t)P.B * ntok * P.Hkv * HD;
-    const size_t rows = (size_t)P.B * ntok * P.H;
-    std::vector<float> q(nq), k(nk), v(nk), dout(nq);
-    srand(11 + HD + Q0 * 3 + K2);
-    for (auto *vec : {&q, &k, &v, &dout})
-        for (auto &x : *vec) x = bf16r((float)rand() / RAND_MAX * 2.f - 1.f);
-    std::vector<double> ro, rl, rdq, rdk, rdv;
-    host_fwd(P, q, k, v, ro, rl);
-    host_bwd(P, q, k, v, dout, ro, rl, rdq, rdk, rdv);
-    std::vector<float> lse(rows), delta(rows, 0.f), outf(nq);
-    for (size_t i = 0; i < rows; ++i) {
-        lse[i] = (float)rl[i];
-        double d = 0;
-        for (int c = 0; c < HD; ++c) d += (double)dout[i * HD + c] * ro[i * HD + c];
-        delta[i] = (float)d;
-    }
-    for (size_t i = 0; i < nq; ++i) outf[i] = (float)ro[i];
-    std::vector<int> pa = make_params(P);
-    int *dp;
-    CK(cudaMalloc(&dp, pa.size() * 4));
-    CK(cudaMemcpy(dp, pa.data(), pa.size() * 4, cudaMemcpyHostToDevice));
-    float *dl = upload<float>(lse), *dd = upload<float>(delta);
+    BwdCase C(P, HD, 11 + HD + Q0 * 3 + K2);
+    const size_t nq = C.nq, nk = C.nk, rows = C.rows;
+    const std::vector<float> &q = C.q, &k = C.k, &v = C.v, &dout = C.dout, &outf = C.outf;
+    const std::vector<double> &rdq = C.rdq, &rdk = C.rdk, &rdv = C.rdv;
+    int *dp = C.dp;
+    float *dl = C.dl, *dd = C.dd;
     const int tq[3] = {Q0, Q1, Q2};
     const int nqt = grid_of(P, tq);
     std::vector<float> gq, gk, gv;
@@ -640,9 +662,6 @@ static int test_bwd(const Prob &P, bool tc) {
         gv = download(o_v, nk);
         for (float *x : {d_q, d_k, d_v, d_do, d_o, d_z, d_dl, o_q, o_k, o_v}) cudaFree(x);
     }
-    cudaFree(dp);
-    cudaFree(dl);
-    cudaFree(dd);
     const double eq = rel_err(gq, rdq), ek = rel_err(gk, rdk), ev = rel_err(gv, rdv);
     const double tol = tc ? 2e-2 : 2e-5;
     const int bad = !(eq <= tol && ek <= tol && ev <= tol);
@@ -653,6 +672,56 @@ static int test_bwd(const Prob &P, bool tc) {
            P.Hkv, eq, ek, ev, bad ? "FAIL" : "ok");
     return bad;
 }
+
+#ifdef NATTEN_CUDA_BWD_WGMMA_CUH
+/* The wgmma backward passes (ST stages) on the plan cuda.py makes: dk/dv
+ * (na_bwd_dkdv_wgmma_entry) over key boxes of KB0 x KB1 x KB2 = 128 and query
+ * tiles of Q0 x Q1 x Q2 = 64, dq (na_bwd_dq_wgmma_entry) over query boxes of
+ * the KB shape and key tiles of the Q shape; against the host backward.
+ * Poisoned outputs (NaN: an unwritten row fails).  Run twice on the same
+ * inputs: the results must be bitwise equal (a race would move them). */
+template <typename T, int HD, int Q0, int Q1, int Q2, int KB0, int KB1, int KB2, int ST = 3>
+static int test_bwd_wg(const Prob &P) {
+    BwdCase C(P, HD, 23 + HD + Q0 * 5 + KB2);
+    const int kb[3] = {KB0, KB1, KB2};
+    const int nkb = grid_of(P, kb);
+    T *d_q = upload<T>(C.q), *d_k = upload<T>(C.k), *d_v = upload<T>(C.v), *d_do = upload<T>(C.dout);
+    T *o_q, *o_k, *o_v;
+    CK(cudaMalloc(&o_q, C.nq * sizeof(T)));
+    CK(cudaMalloc(&o_k, C.nk * sizeof(T)));
+    CK(cudaMalloc(&o_v, C.nk * sizeof(T)));
+    auto kern = k_bwd_dkdv_wgmma<T, HD, Q0, Q1, Q2, KB0, KB1, KB2, ST>;
+    auto kq = k_bwd_dq_wgmma<T, HD, KB0, KB1, KB2, Q0, Q1, Q2, ST>;
+    const int smem = NA_BWD_DKDV_WGMMA_SMEM(HD, ST), smq = NA_BWD_DQ_WGMMA_SMEM(HD, ST);
+    CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    CK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, smq));
+    std::vector<float> gq[2], gk[2], gv[2];
+    for (int rep = 0; rep < 2; ++rep) {
+        CK(cudaMemset(o_q, 0xff, C.nq * sizeof(T))); /* NaN poison */
+        CK(cudaMemset(o_k, 0xff, C.nk * sizeof(T)));
+        CK(cudaMemset(o_v, 0xff, C.nk * sizeof(T)));
+        kern<<<dim3(nkb, P.B * P.Hkv), 256, smem>>>(C.dp, d_q, d_k, d_v, d_do, C.dl, C.dd, o_k, o_v);
+        CK(cudaGetLastError());
+        kq<<<dim3(nkb, P.B * P.H), 256, smq>>>(C.dp, d_q, d_k, d_v, d_do, C.dl, C.dd, o_q);
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        gq[rep] = download(o_q, C.nq);
+        gk[rep] = download(o_k, C.nk);
+        gv[rep] = download(o_v, C.nk);
+    }
+    for (T *x : {d_q, d_k, d_v, d_do, o_q, o_k, o_v}) cudaFree(x);
+    const double eq = rel_err(gq[0], C.rdq), ek = rel_err(gk[0], C.rdk), ev = rel_err(gv[0], C.rdv);
+    const bool same = gq[0] == gq[1] && gk[0] == gk[1] && gv[0] == gv[1];
+    const int bad = !(eq <= 2e-2 && ek <= 2e-2 && ev <= 2e-2 && same);
+    printf("bwd wgmma %s HD=%d ST=%d tiles %dx%dx%d/%dx%dx%d X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d gs=%dx%dx%d "
+           "causal=%d%d%d H=%d/%d B=%d: rel err dq %.1e dk %.1e dv %.1e%s %s\n",
+           sizeof(T) == 2 && (float)(T)1.00390625f != 1.f ? "f16" : "bf16", HD, ST, Q0, Q1, Q2, KB0, KB1, KB2,
+           P.X[0], P.X[1], P.X[2], P.K[0], P.K[1], P.K[2], P.dil[0], P.dil[1], P.dil[2], P.gs[0], P.gs[1], P.gs[2],
+           P.causal[0], P.causal[1], P.causal[2], P.H, P.Hkv, P.B, eq, ek, ev, same ? "" : " (runs differ)",
+           bad ? "FAIL" : "ok");
+    return bad;
+}
+#endif
 
 int main() {
     int n = 0;
@@ -800,6 +869,41 @@ int main() {
     fails += test_bwd<32, 2, 2, 16, 4, 4, 4>(b3, false);
     Prob b2h = {{19, 21, 1}, {9, 11, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 1};
     fails += test_bwd<128, 8, 8, 1, 8, 8, 1>(b2h, true);
+#ifdef NATTEN_CUDA_BWD_WGMMA_CUH
+    /* wgmma backward: 128-key boxes (the forward's 128-query box shapes) and
+     * 64-query tiles for dk/dv, the same shapes swapped for dq.  1-D: windows wider than a tile (full, partial and, for
+     * one warpgroup, empty tiles), extents off 64/128, dilation with uneven
+     * groups, causal, GNA stride, GQA (2 query heads a kv head); wx1k: 17+
+     * tiles a box (and head), each stage reused 5+ times.  2-D / 3-D:
+     * boxes that cut windows, sizes off the box edges. */
+    {
+        const Prob w1a = {{200, 1, 1}, {33, 1, 1}, {1, 1, 1}, {4, 1, 1}, {1, 0, 0}, 2, 1, 128, 1};
+        const Prob w1b = {{1000, 1, 1}, {300, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 1};
+        const Prob w1c = {{500, 1, 1}, {150, 1, 1}, {3, 1, 1}, {4, 1, 1}, {1, 0, 0}, 4, 2, 128, 2};
+        const Prob w1k = {{4096, 1, 1}, {1023, 1, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 2, 128, 1};
+        const Prob w2a = {{19, 21, 1}, {9, 11, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 1};
+        const Prob w2b = {{19, 37, 1}, {7, 9, 1}, {2, 1, 1}, {1, 2, 1}, {0, 1, 0}, 4, 2, 128, 1};
+        const Prob w2c = {{40, 45, 1}, {21, 17, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 1};
+        const Prob w3a = {{9, 10, 11}, {5, 3, 7}, {1, 2, 1}, {2, 1, 1}, {0, 0, 1}, 2, 1, 128, 1};
+        const Prob w3b = {{7, 20, 40}, {5, 9, 33}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 1, 1, 128, 1};
+        const Prob w2h = {{20, 23, 1}, {7, 9, 1}, {1, 2, 1}, {3, 1, 1}, {1, 0, 0}, 2, 2, 64, 2};
+        fails += test_bwd_wg<B16, 128, 64, 1, 1, 128, 1, 1>(w1a);
+        fails += test_bwd_wg<B16, 128, 64, 1, 1, 128, 1, 1>(w1b);
+        fails += test_bwd_wg<__half, 128, 64, 1, 1, 128, 1, 1>(w1b);
+        fails += test_bwd_wg<B16, 128, 64, 1, 1, 128, 1, 1>(w1c);
+        fails += test_bwd_wg<B16, 128, 64, 1, 1, 128, 1, 1>(w1k);
+        fails += test_bwd_wg<B16, 128, 64, 1, 1, 128, 1, 1, 4>(w1k);
+        fails += test_bwd_wg<B16, 128, 8, 8, 1, 8, 16, 1>(w2a);
+        fails += test_bwd_wg<B16, 128, 8, 8, 1, 8, 16, 1>(w2b);
+        fails += test_bwd_wg<__half, 128, 8, 8, 1, 8, 16, 1>(w2b);
+        fails += test_bwd_wg<B16, 128, 8, 8, 1, 8, 16, 1>(w2c);
+        fails += test_bwd_wg<B16, 128, 2, 32, 1, 8, 16, 1>(w2c);
+        fails += test_bwd_wg<B16, 128, 4, 4, 4, 2, 8, 8>(w3a);
+        fails += test_bwd_wg<B16, 128, 1, 2, 32, 2, 8, 8>(w3a);
+        fails += test_bwd_wg<B16, 128, 1, 2, 32, 2, 4, 16>(w3b);
+        fails += test_bwd_wg<__half, 64, 8, 8, 1, 8, 16, 1>(w2h);
+    }
+#endif
     printf("%s\n", fails ? "FAILED" : "ALL OK");
     return fails ? 1 : 0;
 }
