@@ -28,6 +28,9 @@ Kernels (src/cuda):
                  IEEE f32) for f32 with D == Dv in {32, 64}, same other limits
                  as the tensor-core path
   na_bwd_f32.cuh tiled f32 backward dk/dv pass, same scope
+  na_bwd_wgmma.cuh Hopper (sm_90a) wgmma dk/dv pass for f16/bf16, head_dim
+                 128 (64 on request), compiled through cuda_jit (NVRTC
+                 -arch=sm_90a); the dq pass then runs alone (mma.sync)
 
 Importing this module never fails; on machines without MLX's CUDA backend
 ``is_available()`` is False and ``supports()`` always says no.
@@ -143,6 +146,8 @@ _HEADER_SETS = {
     "fwd_wgmma": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_wgmma.cuh"),
     "fwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh"),
     "bwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_bwd_tc.cuh"),
+    "bwd_wgmma": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_wgmma.cuh", "na_bwd_tc.cuh",
+                  "na_bwd_wgmma.cuh"),
     "bwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh", "na_bwd_tc.cuh",
                 "na_bwd_f32.cuh"),
 }
@@ -345,6 +350,38 @@ def _precompiled_fwd(entry: str, dtype_name: str, targs: tuple, threads: int, sm
     return launch
 
 
+def _precompiled_launch(fn: str, data: bytes, smem: int):
+    """A cubin's kernel `fn` as a callable with cuda_kernel's call interface."""
+
+    def launch(inputs, grid, threadgroup, output_shapes, output_dtypes):
+        return mx.fast.precompiled_cuda_kernel(
+            name=fn, compiled_source=data, inputs=inputs, output_shapes=output_shapes,
+            output_dtypes=output_dtypes, scalars=[], grid=grid, threadgroup=threadgroup,
+            shared_memory=smem, ensure_row_contiguous=True)
+
+    return launch
+
+
+@lru_cache(maxsize=64)
+def _precompiled_bwd(which: str, dtype_name: str, targs: tuple, smem: int):
+    """A wgmma backward pass of na_bwd_wgmma.cuh, `which` "dkdv"
+    (na_bwd_dkdv_wgmma_entry; outputs dk, dv) or "dq" (na_bwd_dq_wgmma_entry;
+    output dq), template arguments targs after T, compiled by cuda_jit for
+    sm_90a: 256 threads, one CTA per SM (__launch_bounds__(256, 1): up to 255
+    registers; ptxas, HD 128: 254-255 for dk/dv, 227 for dq, no spills).
+    Inputs params, q, k, v, dout, lse, delta."""
+    ct = _CTYPE[dtype_name]
+    outs = ("dk", "dv") if which == "dkdv" else ("dq",)
+    fn = "natten_bwd_%s_wgmma_%s_%s_sm_90a" % (which, dtype_name, "_".join(map(str, targs)))
+    wrapper = ('extern "C" __global__ void __launch_bounds__(256, 1) @FN(const int *params, const T *q, '
+               "const T *k, const T *v, const T *dout, const float *lse, const float *delta, @OUTS) {\n"
+               "  na_bwd_@WHICH_wgmma_entry<T, @TARGS>(params, q, k, v, dout, lse, delta, @ARGS);\n}\n")
+    wrapper = wrapper.replace("@OUTS", ", ".join("T *" + o for o in outs)).replace("@ARGS", ", ".join(outs))
+    wrapper = wrapper.replace("T *", ct + " *").replace("<T,", "<" + ct + ",").replace("@WHICH", which)
+    src = _header("bwd_wgmma") + "\n" + wrapper.replace("@FN", fn).replace("@TARGS", ", ".join(map(str, targs)))
+    return _precompiled_launch(fn, cuda_jit.cubin(src, "sm_90a"), smem)
+
+
 # ----------------------------------------------------------------------------
 # Problem -> parameter array
 # ----------------------------------------------------------------------------
@@ -436,6 +473,9 @@ def _prod(t):
 #   NATTEN_CUDA_WGMMA=0     never the Hopper wgmma forward (na_fwd_wgmma.cuh)
 #   NATTEN_CUDA_WGMMA=1     the wgmma forward for every problem in its scope
 #                           (default: see _use_wgmma)
+#   NATTEN_CUDA_WGMMA_BWD=0 never the Hopper wgmma dk/dv pass (na_bwd_wgmma.cuh)
+#   NATTEN_CUDA_WGMMA_BWD=1 the wgmma dk/dv pass for every problem in its scope
+#                           (default: see _use_wgmma_bwd)
 #   NATTEN_CUDA_SMALL=R     problems of at most R query rows (B*N*H) and a window
 #                           of at most _SMALL_KK keys run the warp-per-row kernels,
 #                           any rank and dtype (0: tiled whenever it applies);
@@ -464,7 +504,7 @@ def refresh_env():
     """Re-read the NATTEN_CUDA_* switches (they are read once, at import)."""
     _env.clear()
     for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ", "NATTEN_CUDA_SMALL",
-                 "NATTEN_CUDA_WGMMA"):
+                 "NATTEN_CUDA_WGMMA", "NATTEN_CUDA_WGMMA_BWD"):
         _env[name] = os.environ.get(name, "")
     _fwd_plans.clear()
 
@@ -578,6 +618,37 @@ def _use_wgmma(B, H, ntok, D) -> bool:
     if mode == "0" or _wgmma_failed or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
         return False
     return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
+
+
+_WGMMA_BWD_ST = 3  # Q / dO (dk/dv) and K / V (dq) stages of the wgmma backward
+_WGMMA_BWD_DQ = True  # the dq pass by wgmma too (else mma.sync)
+# Set when NVRTC could not build the wgmma dk/dv pass: the mma.sync one serves.
+_wgmma_bwd_failed = False
+
+
+def _use_wgmma_bwd(B, H, ntok, D) -> bool:
+    """Whether the tensor-core backward runs the Hopper wgmma passes
+    (na_bwd_wgmma.cuh, compiled by cuda_jit for sm_90a; dq by mma.sync unless
+    _WGMMA_BWD_DQ) instead of the fused mma.sync launch.  Default: the
+    forward's rule (head_dim 128, >= 256 boxes of 128 queries)."""
+    mode = _env["NATTEN_CUDA_WGMMA_BWD"]
+    if mode == "0" or _wgmma_bwd_failed or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
+        return False
+    return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
+
+
+def _bwd_dkdv_wgmma_smem(D, st=_WGMMA_BWD_ST):
+    """NA_BWD_DKDV_WGMMA_SMEM(HD, ST) of na_bwd_wgmma.cuh: K and V boxes (128
+    rows), st Q and dO stages (64 rows), 1 KiB of alignment, st lse and delta
+    stages, the query-box table, the key rows' query ranges."""
+    return (2 * 128 + 2 * st * 64) * D * 2 + 1024 + st * 512 + 512 + 6144
+
+
+def _bwd_dq_wgmma_smem(D, st=_WGMMA_BWD_ST):
+    """NA_BWD_DQ_WGMMA_SMEM(HD, ST) of na_bwd_wgmma.cuh: dO and Q boxes (128
+    rows), st K and V stages (64 rows), 1 KiB of alignment, the forward's
+    tables (key-box table, per-row windows, per-warpgroup bounds)."""
+    return (2 * 128 + 2 * st * 64) * D * 2 + 1024 + 8 * 64 + 24 * 128 + 2 * 48
 
 
 def _fwd_wgmma_smem(D):
@@ -745,6 +816,14 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
             ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
+    wg = _bwd_wgmma(prm, q, k, v, dout, lse, delta, p)
+    if wg is not None:  # the wgmma passes (dq: mma.sync, alone, unless _WGMMA_BWD_DQ)
+        dq, dk, dv = wg(T)
+        if dq is None:
+            (dq,) = _kernel("bwd_dq_tc", smem)(
+                inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(qt * 128, B * H, 1),
+                threadgroup=(128, 1, 1), output_shapes=[q.shape], output_dtypes=[T])
+        return dq, dk, dv
     if not _env["NATTEN_CUDA_SPLIT_BWD"]:
         # one launch for both passes (dq tiles first, then dk/dv tiles)
         return _kernel("bwd_tc", smem + 4 * 64 * 4)(
@@ -759,6 +838,49 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
         inputs=[prm, q, k, v, dout, lse, delta], template=swapped, grid=(qt * 128, B * Hkv, 1),
         threadgroup=(128, 1, 1), output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
     return dq, dk, dv
+
+
+def _bwd_wgmma(prm, q, k, v, dout, lse, delta, p):
+    """The wgmma backward as a function of the output dtype returning (dq or
+    None, dk, dv) -- dq None: _WGMMA_BWD_DQ off, the caller runs the mma.sync
+    dq pass --, or None where _use_wgmma_bwd declines or the launch does not
+    fit.  dk/dv: key boxes of 128 and query tiles of 64, the wgmma forward's
+    plan with the roles swapped (the windows' union has the same extent both
+    ways); dq: the forward's plan (query boxes of 128, key tiles of 64)."""
+    global _wgmma_bwd_failed
+    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+    Hkv = k.shape[-2]
+    if not _use_wgmma_bwd(B, H, _prod(X), D):
+        return None
+    plan = _default_tiles(p, X, 128, compact_keys=True)
+    if plan is None:
+        return None
+    box, tile = plan
+    boxes = _tc_grid(X, p, box)
+    if boxes * 256 >= 2**31 or B * H >= 65536:
+        return None
+    dt = str(q.dtype).split(".")[-1]
+    try:
+        kdkdv = _precompiled_bwd("dkdv", dt, (int(D),) + tuple(tile) + tuple(box) + (_WGMMA_BWD_ST,),
+                                 _bwd_dkdv_wgmma_smem(D))
+        kdq = (_precompiled_bwd("dq", dt, (int(D),) + tuple(box) + tuple(tile) + (_WGMMA_BWD_ST,),
+                                _bwd_dq_wgmma_smem(D)) if _WGMMA_BWD_DQ else None)
+    except cuda_jit.CompileError as e:
+        _wgmma_bwd_failed = True
+        warnings.warn(f"natten_mlx: the wgmma backward did not build, using mma.sync: {e}")
+        return None
+    ins = [prm, q, k, v, dout, lse, delta]
+
+    def run(T):
+        dk, dv = kdkdv(inputs=ins, grid=(boxes * 256, B * Hkv, 1), threadgroup=(256, 1, 1),
+                       output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
+        dq = None
+        if kdq is not None:
+            (dq,) = kdq(inputs=ins, grid=(boxes * 256, B * H, 1), threadgroup=(256, 1, 1),
+                        output_shapes=[q.shape], output_dtypes=[T])
+        return dq, dk, dv
+
+    return run
 
 
 def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams, flags):

@@ -552,6 +552,73 @@ def test_wgmma_forward(case, dtype, cuda_env):
     _run_fused_case(case, _dt(dtype), seed=8)
 
 
+def test_bwd_wgmma_shared_memory_sizes_match_the_kernels():
+    """cuda.py's shared memory for the wgmma backward passes equals NA_BWD_DKDV_WGMMA_SMEM
+    and NA_BWD_DQ_WGMMA_SMEM of na_bwd_wgmma.cuh (pure Python), within an H100's 227 KiB."""
+    for macro, fn in (("NA_BWD_DKDV_WGMMA_SMEM", cuda._bwd_dkdv_wgmma_smem),
+                      ("NA_BWD_DQ_WGMMA_SMEM", cuda._bwd_dq_wgmma_smem)):
+        wg = _smem_macro("na_bwd_wgmma.cuh", macro)
+        for hd in cuda._WGMMA_HD:
+            for st in (3, 4):
+                assert fn(hd, st) == wg(hd, st)
+        assert fn(128) == wg(128, cuda._WGMMA_BWD_ST) <= 227 * 1024
+
+
+def test_wgmma_bwd_rule(cuda_env, monkeypatch):
+    """When the backward runs the wgmma passes (pure Python, runs everywhere)."""
+    monkeypatch.setattr(cuda_jit, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(cuda, "_wgmma_bwd_failed", False)
+    cuda_env("NATTEN_CUDA_WGMMA_BWD", "")
+    assert cuda._use_wgmma_bwd(1, 24, 256 * 256, 128)  # flux
+    assert cuda._use_wgmma_bwd(1, 1, 32768, 128)  # 1d-32k-w2k
+    assert not cuda._use_wgmma_bwd(8, 8, 64 * 64, 64)  # vision-2d-64-k7: head_dim 64 stays mma.sync
+    assert not cuda._use_wgmma_bwd(1, 1, 4096, 128)  # 32 boxes: too few for the GPU
+    cuda_env("NATTEN_CUDA_WGMMA_BWD", "1")
+    assert cuda._use_wgmma_bwd(1, 1, 64, 64) and not cuda._use_wgmma_bwd(1, 1, 64, 32)
+    cuda_env("NATTEN_CUDA_WGMMA_BWD", "0")
+    assert not cuda._use_wgmma_bwd(1, 24, 256 * 256, 128)
+    monkeypatch.setattr(cuda_jit, "arch", lambda: None)  # not Hopper
+    cuda_env("NATTEN_CUDA_WGMMA_BWD", "1")
+    assert not cuda._use_wgmma_bwd(1, 24, 256 * 256, 128)
+
+
+def test_wgmma_bwd_build_failure_falls_back(cuda_env, monkeypatch):
+    """An NVRTC that cannot build the wgmma backward costs a warning and the mma.sync
+    backward (no plan), not a failed call, and is not retried (pure Python)."""
+    monkeypatch.setattr(cuda_jit, "arch", lambda: "sm_90a")
+    monkeypatch.setattr(cuda, "_wgmma_bwd_failed", False)
+    cuda._precompiled_bwd.cache_clear()
+
+    def broken(source, target="sm_90a"):
+        assert "na_bwd_dkdv_wgmma_entry<__nv_bfloat16, 128, 64, 1, 1, 128, 1, 1, 3>" in source  # the plan
+        raise cuda_jit.CompileError("natten_mlx CUDA tier: NVRTC compile for sm_90a failed: test")
+
+    monkeypatch.setattr(cuda_jit, "cubin", broken)
+    cuda_env("NATTEN_CUDA_WGMMA_BWD", "1")
+    p = make_params(1, 9, D=128)
+    q = mx.zeros((1, 4096, 2, 128), dtype=mx.bfloat16)
+    with pytest.warns(UserWarning, match="wgmma backward did not build"):
+        assert cuda._bwd_wgmma(None, q, q, q, q, None, None, p) is None
+    assert not cuda._use_wgmma_bwd(1, 2, 4096, 128)  # not retried
+    cuda._precompiled_bwd.cache_clear()
+
+
+@gpu
+@pytest.mark.skipif(not cuda.is_available() or cuda_jit.arch() != "sm_90a", reason="needs a Hopper GPU")
+@pytest.mark.parametrize("case", WGMMA_CASES, ids=lambda c: "x".join(map(str, c[0])) + "-d%d" % c[8])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_wgmma_backward(case, dtype, cuda_env, monkeypatch):
+    """The Hopper wgmma backward passes (NATTEN_CUDA_WGMMA_BWD=1 sends these small
+    problems to them; GQA, causal, dilation, GNA stride, ranks 1-3, head_dim 64 and 128):
+    gradients through MLX against the float64 analytic backward."""
+    cuda_env("NATTEN_CUDA_WGMMA_BWD", "1")
+    used = []
+    orig = cuda._precompiled_bwd
+    monkeypatch.setattr(cuda, "_precompiled_bwd", lambda *a: (used.append(a[0]), orig(*a))[1])
+    _run_fused_case(case, _dt(dtype), seed=12)
+    assert "dkdv" in used and ("dq" in used) == cuda._WGMMA_BWD_DQ, used
+
+
 @gpu
 @pytest.mark.parametrize("case", TC_CASES, ids=lambda c: "x".join(map(str, c[0])))
 def test_tiled_f32_forward_backward(case):
