@@ -12,7 +12,9 @@
  *   4. the tensor-core backward (bf16, the fused dq + dk/dv launch) and the
  *      tiled f32 backward (dq pass, dk/dv pass) against a double-precision
  *      host backward, over 1-D/2-D/3-D tile shapes, dilation, causal per
- *      axis, GNA stride, GQA and head dims 32/64/128.
+ *      axis, GNA stride, GQA and head dims 32/64/128; the wgmma backward
+ *      passes (na_bwd_wgmma.cuh, f16/bf16, HD 64/128) likewise, each run
+ *      twice (bitwise equal).
  * The Python tests (tests/python/test_cuda*.py) cover every op through MLX.
  * Exit status 0 = pass (or no GPU), 1 = failure.
  */
