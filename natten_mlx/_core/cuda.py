@@ -28,9 +28,9 @@ Kernels (src/cuda):
                  IEEE f32) for f32 with D == Dv in {32, 64}, same other limits
                  as the tensor-core path
   na_bwd_f32.cuh tiled f32 backward dk/dv pass, same scope
-  na_bwd_wgmma.cuh Hopper (sm_90a) wgmma dk/dv pass for f16/bf16, head_dim
-                 128 (64 on request), compiled through cuda_jit (NVRTC
-                 -arch=sm_90a); the dq pass then runs alone (mma.sync)
+  na_bwd_wgmma.cuh Hopper (sm_90a) wgmma dq and dk/dv passes for f16/bf16,
+                 head_dim 128 (64 on request), compiled through cuda_jit
+                 (NVRTC -arch=sm_90a), two launches after the delta kernel
 
 Importing this module never fails; on machines without MLX's CUDA backend
 ``is_available()`` is False and ``supports()`` always says no.
@@ -473,8 +473,8 @@ def _prod(t):
 #   NATTEN_CUDA_WGMMA=0     never the Hopper wgmma forward (na_fwd_wgmma.cuh)
 #   NATTEN_CUDA_WGMMA=1     the wgmma forward for every problem in its scope
 #                           (default: see _use_wgmma)
-#   NATTEN_CUDA_WGMMA_BWD=0 never the Hopper wgmma dk/dv pass (na_bwd_wgmma.cuh)
-#   NATTEN_CUDA_WGMMA_BWD=1 the wgmma dk/dv pass for every problem in its scope
+#   NATTEN_CUDA_WGMMA_BWD=0 never the Hopper wgmma backward (na_bwd_wgmma.cuh)
+#   NATTEN_CUDA_WGMMA_BWD=1 the wgmma backward for every problem in its scope
 #                           (default: see _use_wgmma_bwd)
 #   NATTEN_CUDA_SMALL=R     problems of at most R query rows (B*N*H) and a window
 #                           of at most _SMALL_KK keys run the warp-per-row kernels,
@@ -622,7 +622,7 @@ def _use_wgmma(B, H, ntok, D) -> bool:
 
 _WGMMA_BWD_ST = 3  # Q / dO (dk/dv) and K / V (dq) stages of the wgmma backward
 _WGMMA_BWD_DQ = True  # the dq pass by wgmma too (else mma.sync)
-# Set when NVRTC could not build the wgmma dk/dv pass: the mma.sync one serves.
+# Set when NVRTC could not build the wgmma backward: the mma.sync one serves.
 _wgmma_bwd_failed = False
 
 
