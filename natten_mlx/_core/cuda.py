@@ -324,6 +324,18 @@ def _kernel(name: str, smem: int = 0):
 _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 
 
+def _precompiled_launch(fn: str, data: bytes, smem: int):
+    """A cubin's kernel `fn` as a callable with cuda_kernel's call interface."""
+
+    def launch(inputs, grid, threadgroup, output_shapes, output_dtypes):
+        return mx.fast.precompiled_cuda_kernel(
+            name=fn, compiled_source=data, inputs=inputs, output_shapes=output_shapes,
+            output_dtypes=output_dtypes, scalars=[], grid=grid, threadgroup=threadgroup,
+            shared_memory=smem, ensure_row_contiguous=True)
+
+    return launch
+
+
 @lru_cache(maxsize=64)
 def _precompiled_fwd(entry: str, dtype_name: str, targs: tuple, threads: int, smem: int, target: str,
                      min_blocks: int = 0):
@@ -339,27 +351,7 @@ def _precompiled_fwd(entry: str, dtype_name: str, targs: tuple, threads: int, sm
            "const int *params, const %s *q, const %s *k, const %s *v, %s *out, float *lse) {\n"
            "  na_%s_entry<%s, %s>(params, q, k, v, out, lse);\n}\n"
            % (bounds, fn, ct, ct, ct, ct, entry, ct, ", ".join(map(str, targs))))
-    data = cuda_jit.cubin(src, target)
-
-    def launch(inputs, grid, threadgroup, output_shapes, output_dtypes):
-        return mx.fast.precompiled_cuda_kernel(
-            name=fn, compiled_source=data, inputs=inputs, output_shapes=output_shapes,
-            output_dtypes=output_dtypes, scalars=[], grid=grid, threadgroup=threadgroup,
-            shared_memory=smem, ensure_row_contiguous=True)
-
-    return launch
-
-
-def _precompiled_launch(fn: str, data: bytes, smem: int):
-    """A cubin's kernel `fn` as a callable with cuda_kernel's call interface."""
-
-    def launch(inputs, grid, threadgroup, output_shapes, output_dtypes):
-        return mx.fast.precompiled_cuda_kernel(
-            name=fn, compiled_source=data, inputs=inputs, output_shapes=output_shapes,
-            output_dtypes=output_dtypes, scalars=[], grid=grid, threadgroup=threadgroup,
-            shared_memory=smem, ensure_row_contiguous=True)
-
-    return launch
+    return _precompiled_launch(fn, cuda_jit.cubin(src, target), smem)
 
 
 @lru_cache(maxsize=64)
