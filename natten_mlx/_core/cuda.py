@@ -603,13 +603,19 @@ _WGMMA_THREADS = 256  # two warpgroups of 64 query rows: one 128-query box per C
 _wgmma_failed = False
 
 
+def _wgmma_rule(mode: str, failed: bool, B, H, ntok, D) -> bool:
+    """The wgmma kernels' rule, forward and backward alike: an sm_90a GPU whose
+    NVRTC built them (not `failed`), head_dim in their scope; by default
+    head_dim 128 and >= 256 boxes of 128 queries; env `mode` "0"/"1" forces."""
+    if mode == "0" or failed or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
+        return False
+    return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
+
+
 def _use_wgmma(B, H, ntok, D) -> bool:
     """Whether a tensor-core forward runs the Hopper wgmma kernel (compiled by
     cuda_jit for sm_90a) instead of the mma.sync one."""
-    mode = _env["NATTEN_CUDA_WGMMA"]
-    if mode == "0" or _wgmma_failed or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
-        return False
-    return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
+    return _wgmma_rule(_env["NATTEN_CUDA_WGMMA"], _wgmma_failed, B, H, ntok, D)
 
 
 _WGMMA_BWD_ST = 3  # Q / dO (dk/dv) and K / V (dq) stages of the wgmma backward
@@ -623,10 +629,7 @@ def _use_wgmma_bwd(B, H, ntok, D) -> bool:
     (na_bwd_wgmma.cuh, compiled by cuda_jit for sm_90a; dq by mma.sync unless
     _WGMMA_BWD_DQ) instead of the fused mma.sync launch.  Default: the
     forward's rule (head_dim 128, >= 256 boxes of 128 queries)."""
-    mode = _env["NATTEN_CUDA_WGMMA_BWD"]
-    if mode == "0" or _wgmma_bwd_failed or D not in _WGMMA_HD or cuda_jit.arch() != "sm_90a":
-        return False
-    return mode == "1" or (D == 128 and B * H * ntok >= 128 * 256)
+    return _wgmma_rule(_env["NATTEN_CUDA_WGMMA_BWD"], _wgmma_bwd_failed, B, H, ntok, D)
 
 
 def _bwd_dkdv_wgmma_smem(D, st=_WGMMA_BWD_ST):
