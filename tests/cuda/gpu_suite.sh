@@ -28,10 +28,14 @@ for tq in 128 128w; do
   NATTEN_CUDA_TQ=$tq $PY -m pytest -q -p no:cacheprovider tests/python/test_cuda.py \
      -k "tensor_core or compile" > $S/tq$tq.log 2>&1 & pids="$pids $!"
 done
+# the shard logs go to $OUT/suite.log also when a timeout stops this script
+# (a 330 s limit cut it off on H100 with nothing back, 2026-11-27 20:52)
+collect() { for f in $S/s*.log $S/tq*.log; do echo "=== $f"; cat $f; done > $OUT/suite.log 2>/dev/null; }
+trap 'collect; exit 124' TERM INT
 rc=0
 for p in $pids; do wait $p || rc=1; done
 wait $HPID || rc=1
-for f in $S/s*.log $S/tq*.log; do echo "=== $f"; cat $f; done > $OUT/suite.log
+collect
 grep -h -E "passed|failed|error" $S/*.log
 tail -3 $OUT/harness.log
 exit $rc
