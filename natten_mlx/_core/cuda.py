@@ -365,12 +365,11 @@ def _precompiled_bwd(which: str, dtype_name: str, targs: tuple, smem: int):
     ct = _CTYPE[dtype_name]
     outs = ("dk", "dv") if which == "dkdv" else ("dq",)
     fn = "natten_bwd_%s_wgmma_%s_%s_sm_90a" % (which, dtype_name, "_".join(map(str, targs)))
-    wrapper = ('extern "C" __global__ void __launch_bounds__(256, 1) @FN(const int *params, const T *q, '
-               "const T *k, const T *v, const T *dout, const float *lse, const float *delta, @OUTS) {\n"
-               "  na_bwd_@WHICH_wgmma_entry<T, @TARGS>(params, q, k, v, dout, lse, delta, @ARGS);\n}\n")
-    wrapper = wrapper.replace("@OUTS", ", ".join("T *" + o for o in outs)).replace("@ARGS", ", ".join(outs))
-    wrapper = wrapper.replace("T *", ct + " *").replace("<T,", "<" + ct + ",").replace("@WHICH", which)
-    src = _header("bwd_wgmma") + "\n" + wrapper.replace("@FN", fn).replace("@TARGS", ", ".join(map(str, targs)))
+    src = (_header("bwd_wgmma") + '\nextern "C" __global__ void __launch_bounds__(256, 1) %s(const int *params, '
+           "const %s *q, const %s *k, const %s *v, const %s *dout, const float *lse, const float *delta, %s) {\n"
+           "  na_bwd_%s_wgmma_entry<%s, %s>(params, q, k, v, dout, lse, delta, %s);\n}\n"
+           % (fn, ct, ct, ct, ct, ", ".join("%s *%s" % (ct, o) for o in outs), which, ct,
+              ", ".join(map(str, targs)), ", ".join(outs)))
     return _precompiled_launch(fn, cuda_jit.cubin(src, "sm_90a"), smem)
 
 

@@ -162,6 +162,17 @@ NA_DEV bool na_dq_row(const na_params &P, int b, int h, const int r[3], const in
     }
     return act;
 }
+/* The two query rows of this thread in the dq pass (rows row0 and row0 + 8 of
+ * the box, as both dq passes, mma.sync and wgmma, hold them): na_dq_row each. */
+template <int TQ1, int TQ2>
+NA_DEV void na_dq_rows(const na_params &P, int b, int h, const int r[3], const int n[3], const int q0[3], int row0,
+                       const float *lse, const float *delta, int rlo[2][3], int rhi[2][3], int rowpos[2][3],
+                       bool ract[2], float rl2[2], float rdl[2]) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr)
+        ract[rr] = na_dq_row<TQ1, TQ2>(P, b, h, r, n, q0, row0 + rr * 8, lse, delta, rlo[rr], rhi[rr], rowpos[rr],
+                                      &rl2[rr], &rdl[rr]);
+}
 /* dQ (times the scale) of this thread's two query rows. */
 template <typename T, int HD>
 NA_DEV void na_dq_store(const float (&acc)[HD / 8][4], const bool ract[2], const int rowpos[2][3],
@@ -219,10 +230,7 @@ __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, c
     bool ract[2];
     float rl2[2], rdl[2];
     const float sl2 = P.scale * 1.4426950408889634f;
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr)
-        ract[rr] = na_dq_row<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 + g4 + rr * 8, lse, delta, rlo[rr], rhi[rr],
-                                      rowpos[rr], &rl2[rr], &rdl[rr]);
+    na_dq_rows<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 + g4, lse, delta, rlo, rhi, rowpos, ract, rl2, rdl);
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     __syncthreads();
     int lbase[3] = {kmin[0], kmin[1], kmin[2]}, base[3] = {kmin[0], kmin[1], kmin[2]}; /* next load, this tile */

@@ -306,10 +306,7 @@ NA_DEV void na_bwd_dq_wgmma_entry(const int *params, const T *q, const T *k, con
     bool ract[2];
     float rl2[2], rdl[2];
     const float sl2 = P.scale * 1.4426950408889634f;
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr)
-        ract[rr] = na_dq_row<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 + g4 + rr * 8, lse, delta, rlo[rr], rhi[rr],
-                                      rowpos[rr], &rl2[rr], &rdl[rr]);
+    na_dq_rows<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 + g4, lse, delta, rlo, rhi, rowpos, ract, rl2, rdl);
     /* Q and dO landed, visible to the tensor cores */
     na_cp_wait<0>(); /* the K / V copies are in no group */
     na_fence_proxy_async();
