@@ -16,6 +16,11 @@ Prints, in one process and the pipelined timing of benchmarks/gpu_benchmark.py:
 `ncu --metrics gpu__time_duration.sum` to list the kernels each call launches
 (--parse-ncu FILE prints them from ncu's --csv output).
 --profile: cProfile of building forward+backward graphs (the Python side).
+--floor: per case, the pure tier beside our op and beside the same graph with
+empty kernels (a custom_function whose forward and backward launch kernels
+that do nothing, with our outputs' shapes): the least any custom-kernel
+implementation of this graph can take through MLX, so pure / floor is the
+largest ratio over the pure tier that such an implementation can show.
 """
 
 from __future__ import annotations
@@ -190,6 +195,47 @@ def profile(tags, dtypes):
         del keep
 
 
+def floor_rows(tags, dtypes):
+    from gpu_benchmark import time_tier
+    from natten_mlx._core import pure
+    empty = mx.fast.cuda_kernel(name="natten_floor_empty", input_names=["a"], output_names=["o"],
+                                source="")
+
+    def launch(x, shapes, dtypes_):
+        return empty(inputs=[x], grid=(32, 1, 1), threadgroup=(32, 1, 1), output_shapes=shapes,
+                     output_dtypes=dtypes_)
+
+    def op(n_bwd):
+        """(q, k, v) -> (out, lse) launching one empty forward kernel and n_bwd
+        empty backward kernels (2: dq + delta, then dk + dv, as our f32 and
+        mma.sync backward; 1: everything in one launch)."""
+        @mx.custom_function
+        def f(q, k, v):
+            return launch(q, [q.shape, q.shape[:-1]], [q.dtype, mx.float32])
+
+        @f.vjp
+        def f_vjp(primals, cotangents, outputs):
+            q, k, v = primals
+            if n_bwd == 1:
+                return launch(q, [q.shape, k.shape, v.shape], [q.dtype] * 3)
+            dq, _ = launch(q, [q.shape, q.shape[:-1]], [q.dtype, mx.float32])
+            dk, dv = launch(k, [k.shape, v.shape], [q.dtype] * 2)
+            return dq, dk, dv
+        return f
+
+    print("case | dtype | pure fwd | pure fwd+bwd | ours fwd | ours fwd+bwd | empty fwd | empty fwd+bwd (2 bwd "
+          "launches) | (1 bwd launch) | most pure/ours a custom kernel can show: fwd, fwd+bwd")
+    for c, p, q, k, v, g, fwd, vg in seed_cases(tags, dtypes):
+        pt = time_tier(pure, c)
+        f2, f1 = op(2), op(1)
+        e_fwd = bench(lambda: f2(q, k, v)[0])
+        e_vg2 = bench(lambda: mx.vjp(lambda a, b, c_: f2(a, b, c_)[0], [q, k, v], [g])[1])
+        e_vg1 = bench(lambda: mx.vjp(lambda a, b, c_: f1(a, b, c_)[0], [q, k, v], [g])[1])
+        r = [pt["fwd_ms"], pt["fwdbwd_ms"], bench(fwd), bench(vg), e_fwd, e_vg2, e_vg1]
+        print(f"{c['tag']} | {c['dtype']} | " + " | ".join(f"{x * 1e3:.1f}" for x in r)
+              + f" | {pt['fwd_ms'] / e_fwd:.1f}x, {pt['fwdbwd_ms'] / min(e_vg1, e_vg2):.1f}x", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", action="store_true")
@@ -197,6 +243,7 @@ def main():
     ap.add_argument("--cases", default=SEEDS)
     ap.add_argument("--dtype", default="fp32,bf16")
     ap.add_argument("--ncu", action="store_true")
+    ap.add_argument("--floor", action="store_true")
     ap.add_argument("--no-per-node", action="store_true")
     a = ap.parse_args()
     tags, dtypes = a.cases.split(","), a.dtype.split(",")
@@ -208,6 +255,9 @@ def main():
         return
     if a.profile:
         profile(tags, dtypes)
+        return
+    if a.floor:
+        floor_rows(tags, dtypes)
         return
     if not a.no_per_node:
         per_node()
