@@ -85,7 +85,7 @@ test: ctest sanitize fuzz pytest cuda-compile
 cuda-compile:
 	@if command -v nvcc >/dev/null 2>&1; then \
 	  mkdir -p $(BUILD)-cuda && \
-	  nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude \
+	  nvcc -std=c++17 -Xcompiler -fopenmp -gencode=arch=compute_90a,code=sm_90a -Iinclude \
 	       tests/cuda/test_kernels.cu -o $(BUILD)-cuda/test_kernels && echo "cuda-compile: ok"; \
 	else echo "cuda-compile: nvcc not found, skipped"; fi
 

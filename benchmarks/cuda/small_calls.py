@@ -198,12 +198,12 @@ def profile(tags, dtypes):
 def floor_rows(tags, dtypes):
     from gpu_benchmark import time_tier
     from natten_mlx._core import pure
-    empty = mx.fast.cuda_kernel(name="natten_floor_empty", input_names=["a"], output_names=["o"],
-                                source="")
+    empty = {n: mx.fast.cuda_kernel(name=f"natten_floor_empty{n}", input_names=["a"],
+                                    output_names=[f"o{i}" for i in range(n)], source="") for n in (2, 3)}
 
     def launch(x, shapes, dtypes_):
-        return empty(inputs=[x], grid=(32, 1, 1), threadgroup=(32, 1, 1), output_shapes=shapes,
-                     output_dtypes=dtypes_)
+        return empty[len(shapes)](inputs=[x], grid=(32, 1, 1), threadgroup=(32, 1, 1), output_shapes=shapes,
+                                  output_dtypes=dtypes_)
 
     def op(n_bwd):
         """(q, k, v) -> (out, lse) launching one empty forward kernel and n_bwd

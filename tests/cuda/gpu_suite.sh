@@ -13,7 +13,7 @@ PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 NATTEN_BACKEND=fast_metal MLX_PTX_CACHE_DIR=${MLX_PTX_CACHE_DIR:-/tmp/ptxcache}
 S=/tmp/shards; rm -rf $S; mkdir -p $S
 # NO_HARNESS=1: skip the harness (a call that ran it from prebuilt binaries)
-( [ -n "$NO_HARNESS" ] || { nvcc -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Iinclude tests/cuda/test_kernels.cu \
+( [ -n "$NO_HARNESS" ] || { nvcc -std=c++17 -Xcompiler -fopenmp -gencode=arch=compute_90a,code=sm_90a -Iinclude tests/cuda/test_kernels.cu \
      -o /tmp/test_kernels && /tmp/test_kernels; } ) > $OUT/harness.log 2>&1 &
 HPID=$!
 $PY -m pytest -q --collect-only $PATHS 2>/dev/null | grep '::' > $S/all

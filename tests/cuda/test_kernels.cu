@@ -240,6 +240,9 @@ static void host_fwd(const Prob &P, const std::vector<float> &q, const std::vect
     const double scale = 1.0 / std::sqrt((double)P.D);
     out.assign((size_t)P.B * ntok * P.H * P.D, 0.0);
     lse.assign((size_t)P.B * ntok * P.H, 0.0);
+    /* OpenMP where built with -Xcompiler -fopenmp (gpu_suite.sh): the double
+     * references dominated the run (> 470 s of one core on H100's host) */
+#pragma omp parallel for collapse(2) schedule(dynamic, 16)
     for (int b = 0; b < P.B; ++b)
         for (int t = 0; t < ntok; ++t)
             for (int h = 0; h < P.H; ++h) {
@@ -525,6 +528,7 @@ static void host_bwd(const Prob &P, const std::vector<float> &q, const std::vect
     dq.assign(q.size(), 0.0);
     dk.assign(k.size(), 0.0);
     dv.assign(v.size(), 0.0);
+#pragma omp parallel for collapse(2) schedule(dynamic, 16)
     for (int b = 0; b < P.B; ++b)
         for (int t = 0; t < ntok; ++t)
             for (int h = 0; h < P.H; ++h) {
@@ -540,8 +544,10 @@ static void host_bwd(const Prob &P, const std::vector<float> &q, const std::vect
                     }
                     const double pr = std::exp(s * scale - lse[qo]), ds = pr * (dp - delta) * scale;
                     for (int d = 0; d < D; ++d) {
-                        dq[qo * D + d] += ds * k[ko * D + d];
-                        dk[ko * D + d] += ds * q[qo * D + d];
+                        dq[qo * D + d] += ds * k[ko * D + d]; /* this thread's query row */
+#pragma omp atomic
+                        dk[ko * D + d] += ds * q[qo * D + d]; /* keys are shared between threads */
+#pragma omp atomic
                         dv[ko * D + d] += pr * dout[qo * D + d];
                     }
                 });
@@ -726,6 +732,9 @@ static int test_bwd_wg(const Prob &P) {
 #endif
 
 int main() {
+    /* line-buffered: a run cut off by a time limit then shows every finished
+     * check (block buffering left 8192 bytes, mid-line, on H100 2026-11-27) */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
         printf("no CUDA device: compile-only check passed\n");
