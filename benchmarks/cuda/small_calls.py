@@ -21,6 +21,8 @@ empty kernels (a custom_function whose forward and backward launch kernels
 that do nothing, with our outputs' shapes): the least any custom-kernel
 implementation of this graph can take through MLX, so pure / floor is the
 largest ratio over the pure tier that such an implementation can show.
+--floor-variants: the empty-kernel graph with our kernels' inputs, with our
+header, and precompiled, beside ours (where the rest of the gap goes).
 """
 
 from __future__ import annotations
@@ -195,45 +197,94 @@ def profile(tags, dtypes):
         del keep
 
 
+def empty_launcher(kind="plain"):
+    """launch(inputs, shapes, dtypes) of kernels that do nothing.  kind:
+    "plain" (cuda_kernel, no header), "header" (cuda_kernel carrying our
+    tensor-core backward header, as our kernels do: MLX rebuilds the full
+    source string on every call), "precompiled" (an NVRTC cubin through
+    precompiled_cuda_kernel, as our wgmma kernels)."""
+    from natten_mlx._core import cuda_jit
+    kern = {}
+
+    def launch(inputs, shapes, dtypes_):
+        n_in, n_out = len(inputs), len(shapes)
+        k = kern.get((n_in, n_out))
+        if k is None:
+            ins = [f"a{i}" for i in range(n_in)]
+            outs = [f"o{i}" for i in range(n_out)]
+            name = f"natten_floor_{kind}_{n_in}_{n_out}"
+            if kind == "precompiled":
+                sig = ", ".join([f"const float *{a}" for a in ins] + [f"float *{o}" for o in outs])
+                data = cuda_jit.cubin(f'extern "C" __global__ void {name}({sig}) {{}}\n', cuda_jit.arch())
+                k = cuda._precompiled_launch(name, data, 0)
+            else:
+                k = mx.fast.cuda_kernel(name=name, input_names=ins, output_names=outs, source="",
+                                        header=cuda._header("bwd_tc") if kind == "header" else "")
+            kern[(n_in, n_out)] = k
+        return k(inputs=inputs, grid=(32, 1, 1), threadgroup=(32, 1, 1), output_shapes=shapes,
+                 output_dtypes=dtypes_)
+    return launch
+
+
+def empty_op(launch, n_bwd, wide=False):
+    """(q, k, v) -> (out, lse) launching one empty forward kernel and n_bwd
+    empty backward kernels (2: dq + delta, then dk + dv, as our f32 and
+    mma.sync backward; 1: everything in one launch).  wide: the kernels take
+    our inputs (q, k, v, out, lse, dout, dlse) instead of one array."""
+    @mx.custom_function
+    def f(q, k, v):
+        return launch([q, k, v] if wide else [q], [q.shape, q.shape[:-1]], [q.dtype, mx.float32])
+
+    @f.vjp
+    def f_vjp(primals, cotangents, outputs):
+        q, k, v = primals
+        ins = [q, k, v, outputs[0], outputs[1], cotangents[0], cotangents[1]] if wide else [q]
+        if n_bwd == 1:
+            return launch(ins, [q.shape, k.shape, v.shape], [q.dtype] * 3)
+        dq, _ = launch(ins, [q.shape, q.shape[:-1]], [q.dtype, mx.float32])
+        dk, dv = launch(ins, [k.shape, v.shape], [q.dtype] * 2)
+        return dq, dk, dv
+    return f
+
+
 def floor_rows(tags, dtypes):
     from gpu_benchmark import time_tier
     from natten_mlx._core import pure
-    empty = {n: mx.fast.cuda_kernel(name=f"natten_floor_empty{n}", input_names=["a"],
-                                    output_names=[f"o{i}" for i in range(n)], source="") for n in (2, 3)}
-
-    def launch(x, shapes, dtypes_):
-        return empty[len(shapes)](inputs=[x], grid=(32, 1, 1), threadgroup=(32, 1, 1), output_shapes=shapes,
-                                  output_dtypes=dtypes_)
-
-    def op(n_bwd):
-        """(q, k, v) -> (out, lse) launching one empty forward kernel and n_bwd
-        empty backward kernels (2: dq + delta, then dk + dv, as our f32 and
-        mma.sync backward; 1: everything in one launch)."""
-        @mx.custom_function
-        def f(q, k, v):
-            return launch(q, [q.shape, q.shape[:-1]], [q.dtype, mx.float32])
-
-        @f.vjp
-        def f_vjp(primals, cotangents, outputs):
-            q, k, v = primals
-            if n_bwd == 1:
-                return launch(q, [q.shape, k.shape, v.shape], [q.dtype] * 3)
-            dq, _ = launch(q, [q.shape, q.shape[:-1]], [q.dtype, mx.float32])
-            dk, dv = launch(k, [k.shape, v.shape], [q.dtype] * 2)
-            return dq, dk, dv
-        return f
-
+    launch = empty_launcher()
     print("case | dtype | pure fwd | pure fwd+bwd | ours fwd | ours fwd+bwd | empty fwd | empty fwd+bwd (2 bwd "
           "launches) | (1 bwd launch) | most pure/ours a custom kernel can show: fwd, fwd+bwd")
     for c, p, q, k, v, g, fwd, vg in seed_cases(tags, dtypes):
         pt = time_tier(pure, c)
-        f2, f1 = op(2), op(1)
+        f2, f1 = empty_op(launch, 2), empty_op(launch, 1)
         e_fwd = bench(lambda: f2(q, k, v)[0])
         e_vg2 = bench(lambda: mx.vjp(lambda a, b, c_: f2(a, b, c_)[0], [q, k, v], [g])[1])
         e_vg1 = bench(lambda: mx.vjp(lambda a, b, c_: f1(a, b, c_)[0], [q, k, v], [g])[1])
         r = [pt["fwd_ms"], pt["fwdbwd_ms"], bench(fwd), bench(vg), e_fwd, e_vg2, e_vg1]
         print(f"{c['tag']} | {c['dtype']} | " + " | ".join(f"{x * 1e3:.1f}" for x in r)
               + f" | {pt['fwd_ms'] / e_fwd:.1f}x, {pt['fwdbwd_ms'] / min(e_vg1, e_vg2):.1f}x", flush=True)
+
+
+def floor_variants(tags, dtypes):
+    """Which part of the gap between our forward+backward and the empty-kernel
+    graph each property of our kernels explains: the header MLX pastes into
+    every call's source, our inputs, the precompiled path.  Pipelined us per
+    call and host build us (nothing evaluated)."""
+    variants = [("empty, 1 input", empty_launcher(), False), ("empty, our inputs", empty_launcher(), True),
+                ("empty, our inputs + header", empty_launcher("header"), True),
+                ("empty precompiled, our inputs", empty_launcher("precompiled"), True)]
+    for c, p, q, k, v, g, fwd, vg in seed_cases(tags, dtypes):
+        print(f"{c['tag']} {c['dtype']}: ours fwd {bench(fwd) * 1e3:.1f} (build {host_us(fwd):.1f}), "
+              f"fwd+bwd {bench(vg) * 1e3:.1f} (build {host_us(vg):.1f})", flush=True)
+        for name, launch, wide in variants:
+            f2 = empty_op(launch, 2, wide)
+
+            def evg(f2=f2):
+                return mx.vjp(lambda a, b, c_: f2(a, b, c_)[0], [q, k, v], [g])[1]
+
+            def ef(f2=f2):
+                return f2(q, k, v)[0]
+            print(f"   {name:32s} fwd {bench(ef) * 1e3:6.1f} (build {host_us(ef):5.1f}), fwd+bwd "
+                  f"{bench(evg) * 1e3:6.1f} (build {host_us(evg):5.1f})", flush=True)
 
 
 def main():
@@ -244,6 +295,7 @@ def main():
     ap.add_argument("--dtype", default="fp32,bf16")
     ap.add_argument("--ncu", action="store_true")
     ap.add_argument("--floor", action="store_true")
+    ap.add_argument("--floor-variants", action="store_true")
     ap.add_argument("--no-per-node", action="store_true")
     a = ap.parse_args()
     tags, dtypes = a.cases.split(","), a.dtype.split(",")
@@ -258,6 +310,9 @@ def main():
         return
     if a.floor:
         floor_rows(tags, dtypes)
+        return
+    if a.floor_variants:
+        floor_variants(tags, dtypes)
         return
     if not a.no_per_node:
         per_node()
