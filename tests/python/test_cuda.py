@@ -438,6 +438,112 @@ def test_precompiled_route_matches_jit(dtype):
         np.testing.assert_array_equal(to_np(a), to_np(b))
 
 
+def _spec_calls(dtypes=("float32", "bfloat16")):
+    """Gradients through every op path of the tier (fused plain / RPB / extra
+    KV / varlen, split QK and AV with and without RPB; tiled, tensor-core and
+    warp-per-row sizes), evaluated one by one and returned: each _SPECS kernel
+    is launched."""
+    rng = np.random.default_rng(5)
+    outs = []
+    for name in dtypes:
+        dt = _dt(name)
+        for shape, p in (((1, 40, 2, 32), make_params(1, 7, D=32)), ((1, 2000, 2, 32), make_params(1, 7, D=32)),
+                         ((1, 12, 12, 2, 64), make_params(2, 5, D=64))):
+            q = rnd(rng, shape, dt)[0]
+            kv = (1, 3, 2, shape[-1])
+            rpb = rnd(rng, (2,) + tuple(2 * x - 1 for x in p.kernel), dt)[0]
+            for kw in ({}, {"rpb": rpb}, {"extra_k": rnd(rng, kv, dt)[0], "extra_v": rnd(rng, kv, dt)[0]},
+                       {"varlen": mx.array([list(shape[1:-2])], dtype=mx.int32)}):
+                def f(q_, k_, v_, kw=kw):
+                    return cuda.na_fused(q_, k_, v_, p, **kw)[0].astype(mx.float32).sum()
+                outs.append(mx.grad(f, argnums=(0, 1, 2))(q, q, q))
+                mx.eval(outs[-1])
+            for r in (None, rpb):
+                def g(q_, k_, r=r):
+                    a = mx.softmax(cuda.na_qk(q_, k_, p, rpb=r).astype(mx.float32), axis=-1).astype(dt)
+                    return cuda.na_av(a, k_, p).astype(mx.float32).sum()
+                outs.append(mx.grad(g, argnums=(0, 1))(q, q))
+                mx.eval(outs[-1])
+    return outs
+
+
+@pytest.mark.skipif(not _NVRTC, reason="no NVRTC library or CUDA headers on this machine")
+def test_every_spec_kernel_builds_with_cuda_jit(cuda_env, monkeypatch, tmp_path):
+    """Every _SPECS kernel (warp-per-row, mma.sync, tiled f32), in the
+    instantiations the op paths ask for, builds standalone with cuda_jit for
+    sm_90a -- the route _kernel takes on a GPU -- and is launched through
+    precompiled_cuda_kernel with its cubin (no GPU needed: the launch is a stub
+    here; test_precompiled_specs_match_jit runs both routes on a GPU)."""
+    monkeypatch.setenv("NATTEN_CUDA_CACHE", str(tmp_path))
+    monkeypatch.setattr(cuda_jit, "_cubins", {})
+    monkeypatch.setattr(cuda_jit, "target", lambda: "sm_90a")
+    monkeypatch.setattr(cuda, "_spec_failed", False)
+    launched = set()
+
+    def launch(**kw):
+        assert kw["compiled_source"][:4] == b"\x7fELF" and kw["name"].startswith("natten_")
+        launched.add(kw["name"].split("_s")[0][len("natten_"):])
+        return [mx.zeros(s, dtype=d) for s, d in zip(kw["output_shapes"], kw["output_dtypes"])]
+
+    monkeypatch.setattr(mx.fast, "precompiled_cuda_kernel", launch)
+    monkeypatch.setattr(mx.fast, "cuda_kernel", lambda **kw: pytest.fail("MLX's JIT was used"))
+    with mx.stream(mx.cpu):
+        cuda_env("NATTEN_CUDA_PRECOMPILE", "")
+        _spec_calls()
+        cuda_env("NATTEN_CUDA_SPLIT_BWD", "1")  # the two-launch mma.sync backward
+        _spec_calls(("bfloat16",))
+    assert launched == set(cuda._SPECS), set(cuda._SPECS) - launched
+
+
+def test_spec_build_failure_falls_back_to_jit(cuda_env, monkeypatch):
+    """A kernel cuda_jit cannot build costs one warning and MLX's JIT for it and
+    every later kernel (not a failed call; pure Python, runs everywhere)."""
+    monkeypatch.setattr(cuda_jit, "target", lambda: "sm_90a")
+    monkeypatch.setattr(cuda, "_spec_failed", False)
+
+    def broken(source, target="sm_90a"):
+        raise cuda_jit.CompileError("natten_mlx CUDA tier: NVRTC compile for sm_90a failed: test")
+
+    made = []
+
+    def jit(**kw):
+        made.append(kw["name"])
+
+        def call(inputs, output_shapes, output_dtypes, template, init_value, grid, threadgroup):
+            assert dict(template)["T"] == mx.float32 and init_value is None
+            return [mx.zeros(s, dtype=d) for s, d in zip(output_shapes, output_dtypes)]
+        return call
+
+    monkeypatch.setattr(cuda_jit, "cubin", broken)
+    monkeypatch.setattr(mx.fast, "cuda_kernel", jit)
+    cuda_env("NATTEN_CUDA_PRECOMPILE", "")
+    x = mx.zeros((4,))
+    with pytest.warns(UserWarning, match="could not build the fwd kernel"):
+        out = cuda._launch("fwd", [x] * 8, [(4,), (4,)], [mx.float32] * 2, 1, mx.float32)
+    assert [o.shape for o in out] == [(4,), (4,)] and made == ["natten_fwd"]
+    assert cuda._spec_failed and isinstance(cuda._kernel("qk"), type(jit(name="natten_qk")))  # not retried
+    cuda_env("NATTEN_CUDA_PRECOMPILE", "")  # a new plan for the next tests
+
+
+@gpu
+@pytest.mark.skipif(not cuda.is_available() or cuda_jit.target() is None, reason="needs NVRTC for this GPU")
+def test_precompiled_specs_match_jit(cuda_env):
+    """The _SPECS kernels built by cuda_jit (the default where it can build)
+    give MLX's JIT build's results bit for bit on the GPU, over every op path
+    (same source, same compiler: argument order, types, template constants,
+    shared memory and init values are carried over right)."""
+    cuda_env("NATTEN_CUDA_PRECOMPILE", "0")
+    assert not isinstance(cuda._kernel("fwd"), cuda._PrecompiledSpec)
+    want = _spec_calls()
+    cuda_env("NATTEN_CUDA_PRECOMPILE", "")
+    assert isinstance(cuda._kernel("fwd"), cuda._PrecompiledSpec)
+    got = _spec_calls()
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(to_np(x), to_np(y))
+
+
 def _smem_macro(header, macro):
     """A shared-memory size macro of a src/cuda header as a Python function of its
     arguments (the plan must ask MLX for what the kernel uses)."""
