@@ -363,7 +363,7 @@ class _PrecompiledSpec:
     forward+backward of seed-1d-256 f32 through kernels that do nothing took
     75 us with one-input kernels and 120 us with our header
     (benchmarks/cuda/small_calls.py --floor-variants,
-    benchmarks/results/floor_h100_20261127_2335.md).  A kernel that does not
+    benchmarks/results/floor_h100_20261127_2305.md).  A kernel that does not
     build falls back to MLX's JIT (warning once; all later ones too)."""
 
     def __init__(self, name: str, smem: int, target: str):
