@@ -1,12 +1,9 @@
 """CUDA tier: neighborhood attention on MLX's CUDA device with CUDA C kernels.
 
 The device code lives in ``src/cuda/*.cuh`` (plain CUDA C, also built by nvcc
-in ``tests/cuda``).  This module turns each kernel instantiation into a cubin
-(``cuda_jit``: NVRTC, once per process and cached on disk) launched through
-``mx.fast.precompiled_cuda_kernel``, or, where cuda_jit cannot build for the
-GPU, pastes the headers into ``mx.fast.cuda_kernel`` objects (MLX's own
-NVRTC JIT); and it pairs forward and backward kernels with
-``mx.custom_function`` VJPs.
+in ``tests/cuda``).  This module pastes those headers into
+``mx.fast.cuda_kernel`` objects (compiled once per process by NVRTC, cached by
+MLX), and pairs forward and backward kernels with ``mx.custom_function`` VJPs.
 Everything here is lazy: no ``mx.eval``, no numpy on array data, so the ops
 work under ``mx.grad``, ``mx.value_and_grad`` and ``mx.compile`` (shape-
 specialised compile only: custom kernels have fixed output shapes).
@@ -306,96 +303,22 @@ def _header_kind(name: str) -> str:
 _kernels: Dict[tuple, object] = {}
 
 
-def _jit_kernel(name: str, smem: int):
-    """_SPECS[name] as an mx.fast.cuda_kernel (MLX's NVRTC JIT, sm_XY)."""
-    inputs, outputs, body = _SPECS[name]
-    return mx.fast.cuda_kernel(
-        name="natten_" + name + (f"_s{smem}" if smem else ""),
-        input_names=inputs,
-        output_names=outputs,
-        source=body if name in _TC_NAMES else _PRE + body,
-        header=_header(_header_kind(name)),
-        ensure_row_contiguous=True,
-        shared_memory=int(smem),
-    )
-
-
 def _kernel(name: str, smem: int = 0):
-    """A _SPECS kernel with cuda_kernel's call interface (inputs=, template=,
-    grid=, threadgroup=, output_shapes=, output_dtypes=, init_value=): built
-    by cuda_jit where it can build for this GPU (_PrecompiledSpec), else
-    MLX's JIT; NATTEN_CUDA_PRECOMPILE=0 forces the JIT."""
     kern = _kernels.get((name, smem))
     if kern is None:
-        target = cuda_jit.target() if _env.get("NATTEN_CUDA_PRECOMPILE") != "0" and not _spec_failed else None
-        kern = _PrecompiledSpec(name, smem, target) if target else _jit_kernel(name, smem)
+        inputs, outputs, body = _SPECS[name]
+        src = body if name in _TC_NAMES else _PRE + body
+        kern = mx.fast.cuda_kernel(
+            name="natten_" + name + (f"_s{smem}" if smem else ""),
+            input_names=inputs,
+            output_names=outputs,
+            source=src,
+            header=_header(_header_kind(name)),
+            ensure_row_contiguous=True,
+            shared_memory=int(smem),
+        )
         _kernels[(name, smem)] = kern
     return kern
-
-
-# Set when cuda_jit could not build a _SPECS kernel: MLX's JIT serves them all.
-_spec_failed = False
-_CT = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16", "int32": "int"}
-
-
-def _ctype(dtype) -> str:
-    return _CT[str(dtype).split(".")[-1]]
-
-
-def _spec_source(fn: str, name: str, in_dtypes, out_dtypes, template) -> str:
-    """_SPECS[name] as a standalone kernel `fn`: the function MLX's cuda_kernel
-    would generate (parameters named and typed after the arrays, template
-    arguments as constants), extern "C" so that its name is `fn`."""
-    inputs, outputs, body = _SPECS[name]
-    params = ["const %s *%s" % (_ctype(d), n) for n, d in zip(inputs, in_dtypes)]
-    params += ["%s *%s" % (_ctype(d), n) for n, d in zip(outputs, out_dtypes)]
-    consts = "".join("  using %s = %s;\n" % (n, _ctype(v)) if isinstance(v, mx.Dtype)
-                     else "  constexpr int %s = %d;\n" % (n, int(v)) for n, v in template)
-    return '%s\nextern "C" __global__ void %s(%s) {\n%s%s\n}\n' % (
-        _header(_header_kind(name)), fn, ", ".join(params), consts, body if name in _TC_NAMES else _PRE + body)
-
-
-class _PrecompiledSpec:
-    """A _SPECS kernel compiled by cuda_jit (NVRTC, this GPU's target) into one
-    cubin per instantiation and launched through precompiled_cuda_kernel.
-    Why: cuda_kernel pastes our header (27-74 KB) into a new source string on
-    every call, and on H100 that cost 10-30 us per kernel node: the
-    forward+backward of seed-1d-256 f32 through kernels that do nothing took
-    75 us with one-input kernels and 120 us with our header
-    (benchmarks/cuda/small_calls.py --floor-variants,
-    benchmarks/results/floor_h100_20261127_2305.md).  A kernel that does not
-    build falls back to MLX's JIT (warning once; all later ones too)."""
-
-    def __init__(self, name: str, smem: int, target: str):
-        self.name, self.smem, self.target = name, int(smem), target
-        self._launches: Dict[tuple, object] = {}
-        self._jit = None
-
-    def __call__(self, inputs, grid, threadgroup, output_shapes, output_dtypes, template=(), init_value=None):
-        key = (tuple(a.dtype for a in inputs), tuple(output_dtypes), tuple(template))
-        launch = self._launches.get(key)
-        if launch is None:
-            launch = self._launches[key] = self._build(*key)
-        return launch(inputs=inputs, grid=grid, threadgroup=threadgroup, output_shapes=output_shapes,
-                      output_dtypes=output_dtypes, init_value=init_value)
-
-    def _build(self, in_dtypes, out_dtypes, template):
-        global _spec_failed
-        if not _spec_failed:
-            # one module per kernel name in MLX: the name spells out the instantiation
-            sig = "_".join(str(v).split(".")[-1] for _, v in template) + "_" + "_".join(
-                _ctype(d).strip("_") for d in in_dtypes + out_dtypes)
-            fn = "natten_%s_s%d_%s_%s" % (self.name, self.smem, re.sub(r"\W", "", sig), self.target)
-            try:
-                data = cuda_jit.cubin(_spec_source(fn, self.name, in_dtypes, out_dtypes, template), self.target)
-                return _precompiled_launch(fn, data, self.smem)
-            except cuda_jit.CompileError as e:
-                _spec_failed = True
-                warnings.warn(f"natten_mlx: cuda_jit could not build the {self.name} kernel, using MLX's JIT: {e}")
-        if self._jit is None:
-            self._jit = _jit_kernel(self.name, self.smem)
-        jit = self._jit
-        return lambda init_value=None, **kw: jit(template=list(template), init_value=init_value, **kw)
 
 
 _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
@@ -404,11 +327,11 @@ _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16"}
 def _precompiled_launch(fn: str, data: bytes, smem: int):
     """A cubin's kernel `fn` as a callable with cuda_kernel's call interface."""
 
-    def launch(inputs, grid, threadgroup, output_shapes, output_dtypes, init_value=None):
+    def launch(inputs, grid, threadgroup, output_shapes, output_dtypes):
         return mx.fast.precompiled_cuda_kernel(
             name=fn, compiled_source=data, inputs=inputs, output_shapes=output_shapes,
             output_dtypes=output_dtypes, scalars=[], grid=grid, threadgroup=threadgroup,
-            shared_memory=smem, init_value=init_value, ensure_row_contiguous=True)
+            shared_memory=smem, ensure_row_contiguous=True)
 
     return launch
 
@@ -544,9 +467,6 @@ def _prod(t):
 #   NATTEN_CUDA_WGMMA_BWD=0 never the Hopper wgmma backward (na_bwd_wgmma.cuh)
 #   NATTEN_CUDA_WGMMA_BWD=1 the wgmma backward for every problem in its scope
 #                           (default: see _use_wgmma_bwd)
-#   NATTEN_CUDA_PRECOMPILE=0 the warp-per-row, mma.sync and tiled f32 kernels
-#                           through MLX's JIT (mx.fast.cuda_kernel) instead of
-#                           cuda_jit cubins (default where cuda_jit.target())
 #   NATTEN_CUDA_SMALL=R     problems of at most R query rows (B*N*H) and a window
 #                           of at most _SMALL_KK keys run the warp-per-row kernels,
 #                           any rank and dtype (0: tiled whenever it applies);
@@ -575,10 +495,9 @@ def refresh_env():
     """Re-read the NATTEN_CUDA_* switches (they are read once, at import)."""
     _env.clear()
     for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ", "NATTEN_CUDA_SMALL",
-                 "NATTEN_CUDA_WGMMA", "NATTEN_CUDA_WGMMA_BWD", "NATTEN_CUDA_PRECOMPILE"):
+                 "NATTEN_CUDA_WGMMA", "NATTEN_CUDA_WGMMA_BWD"):
         _env[name] = os.environ.get(name, "")
     _fwd_plans.clear()
-    _kernels.clear()
 
 
 def _small(p: NAParams, rows, dtype) -> bool:

@@ -4,18 +4,14 @@
 H100).  Hopper's warpgroup MMA (``wgmma``) exists only in the arch-specific
 target ``sm_90a``, so kernels that use it are compiled here: with the NVRTC
 library MLX itself loads, ``-arch=sm_90a``, to a cubin that runs through
-``mx.fast.precompiled_cuda_kernel``.  The other kernels are built here too
-(for ``target()``): a cuda_kernel call rebuilds its whole source string, our
-header included, on every call, which cost 10-30 us per kernel on H100 for
-small problems (see cuda._PrecompiledSpec).  Cubins are cached in memory and on disk
+``mx.fast.precompiled_cuda_kernel``.  Cubins are cached in memory and on disk
 (``$NATTEN_CUDA_CACHE``, default ``~/.cache/natten_mlx/cubin``), keyed by a
 hash of the source and the options, so a process pays NVRTC once per kernel
 (about 2 s for the forward) and later processes not at all.
 
-``target()`` says what to build for on this machine's GPU and ``arch()``
-whether that is the arch-specific Hopper target (both None when there is no
-CUDA driver, NVRTC or CUDA headers: callers then use the ``cuda_kernel``
-path).  Nothing here runs at import.
+``arch()`` says which arch-specific target this machine's GPU has (None when
+there is no CUDA driver, NVRTC or CUDA headers: callers then use the
+``cuda_kernel`` path).  Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -104,19 +100,12 @@ def _compute_capability() -> Optional[tuple]:
     return major.value, minor.value
 
 
-def target() -> Optional[str]:
-    """The target this module builds for on this machine's GPU: 'sm_90a' on
-    Hopper (its wgmma needs the arch-specific target), 'sm_XY' elsewhere;
-    None when there is no CUDA driver, NVRTC or CUDA headers."""
-    cc = _compute_capability()
-    if cc is None or _nvrtc() is None or not include_dirs():
-        return None
-    return "sm_90a" if cc == (9, 0) else "sm_%d%d" % cc
-
-
 def arch() -> Optional[str]:
     """'sm_90a' on a Hopper GPU when this module can compile for it, else None."""
-    return "sm_90a" if target() == "sm_90a" else None
+    cc = _compute_capability()
+    if cc != (9, 0) or _nvrtc() is None or not include_dirs():
+        return None
+    return "sm_90a"
 
 
 class CompileError(RuntimeError):
