@@ -2,7 +2,7 @@
 pure-tier ratio on the seed cases).  Run on the device machine (MLX CUDA
 installed), from a checkout root:
 
-    python3 benchmarks/cuda/small_calls.py [--cases tag,tag] [--ncu | --profile]
+    python3 benchmarks/cuda/small_calls.py [--cases tag,tag] [--ncu | --profile | --floor | --floor-variants]
 
 Prints, in one process and the pipelined timing of benchmarks/gpu_benchmark.py:
 - MLX's cost per call and per extra graph node: a chain of N elementwise ops,
@@ -302,18 +302,11 @@ def main():
     if a.parse_ncu:
         parse_ncu(a.parse_ncu)
         return
-    if a.ncu:
-        ncu_mode(tags, dtypes)
-        return
-    if a.profile:
-        profile(tags, dtypes)
-        return
-    if a.floor:
-        floor_rows(tags, dtypes)
-        return
-    if a.floor_variants:
-        floor_variants(tags, dtypes)
-        return
+    for wanted, mode in ((a.ncu, ncu_mode), (a.profile, profile), (a.floor, floor_rows),
+                         (a.floor_variants, floor_variants)):
+        if wanted:
+            mode(tags, dtypes)
+            return
     if not a.no_per_node:
         per_node()
     case_rows(tags, dtypes)

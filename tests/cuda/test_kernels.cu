@@ -240,7 +240,7 @@ static void host_fwd(const Prob &P, const std::vector<float> &q, const std::vect
     const double scale = 1.0 / std::sqrt((double)P.D);
     out.assign((size_t)P.B * ntok * P.H * P.D, 0.0);
     lse.assign((size_t)P.B * ntok * P.H, 0.0);
-    /* OpenMP where built with -Xcompiler -fopenmp (gpu_suite.sh): the double
+    /* OpenMP where built with -Xcompiler -fopenmp (gpu_suite.sh, make): the double
      * references dominated the run (> 470 s of one core on H100's host) */
 #pragma omp parallel for collapse(2) schedule(dynamic, 16)
     for (int b = 0; b < P.B; ++b)
