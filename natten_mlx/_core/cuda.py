@@ -810,37 +810,38 @@ def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
     tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
             ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
+    ins = [prm, q, k, v, dout, lse, delta]
+
+    def dq_pass():  # the mma.sync dq pass alone
+        return _kernel("bwd_dq_tc", smem)(
+            inputs=ins, template=tmpl, grid=(qt * 128, B * H, 1), threadgroup=(128, 1, 1),
+            output_shapes=[q.shape], output_dtypes=[T])[0]
+
     wg = _bwd_wgmma(prm, q, k, v, dout, lse, delta, p)
     if wg is not None:  # the wgmma passes (dq: mma.sync, alone, unless _WGMMA_BWD_DQ)
-        dq, dk, dv = wg(T)
-        if dq is None:
-            (dq,) = _kernel("bwd_dq_tc", smem)(
-                inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(qt * 128, B * H, 1),
-                threadgroup=(128, 1, 1), output_shapes=[q.shape], output_dtypes=[T])
-        return dq, dk, dv
+        dq, dk, dv = wg
+        return (dq_pass() if dq is None else dq), dk, dv
     if not _env["NATTEN_CUDA_SPLIT_BWD"]:
         # one launch for both passes (dq tiles first, then dk/dv tiles)
         return _kernel("bwd_tc", smem + 4 * 64 * 4)(
-            inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(2 * qt * 128, B * H, 1),
+            inputs=ins, template=tmpl, grid=(2 * qt * 128, B * H, 1),
             threadgroup=(128, 1, 1), output_shapes=[q.shape, k.shape, v.shape], output_dtypes=[T, T, T])
-    (dq,) = _kernel("bwd_dq_tc", smem)(
-        inputs=[prm, q, k, v, dout, lse, delta], template=tmpl, grid=(qt * 128, B * H, 1),
-        threadgroup=(128, 1, 1), output_shapes=[q.shape], output_dtypes=[T])
+    dq = dq_pass()
     swapped = [("T", T), ("HD", int(D)), ("TQ0", tk[0]), ("TQ1", tk[1]), ("TQ2", tk[2]),
                ("TK0", tq[0]), ("TK1", tq[1]), ("TK2", tq[2])]  # as na_bwd_tc_entry: key boxes of tq's shape
     dk, dv = _kernel("bwd_dkdv_tc", smem + 4 * 64 * 4)(
-        inputs=[prm, q, k, v, dout, lse, delta], template=swapped, grid=(qt * 128, B * Hkv, 1),
+        inputs=ins, template=swapped, grid=(qt * 128, B * Hkv, 1),
         threadgroup=(128, 1, 1), output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
     return dq, dk, dv
 
 
 def _bwd_wgmma(prm, q, k, v, dout, lse, delta, p):
-    """The wgmma backward as a function of the output dtype returning (dq or
-    None, dk, dv) -- dq None: _WGMMA_BWD_DQ off, the caller runs the mma.sync
-    dq pass --, or None where _use_wgmma_bwd declines or the launch does not
-    fit.  dk/dv: key boxes of 128 and query tiles of 64, the wgmma forward's
-    plan with the roles swapped (the windows' union has the same extent both
-    ways); dq: the forward's plan (query boxes of 128, key tiles of 64)."""
+    """The wgmma backward's (dq or None, dk, dv) -- dq None: _WGMMA_BWD_DQ
+    off, the caller runs the mma.sync dq pass --, or None where
+    _use_wgmma_bwd declines or the launch does not fit.  dk/dv: key boxes of
+    128 and query tiles of 64, the wgmma forward's plan with the roles
+    swapped (the windows' union has the same extent both ways); dq: the
+    forward's plan (query boxes of 128, key tiles of 64)."""
     global _wgmma_bwd_failed
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
     Hkv = k.shape[-2]
@@ -863,18 +864,15 @@ def _bwd_wgmma(prm, q, k, v, dout, lse, delta, p):
         _wgmma_bwd_failed = True
         warnings.warn(f"natten_mlx: the wgmma backward did not build, using mma.sync: {e}")
         return None
+    T = q.dtype
     ins = [prm, q, k, v, dout, lse, delta]
-
-    def run(T):
-        dk, dv = kdkdv(inputs=ins, grid=(boxes * 256, B * Hkv, 1), threadgroup=(256, 1, 1),
-                       output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
-        dq = None
-        if kdq is not None:
-            (dq,) = kdq(inputs=ins, grid=(boxes * 256, B * H, 1), threadgroup=(256, 1, 1),
-                        output_shapes=[q.shape], output_dtypes=[T])
-        return dq, dk, dv
-
-    return run
+    dk, dv = kdkdv(inputs=ins, grid=(boxes * 256, B * Hkv, 1), threadgroup=(256, 1, 1),
+                   output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
+    dq = None
+    if kdq is not None:
+        (dq,) = kdq(inputs=ins, grid=(boxes * 256, B * H, 1), threadgroup=(256, 1, 1),
+                    output_shapes=[q.shape], output_dtypes=[T])
+    return dq, dk, dv
 
 
 def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams, flags):

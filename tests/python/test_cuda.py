@@ -460,20 +460,28 @@ def test_shared_memory_sizes_match_the_kernels():
     assert wg128(128) == 169056 <= 227 * 1024  # the H100's per-block limit
 
 
-def test_wgmma_rule(cuda_env, monkeypatch):
-    """When the Hopper wgmma forward is chosen (pure Python, runs everywhere)."""
+@pytest.mark.parametrize("use, env, failed", [("_use_wgmma", "NATTEN_CUDA_WGMMA", "_wgmma_failed"),
+                                               ("_use_wgmma_bwd", "NATTEN_CUDA_WGMMA_BWD", "_wgmma_bwd_failed")],
+                         ids=["forward", "backward"])
+def test_wgmma_rule(use, env, failed, cuda_env, monkeypatch):
+    """When the Hopper wgmma forward and the wgmma backward passes are chosen:
+    one rule, each with its own switch (pure Python, runs everywhere)."""
     monkeypatch.setattr(cuda_jit, "arch", lambda: "sm_90a")
-    cuda_env("NATTEN_CUDA_WGMMA", "")
-    assert cuda._use_wgmma(1, 24, 256 * 256, 128)  # flux
-    assert cuda._use_wgmma(1, 1, 32768, 128)  # 1d-32k-w2k
-    assert not cuda._use_wgmma(1, 1, 32768, 32)  # head_dim outside its scope
-    cuda_env("NATTEN_CUDA_WGMMA", "1")
-    assert cuda._use_wgmma(1, 1, 64, 64) and not cuda._use_wgmma(1, 1, 64, 32)
-    cuda_env("NATTEN_CUDA_WGMMA", "0")
-    assert not cuda._use_wgmma(1, 24, 256 * 256, 128)
+    monkeypatch.setattr(cuda, failed, False)
+    rule = getattr(cuda, use)
+    cuda_env(env, "")
+    assert rule(1, 24, 256 * 256, 128)  # flux
+    assert rule(1, 1, 32768, 128)  # 1d-32k-w2k
+    assert not rule(1, 1, 32768, 32)  # head_dim outside its scope
+    assert not rule(8, 8, 64 * 64, 64)  # vision-2d-64-k7: head_dim 64 stays mma.sync
+    assert not rule(1, 1, 4096, 128)  # 32 boxes: too few for the GPU
+    cuda_env(env, "1")
+    assert rule(1, 1, 64, 64) and not rule(1, 1, 64, 32)
+    cuda_env(env, "0")
+    assert not rule(1, 24, 256 * 256, 128)
     monkeypatch.setattr(cuda_jit, "arch", lambda: None)  # not Hopper
-    cuda_env("NATTEN_CUDA_WGMMA", "1")
-    assert not cuda._use_wgmma(1, 24, 256 * 256, 128)
+    cuda_env(env, "1")
+    assert not rule(1, 24, 256 * 256, 128)
 
 
 def test_wgmma_key_tiles(cuda_env, monkeypatch):
@@ -562,24 +570,6 @@ def test_bwd_wgmma_shared_memory_sizes_match_the_kernels():
             for st in (3, 4):
                 assert fn(hd, st) == wg(hd, st)
         assert fn(128) == wg(128, cuda._WGMMA_BWD_ST) <= 227 * 1024
-
-
-def test_wgmma_bwd_rule(cuda_env, monkeypatch):
-    """When the backward runs the wgmma passes (pure Python, runs everywhere)."""
-    monkeypatch.setattr(cuda_jit, "arch", lambda: "sm_90a")
-    monkeypatch.setattr(cuda, "_wgmma_bwd_failed", False)
-    cuda_env("NATTEN_CUDA_WGMMA_BWD", "")
-    assert cuda._use_wgmma_bwd(1, 24, 256 * 256, 128)  # flux
-    assert cuda._use_wgmma_bwd(1, 1, 32768, 128)  # 1d-32k-w2k
-    assert not cuda._use_wgmma_bwd(8, 8, 64 * 64, 64)  # vision-2d-64-k7: head_dim 64 stays mma.sync
-    assert not cuda._use_wgmma_bwd(1, 1, 4096, 128)  # 32 boxes: too few for the GPU
-    cuda_env("NATTEN_CUDA_WGMMA_BWD", "1")
-    assert cuda._use_wgmma_bwd(1, 1, 64, 64) and not cuda._use_wgmma_bwd(1, 1, 64, 32)
-    cuda_env("NATTEN_CUDA_WGMMA_BWD", "0")
-    assert not cuda._use_wgmma_bwd(1, 24, 256 * 256, 128)
-    monkeypatch.setattr(cuda_jit, "arch", lambda: None)  # not Hopper
-    cuda_env("NATTEN_CUDA_WGMMA_BWD", "1")
-    assert not cuda._use_wgmma_bwd(1, 24, 256 * 256, 128)
 
 
 def test_wgmma_bwd_build_failure_falls_back(cuda_env, monkeypatch):
