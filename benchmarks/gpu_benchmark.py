@@ -105,14 +105,22 @@ def make_case(c):
     return p, q, k, v, g
 
 
+def tier_out(mod):
+    """What natten_mlx.na1d/2d/3d call on a tier without return_lse
+    (ops.na_out): the tier's na_out, else na_fused's out."""
+    na_out = getattr(mod, "na_out", None)
+    return na_out if na_out is not None else (lambda q, k, v, p: mod.na_fused(q, k, v, p)[0])
+
+
 def time_tier(mod, c, fwd_only=False):
     p, q, k, v, g = make_case(c)
+    na_out = tier_out(mod)
 
     def fwd():
-        return mod.na_fused(q, k, v, p)[0]
+        return na_out(q, k, v, p)
 
     def out(q, k, v):
-        return mod.na_fused(q, k, v, p)[0]
+        return na_out(q, k, v, p)
 
     # forward + backward with g as the output's cotangent: what the Flex side
     # times with torch.autograd.grad(out, (q, k, v), g)

@@ -11,6 +11,7 @@ specialised compile only: custom kernels have fixed output shapes).
 Tier interface (see docs/architecture.md):
 
     na_fused(q, k, v, p, rpb=None, extra_k=None, extra_v=None, varlen=None) -> (out, lse)
+    na_out(same arguments) -> out   (the lse's cotangent is never read)
     na_qk(q, k, p, rpb=None) -> logits
     na_av(attn, v, p) -> out
     supports(op, p, dtype, device, **features) -> bool
@@ -38,6 +39,7 @@ Importing this module never fails; on machines without MLX's CUDA backend
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import struct
@@ -54,7 +56,7 @@ except Exception:  # pragma: no cover
 from natten_mlx._core import cuda_jit
 from natten_mlx._core.params import NAParams
 
-__all__ = ["is_available", "supports", "na_fused", "na_qk", "na_av", "kernel_source_dir"]
+__all__ = ["is_available", "supports", "na_fused", "na_out", "na_qk", "na_av", "kernel_source_dir"]
 
 _MAX_CH = 256  # channels per lane * 32: D and Dv up to 256 in the simple kernels
 _WARPS_PER_BLOCK = 4
@@ -136,41 +138,68 @@ def supports(op: str, p: NAParams, dtype, device=None, **features) -> bool:
 # Kernel sources
 # ----------------------------------------------------------------------------
 
-_HEADER_FILES = ("window.cuh", "na_common.cuh", "na_simple.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh",
-                 "na_bwd_tc.cuh", "na_bwd_f32.cuh")
-# what each kind of kernel needs: MLX rebuilds the full source string (header
-# included) on every call, so a smaller header is less per-call host work
-_HEADER_SETS = {
-    "simple": ("window.cuh", "na_common.cuh", "na_simple.cuh"),
-    "fwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh"),
-    "fwd_wgmma": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_wgmma.cuh"),
-    "fwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh"),
-    "bwd_tc": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_bwd_tc.cuh"),
-    "bwd_wgmma": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_wgmma.cuh", "na_bwd_tc.cuh",
-                  "na_bwd_wgmma.cuh"),
-    "bwd_f32": ("window.cuh", "na_common.cuh", "na_fwd_tc.cuh", "na_fwd_f32.cuh", "na_bwd_tc.cuh",
-                "na_bwd_f32.cuh"),
+# What each kind of kernel needs: one top file and, through its local
+# #includes, the files under it.
+_HEADER_TOP = {
+    "simple": "na_simple.cuh",
+    "fwd_tc": "na_fwd_tc.cuh",
+    "fwd_wgmma": "na_fwd_wgmma.cuh",
+    "fwd_f32": "na_fwd_f32.cuh",
+    "bwd_tc": "na_bwd_tc.cuh",
+    "bwd_wgmma": "na_bwd_wgmma.cuh",
+    "bwd_f32": "na_bwd_f32.cuh",
 }
+_LOCAL_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.M)
+
+
+def _closure(top: str, d: Path) -> list:
+    """`top` and the local files it includes, each after the files it includes."""
+    order = []
+
+    def visit(name):
+        if name in order:
+            return
+        for dep in _LOCAL_INCLUDE.findall((d / name).read_text()):
+            visit(dep)
+        order.append(name)
+
+    visit(top)
+    return order
 
 
 @lru_cache(maxsize=8)
-def _header(kind: str = "all") -> str:
+def _header(kind: str) -> str:
+    """The sources a kind of kernel needs, pasted into one text (local
+    #includes dropped, comments and blank lines stripped): what cuda_jit
+    compiles, and what names the code in _kernel_header."""
     d = kernel_source_dir()
     parts = []
-    for name in _HEADER_SETS.get(kind, _HEADER_FILES):
-        f = d / name
-        if not f.is_file():
-            continue
-        txt = f.read_text()
-        # local includes are pasted in order above; system includes are
-        # guarded by __CUDACC_RTC__ inside the files.
-        txt = re.sub(r'^\s*#include\s+"[^"]+"\s*$', "", txt, flags=re.M)
-        # comments and blank lines cost host time on every call (see above)
+    for name in _closure(_HEADER_TOP[kind], d):
+        txt = _LOCAL_INCLUDE.sub("", (d / name).read_text())
+        # system includes are guarded by __CUDACC_RTC__ inside the files
         txt = re.sub(r"/\*.*?\*/", "", txt, flags=re.S)
         txt = re.sub(r"(?m)^\s*//.*$", "", txt)
         txt = re.sub(r"\n\s*\n+", "\n", txt)
         parts.append(f"// ---- {name}\n{txt}")
     return "\n".join(parts)
+
+
+@lru_cache(maxsize=8)
+def _kernel_header(kind: str) -> Tuple[str, str]:
+    """(header, tag) for mx.fast.cuda_kernel.  MLX pastes the header into a
+    new source string on every call (H100: our 27-74 KB pasted headers cost
+    40-65 us per small forward+backward, benchmarks/results/floor_h100_20261127_2305.md),
+    so the header is one #include of the top file by absolute path (NVRTC
+    reads it, and the files it includes, at the one compile).  MLX keys its
+    compiled modules, in memory and in its on-disk PTX cache, by kernel name
+    alone, so the name carries `tag`, a digest of the code: a changed .cuh
+    is compiled anew, never served stale."""
+    code = _header(kind)
+    tag = hashlib.sha256(code.encode()).hexdigest()[:12]
+    top = (kernel_source_dir() / _HEADER_TOP[kind]).resolve()
+    if top.is_absolute() and not any(c in str(top) for c in '"\n\\'):
+        return f'#include "{top}"\n', tag
+    return code, tag
 
 
 _PRE = (
@@ -308,12 +337,13 @@ def _kernel(name: str, smem: int = 0):
     if kern is None:
         inputs, outputs, body = _SPECS[name]
         src = body if name in _TC_NAMES else _PRE + body
+        header, tag = _kernel_header(_header_kind(name))
         kern = mx.fast.cuda_kernel(
-            name="natten_" + name + (f"_s{smem}" if smem else ""),
+            name="natten_" + name + (f"_s{smem}" if smem else "") + "_" + tag,
             input_names=inputs,
             output_names=outputs,
             source=src,
-            header=_header(_header_kind(name)),
+            header=header,
             ensure_row_contiguous=True,
             shared_memory=int(smem),
         )
@@ -926,15 +956,32 @@ def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams,
 
 
 _fused_fns: Dict[tuple, object] = {}
+_zero_lses: Dict[tuple, object] = {}
+_ZERO_LSE_CACHE_MAX = 1 << 16  # elements (256 KB; 16 shapes at most): a bigger problem is not bound by one node
 
 
-def _fused_fn(p: NAParams, flags):
-    key = (p, flags)
+def _lse_cotangent(dlse, lse_grad: bool):
+    """The lse cotangent the backward kernels read.  Without lse_grad (na_out:
+    the caller never sees the lse) it is zero, and a cached zero array stands
+    in for the zero fill MLX builds for an unused output, one graph node less
+    per small backward."""
+    if lse_grad or dlse.size > _ZERO_LSE_CACHE_MAX:
+        return dlse
+    z = _zero_lses.get(dlse.shape)
+    if z is None:
+        if len(_zero_lses) > 16:
+            _zero_lses.clear()
+        z = _zero_lses[dlse.shape] = mx.zeros(dlse.shape, dtype=mx.float32)
+    return z
+
+
+def _fused_fn(p: NAParams, flags, lse_grad: bool = True):
+    key = (p, flags, lse_grad)
     fn = _fused_fns.get(key)
     if fn is not None:
         return fn
     if flags == (False, False, False):
-        fn = _fused_fns[key] = _plain_fused_fn(p)
+        fn = _fused_fns[key] = _plain_fused_fn(p, lse_grad)
         return fn
 
     @mx.custom_function
@@ -944,7 +991,7 @@ def _fused_fn(p: NAParams, flags):
     @f.vjp
     def f_vjp(primals, cotangents, outputs):
         q, k, v, rpb, ek, ev, vl = primals
-        dout, dlse = cotangents
+        dout, dlse = cotangents[0], _lse_cotangent(cotangents[1], lse_grad)
         out, lse = outputs
         dq, dk, dv, drpb, dek, dev = _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p, flags)
         drpb = mx.zeros_like(rpb) if drpb is None else drpb
@@ -956,7 +1003,7 @@ def _fused_fn(p: NAParams, flags):
     return f
 
 
-def _plain_fused_fn(p: NAParams):
+def _plain_fused_fn(p: NAParams, lse_grad: bool):
     """The fused op without RPB, extra KV or varlen as a function of (q, k, v)
     alone: no placeholder inputs to pass through MLX's custom_function and no
     zero gradients to build for them (tiny problems are bound by this host
@@ -973,7 +1020,7 @@ def _plain_fused_fn(p: NAParams):
         q, k, v = primals
         d = _dummy(q.dtype)
         return _fused_backward(q, k, v, d, d, d, _dummy(mx.int32), outputs[0], outputs[1], cotangents[0],
-                               cotangents[1], p, flags)[:3]
+                               _lse_cotangent(cotangents[1], lse_grad), p, flags)[:3]
 
     return f
 
@@ -988,8 +1035,7 @@ def _shape_ok(D, Dv, rank_extents) -> bool:
     return D <= _MAX_CH and Dv <= _MAX_CH and all(int(x) < 2**31 for x in rank_extents)
 
 
-def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
-    """Fused NA on the GPU: (out [B,*O,H,Dv] q.dtype, lse [B,*O,H] float32)."""
+def _na(q, k, v, p: NAParams, rpb, extra_k, extra_v, varlen, lse_grad):
     D, Dv = q.shape[-1], v.shape[-1]
     if not _shape_ok(D, Dv, q.shape[1:-2]):
         return _fallback().na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
@@ -999,15 +1045,25 @@ def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=
     if v.dtype != T:
         v = v.astype(T)
     if rpb is None and extra_k is None and varlen is None:
-        out, lse = _fused_fn(p, (False, False, False))(q, k, v)
-        return out, lse
+        return _fused_fn(p, (False, False, False), lse_grad)(q, k, v)
     flags = (rpb is not None, extra_k is not None, varlen is not None)
     rpb_a = rpb.astype(T) if rpb is not None else _dummy(T)
     ek = extra_k.astype(T) if extra_k is not None else _dummy(T)
     ev = extra_v.astype(T) if extra_v is not None else _dummy(T)
     vl = varlen.astype(mx.int32) if varlen is not None else _dummy(mx.int32)
-    out, lse = _fused_fn(p, flags)(q, k, v, rpb_a, ek, ev, vl)
+    return _fused_fn(p, flags, lse_grad)(q, k, v, rpb_a, ek, ev, vl)
+
+
+def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """Fused NA on the GPU: (out [B,*O,H,Dv] q.dtype, lse [B,*O,H] float32)."""
+    out, lse = _na(q, k, v, p, rpb, extra_k, extra_v, varlen, True)
     return out, lse
+
+
+def na_out(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """``na_fused`` without the lse (ops.na_out): the lse never leaves, so the
+    backward ignores its cotangent."""
+    return _na(q, k, v, p, rpb, extra_k, extra_v, varlen, False)[0]
 
 
 # ----------------------------------------------------------------------------

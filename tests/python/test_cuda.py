@@ -411,6 +411,71 @@ def test_arch_specific_compile(monkeypatch, tmp_path):
     cuda._precompiled_fwd.cache_clear()
 
 
+def _mlx_like_source(name, header, tmpl, ctype):
+    """A kernel of _SPECS as mx.fast.cuda_kernel assembles it (header, a signature
+    of the inputs and outputs, the template arguments as constants, the body)."""
+    ins, outs, body = cuda._SPECS[name]
+    if name not in cuda._TC_NAMES:
+        body = cuda._PRE + body
+    sig = ["const %s *%s" % ("int" if i in ("params", "varlen") else ctype, i) for i in ins]
+    sig += ["%s *%s" % ("float" if o in ("lse", "delta", "drpb") else ctype, o) for o in outs]
+    consts = "".join("  constexpr int %s = %d;\n" % (n, v) if isinstance(v, int) else "  using %s = %s;\n" % (n, v)
+                     for n, v in tmpl)
+    return '%s\nextern "C" __global__ void k(%s) {\n%s%s\n}\n' % (header, ", ".join(sig), consts, body)
+
+
+@pytest.mark.skipif(not _NVRTC, reason="no NVRTC library or CUDA headers on this machine")
+@pytest.mark.parametrize("name, tmpl", [
+    ("bwd_dkdv_f32", [("HD", 32), ("TQ0", 64), ("TQ1", 1), ("TQ2", 1), ("TK0", 64), ("TK1", 1), ("TK2", 1)]),
+    ("fwd", [("T", "float"), ("NPL", 1), ("NVPL", 1)]),
+])
+def test_include_header_builds_the_pasted_code(name, tmpl):
+    """The one-line #include header cuda_kernel gets compiles (NVRTC, no GPU) to
+    the same cubin, byte for byte, as the pasted sources it stands for."""
+    kind = cuda._header_kind(name)
+    header, _ = cuda._kernel_header(kind)
+    assert header.startswith("#include \"/") and len(header) < 300
+    opts = ["-std=c++17"] + ["--include-path=%s" % d for d in cuda_jit.include_dirs()]
+    built = [cuda_jit._nvrtc_compile(cuda_jit._PRELUDE + _mlx_like_source(name, h, tmpl, "float"), "sm_90", opts)
+             for h in (header, cuda._header(kind))]
+    assert built[0][:4] == b"\x7fELF" and built[0] == built[1]
+
+
+def test_kernel_names_follow_the_code(tmp_path, monkeypatch):
+    """MLX keeps compiled modules (and its on-disk PTX cache) by kernel name
+    alone: a change in any file a kernel includes gives it a new name, a
+    comment-only change does not (pure Python)."""
+    src = cuda.kernel_source_dir()
+    for f in src.glob("*.cuh"):
+        (tmp_path / f.name).write_text(f.read_text())
+    monkeypatch.setattr(cuda, "kernel_source_dir", lambda: tmp_path)
+
+    def tags():
+        cuda._header.cache_clear()
+        cuda._kernel_header.cache_clear()
+        return {k: cuda._kernel_header(k)[1] for k in cuda._HEADER_TOP}
+
+    try:
+        before = tags()
+        assert cuda._kernel_header("bwd_f32")[0] == '#include "%s"\n' % (tmp_path / "na_bwd_f32.cuh")
+        f = tmp_path / "na_fwd_f32.cuh"  # included by fwd_f32 and bwd_f32 only
+        f.write_text(f.read_text() + "\n/* a comment */\n// another\n")
+        assert tags() == before
+        f.write_text(f.read_text() + "\n#define NATTEN_PROBE 1\n")
+        after = tags()
+        assert {k for k in after if after[k] != before[k]} == {"fwd_f32", "bwd_f32"}
+        odd = tmp_path / 'a "quoted" dir'  # cannot be written in an #include: pasted instead
+        odd.mkdir()
+        for f in src.glob("*.cuh"):
+            (odd / f.name).write_text(f.read_text())
+        monkeypatch.setattr(cuda, "kernel_source_dir", lambda: odd)
+        assert tags()["simple"] == before["simple"]
+        assert cuda._kernel_header("simple")[0] == cuda._header("simple")
+    finally:
+        cuda._header.cache_clear()
+        cuda._kernel_header.cache_clear()
+
+
 @gpu
 @pytest.mark.skipif(not cuda.is_available() or cuda_jit.arch() is None, reason="needs a Hopper GPU")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -721,6 +786,29 @@ def test_split_qk_av(case, dtype, use_rpb):
     _, vj = mx.vjp(lambda a, vv: [cuda.na_av(a, vv, p)], [attn, v], [do])
     np.testing.assert_allclose(to_np(vj[0]), dattn.reshape(an.shape), atol=tol * 4, rtol=tol, err_msg="dattn")
     np.testing.assert_allclose(to_np(vj[1]), dv.reshape(vn.shape), atol=tol * 4, rtol=tol, err_msg="dv")
+
+
+@gpu
+@pytest.mark.parametrize("ext, K, dtype, extra", [
+    ((64,), (7,), "float32", None),           # warp-per-row kernels (small 1-D f32)
+    ((12, 10), (3, 5), "float32", None),      # tiled f32
+    ((12, 10), (3, 5), "bfloat16", None),     # tensor cores
+    ((20,), (5,), "float32", "rpb"),          # the custom function with placeholders
+], ids=["simple", "tiled-f32", "tc-bf16", "rpb"])
+def test_na_out_backward_equals_na_fused(ext, K, dtype, extra):
+    """na_out ignores the lse cotangent (a cached zero stands in for MLX's zero
+    fill): its gradients are na_fused's with a zero lse cotangent, bit for bit,
+    eagerly, on a second call (cache hit) and under mx.compile."""
+    dt = _dt(dtype)
+    rng = np.random.default_rng(7)
+    p = make_params(len(ext), K, D=32)
+    q, k, v, do = (rnd(rng, (2,) + ext + (2, 32), dt)[0] for _ in range(4))
+    kw = {"rpb": rnd(rng, (2,) + tuple(2 * x - 1 for x in K), dt)[0]} if extra == "rpb" else {}
+    want = mx.vjp(lambda a, b, c: [cuda.na_fused(a, b, c, p, **kw)[0]], [q, k, v], [do])
+    vg = lambda a, b, c: mx.vjp(lambda x, y, z: [cuda.na_out(x, y, z, p, **kw)], [a, b, c], [do])  # noqa: E731
+    for got in (vg(q, k, v), vg(q, k, v), mx.compile(vg)(q, k, v)):
+        for w, g in zip(want[0] + want[1], got[0] + got[1]):
+            np.testing.assert_array_equal(to_np(g), to_np(w))
 
 
 @gpu

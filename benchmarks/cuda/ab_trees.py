@@ -1,0 +1,81 @@
+"""Interleaved A/B of two checkouts of natten_mlx on the small rows (CUDA tier).
+
+Small calls move by up to 40% between processes (H100), so each round runs one
+process per tree, in turn, and the table reports every round.  Each process
+times what natten_mlx.na1d/2d/3d call without return_lse (the tier's na_out,
+else na_fused's out), forward and forward+backward, with gpu_benchmark.py's
+pipelined bench(), in microseconds.
+
+    python3 benchmarks/cuda/ab_trees.py --trees base=/path/a,new=. [--rounds 3] [--cases ...] [--dtype ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEEDS = "seed-1d-256,seed-1d-1024,seed-2d-32,seed-2d-64,seed-3d-16"
+
+
+def child(tree, tags, dtypes):
+    sys.path.insert(0, os.path.abspath(tree))
+    import mlx.core as mx
+    from natten_mlx._core import cuda  # from `tree`: imported before gpu_benchmark puts this checkout first
+
+    sys.path.insert(0, os.path.dirname(HERE))
+    from gpu_benchmark import ANCHOR_JSON, bench, make_case
+
+    na_out = getattr(cuda, "na_out", None) or (lambda q, k, v, p: cuda.na_fused(q, k, v, p)[0])
+    for c in json.load(open(ANCHOR_JSON)):
+        if c["tag"] not in tags or c["dtype"] not in dtypes:
+            continue
+        p, q, k, v, g = make_case(c)
+        fwd = bench(lambda: na_out(q, k, v, p)) * 1e3
+        fb = bench(lambda: mx.vjp(lambda a, b, d: na_out(a, b, d, p), [q, k, v], [g])[1]) * 1e3
+        print(json.dumps({"tag": c["tag"], "dtype": c["dtype"], "fwd_us": fwd, "fwdbwd_us": fb}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trees", required=True, help="name=dir,name=dir")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cases", default=SEEDS)
+    ap.add_argument("--dtype", default="fp32,bf16")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    tags, dtypes = args.cases.split(","), args.dtype.split(",")
+    if args.child:
+        child(args.child, tags, dtypes)
+        return
+    trees = [t.split("=", 1) for t in args.trees.split(",")]
+    res = {}  # (tag, dtype) -> name -> [(fwd, fb), ...]
+    for r in range(args.rounds):
+        for name, d in trees:
+            out = subprocess.run([sys.executable, __file__, "--trees", args.trees, "--child", d,
+                                  "--cases", args.cases, "--dtype", args.dtype],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
+            for line in out.stdout.splitlines():
+                if line.startswith("{"):
+                    x = json.loads(line)
+                    res.setdefault((x["tag"], x["dtype"]), {}).setdefault(name, []).append(
+                        (x["fwd_us"], x["fwdbwd_us"]))
+            print(f"round {r + 1}: {name} done", file=sys.stderr, flush=True)
+    names = [n for n, _ in trees]
+    print("| case | dtype | " + " | ".join(f"{n} fwd us (rounds)" for n in names) + " | "
+          + " | ".join(f"{n} f+b us (rounds)" for n in names) + " | min f+b " + " / ".join(names) + " |")
+    print("|---|---|" + "---|" * (2 * len(names) + 1))
+    for (tag, dt), by in res.items():
+        cols = [", ".join(f"{f:.1f}" for f, _ in by.get(n, [])) for n in names]
+        cols += [", ".join(f"{b:.1f}" for _, b in by.get(n, [])) for n in names]
+        mins = " / ".join(f"{min(b for _, b in by[n]):.1f}" for n in names if n in by)
+        print(f"| {tag} | {dt} | " + " | ".join(cols) + f" | {mins} |")
+
+
+if __name__ == "__main__":
+    main()
