@@ -100,8 +100,8 @@ def per_node():
 
 def seed_cases(tags, dtypes):
     """(case, p, q, k, v, g, fwd, vg) per selected anchor case: fwd() builds one
-    forward, vg() one forward+backward (mx.vjp with g as the output's cotangent,
-    as gpu_benchmark.py times it)."""
+    forward, vg() one forward+backward (mx.vjp with g as the output's cotangent),
+    both through the tier's na_out, as gpu_benchmark.py times them."""
     import json
     for c in json.load(open(os.path.join(HERE, "..", "anchors", "flex_na_h100_results.json"))):
         if c["tag"] not in tags or c["dtype"] not in dtypes:
@@ -109,10 +109,10 @@ def seed_cases(tags, dtypes):
         p, q, k, v, g = make_case(c)
 
         def fwd(p=p, q=q, k=k, v=v):
-            return cuda.na_fused(q, k, v, p)[0]
+            return cuda.na_out(q, k, v, p)
 
         def vg(p=p, q=q, k=k, v=v, g=g):
-            return mx.vjp(lambda a, b, c_: cuda.na_fused(a, b, c_, p)[0], [q, k, v], [g])[1]
+            return mx.vjp(lambda a, b, c_: cuda.na_out(a, b, c_, p), [q, k, v], [g])[1]
         yield c, p, q, k, v, g, fwd, vg
 
 
