@@ -788,6 +788,23 @@ def test_split_qk_av(case, dtype, use_rpb):
     np.testing.assert_allclose(to_np(vj[1]), dv.reshape(vn.shape), atol=tol * 4, rtol=tol, err_msg="dv")
 
 
+def test_zero_lse_cotangent_cache(monkeypatch):
+    """na_out's stand-in lse cotangent (pure MLX, runs everywhere): zeros of the
+    lse's shape, made once, also when first made under mx.compile and then used
+    eagerly; the real cotangent where the lse is returned or the problem is big."""
+    monkeypatch.setattr(cuda, "_zero_lses", {})
+    x = mx.ones((3, 5))
+    f = lambda a: a + cuda._lse_cotangent(mx.full(a.shape, 7.0), False)  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(mx.compile(f)(x)), np.ones((3, 5)))
+    z = cuda._zero_lses[(3, 5)]
+    np.testing.assert_array_equal(np.asarray(f(2 * x)), 2 * np.ones((3, 5)))
+    assert cuda._lse_cotangent(mx.zeros((3, 5)), False) is z
+    d = mx.full((3, 5), 7.0)
+    assert cuda._lse_cotangent(d, True) is d
+    big = mx.zeros((cuda._ZERO_LSE_CACHE_MAX + 1,))
+    assert cuda._lse_cotangent(big, False) is big and len(cuda._zero_lses) == 1
+
+
 @gpu
 @pytest.mark.parametrize("ext, K, dtype, extra", [
     ((64,), (7,), "float32", None),           # warp-per-row kernels (small 1-D f32)
