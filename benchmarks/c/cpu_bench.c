@@ -3,6 +3,7 @@
  * kernels through the public C API, on the cases of issue 4.
  *   cpu_bench [case-substring] [reps]      (NATTEN_NUM_THREADS / NATTEN_CPU_ISA apply;
  *   BENCH_FWD_ONLY=1 times the forward alone, also as process CPU time)
+ * Cases marked diagnostic run only when a filter names them exactly ("=name").
  * Prints min-of-reps milliseconds, GFLOP/s (forward 4*B*H*N*KK*D, backward
  * 2.5x that) and the backward/forward ratio.
  */
@@ -21,35 +22,42 @@ typedef struct bcase {
     int64_t B, H, D, L[3], K[3], dil[3];
     int causal[3];
     natten_dtype dt;
+    int diagnostic; /* only with an exact "=name" filter */
 } bcase;
 
 #define F32 NATTEN_DTYPE_F32
 #define BF16 NATTEN_DTYPE_BF16
 static const bcase cases[] = {
-    {"1d L256 K7", 1, 1, 4, 32, {256}, {7}, {1}, {0}, F32},
-    {"1d L1024 K7", 1, 1, 4, 32, {1024}, {7}, {1}, {0}, F32},
-    {"1d L1024 K7 causal", 1, 1, 4, 32, {1024}, {7}, {1}, {1}, F32},
-    {"2d 32x32 K7", 2, 1, 4, 32, {32, 32}, {7, 7}, {1, 1}, {0, 0}, F32},
-    {"2d 64x64 K7", 2, 1, 4, 32, {64, 64}, {7, 7}, {1, 1}, {0, 0}, F32},
-    {"2d 64x64 K7 causal", 2, 1, 4, 32, {64, 64}, {7, 7}, {1, 1}, {1, 1}, F32},
-    {"3d 16^3 K3", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, F32},
-    {"3d 16^3 K3 causal", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, F32},
-    {"bf16 3d 16^3 K3", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, BF16},
-    {"bf16 3d 16^3 K3 causal", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, BF16},
-    {"vision 2d B8 64x64 H8 D64 K7", 2, 8, 8, 64, {64, 64}, {7, 7}, {1, 1}, {0, 0}, F32},
-    {"vision 2d B8 64x64 H8 D64 K7 dil4", 2, 8, 8, 64, {64, 64}, {7, 7}, {4, 4}, {0, 0}, F32},
-    {"vision 3d 32^3 K3 H4 D32", 3, 1, 4, 32, {32, 32, 32}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, F32},
-    {"bf16 vision 2d B8 64x64 H8 D64 K7", 2, 8, 8, 64, {64, 64}, {7, 7}, {1, 1}, {0, 0}, BF16},
-    {"bf16 vision 3d 32^3 K3 H4 D32", 3, 1, 4, 32, {32, 32, 32}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, BF16},
+    {"1d L256 K7", 1, 1, 4, 32, {256}, {7}, {1}, {0}, F32, 0},
+    {"1d L1024 K7", 1, 1, 4, 32, {1024}, {7}, {1}, {0}, F32, 0},
+    {"1d L1024 K7 causal", 1, 1, 4, 32, {1024}, {7}, {1}, {1}, F32, 0},
+    {"2d 32x32 K7", 2, 1, 4, 32, {32, 32}, {7, 7}, {1, 1}, {0, 0}, F32, 0},
+    {"2d 64x64 K7", 2, 1, 4, 32, {64, 64}, {7, 7}, {1, 1}, {0, 0}, F32, 0},
+    {"2d 64x64 K7 causal", 2, 1, 4, 32, {64, 64}, {7, 7}, {1, 1}, {1, 1}, F32, 0},
+    {"3d 16^3 K3", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, F32, 0},
+    {"3d 16^3 K3 causal", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, F32, 0},
+    {"bf16 3d 16^3 K3", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, BF16, 0},
+    {"bf16 3d 16^3 K3 causal", 3, 1, 4, 32, {16, 16, 16}, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, BF16, 0},
+    {"vision 2d B8 64x64 H8 D64 K7", 2, 8, 8, 64, {64, 64}, {7, 7}, {1, 1}, {0, 0}, F32, 0},
+    {"vision 2d B8 64x64 H8 D64 K7 dil4", 2, 8, 8, 64, {64, 64}, {7, 7}, {4, 4}, {0, 0}, F32, 0},
+    /* diagnostic: the vision forward's tensors with 1/49 of its arithmetic (a 1x1 window; the per-element
+     * cost that does not depend on the window), and the same bytes with rows contiguous (H1: no 2 KiB head
+     * stride between a head's rows) */
+    {"vision 2d B8 64x64 H8 D64 K1", 2, 8, 8, 64, {64, 64}, {1, 1}, {1, 1}, {0, 0}, F32, 1},
+    {"vision 2d B64 64x64 H1 D64 K1", 2, 64, 1, 64, {64, 64}, {1, 1}, {1, 1}, {0, 0}, F32, 1},
+    {"vision 2d B64 64x64 H1 D64 K7", 2, 64, 1, 64, {64, 64}, {7, 7}, {1, 1}, {0, 0}, F32, 1},
+    {"vision 3d 32^3 K3 H4 D32", 3, 1, 4, 32, {32, 32, 32}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, F32, 0},
+    {"bf16 vision 2d B8 64x64 H8 D64 K7", 2, 8, 8, 64, {64, 64}, {7, 7}, {1, 1}, {0, 0}, BF16, 0},
+    {"bf16 vision 3d 32^3 K3 H4 D32", 3, 1, 4, 32, {32, 32, 32}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, BF16, 0},
 };
 
-/* filter: comma-separated substrings ("=name": exactly that case); empty matches everything */
-static int match(const char *name, const char *filter) {
-    if (!*filter) return 1;
+/* filter: comma-separated substrings ("=name": exactly that case); empty: every case but the diagnostic ones */
+static int match(const char *name, int diagnostic, const char *filter) {
+    if (!*filter) return !diagnostic;
     char buf[256];
     snprintf(buf, sizeof buf, "%s", filter);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
-        if (tok[0] == '=' ? strcmp(name, tok + 1) == 0 : strstr(name, tok) != NULL) return 1;
+        if (tok[0] == '=' ? strcmp(name, tok + 1) == 0 : !diagnostic && strstr(name, tok) != NULL) return 1;
     return 0;
 }
 
@@ -110,7 +118,7 @@ int main(int argc, char **argv) {
     printf("%-38s %10s %9s %10s %9s %8s\n", "case", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s", "bwd/fwd");
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ++ci) {
         const bcase *c = &cases[ci];
-        if (!match(c->name, filter)) continue;
+        if (!match(c->name, c->diagnostic, filter)) continue;
         natten_problem p;
         natten_problem_init(&p, c->rank);
         p.batch = c->B;
