@@ -112,24 +112,30 @@ def tier_out(mod):
     return na_out if na_out is not None else (lambda q, k, v, p: mod.na_fused(q, k, v, p)[0])
 
 
-def time_tier(mod, c, fwd_only=False):
-    p, q, k, v, g = make_case(c)
+def tier_calls(mod, p, q, k, v, g, compiled=False):
+    """(fwd, vg): each builds one call's graph of tier `mod` as na1d/2d/3d call
+    it without return_lse (tier_out): the forward, and the forward+backward
+    with g as the output's cotangent -- what the Flex side times with
+    torch.autograd.grad(out, (q, k, v), g).  compiled: both through
+    mx.compile."""
     na_out = tier_out(mod)
-
-    def fwd():
-        return na_out(q, k, v, p)
 
     def out(q, k, v):
         return na_out(q, k, v, p)
 
-    # forward + backward with g as the output's cotangent: what the Flex side
-    # times with torch.autograd.grad(out, (q, k, v), g)
     def vg(q, k, v):
         return mx.vjp(out, [q, k, v], [g])[1]
+    if compiled:
+        out, vg = mx.compile(out), mx.compile(vg)
+    return (lambda: out(q, k, v)), (lambda: vg(q, k, v))
+
+
+def time_tier(mod, c, fwd_only=False):
+    fwd, vg = tier_calls(mod, *make_case(c))
     r = {"fwd_ms": bench(fwd), "fwd_built_ms": bench_built(fwd)}
     if not fwd_only:
-        r["fwdbwd_ms"] = bench(lambda: vg(q, k, v))
-        r["fwdbwd_built_ms"] = bench_built(lambda: vg(q, k, v))
+        r["fwdbwd_ms"] = bench(vg)
+        r["fwdbwd_built_ms"] = bench_built(vg)
     return r
 
 

@@ -23,20 +23,17 @@ SEEDS = "seed-1d-256,seed-1d-1024,seed-2d-32,seed-2d-64,seed-3d-16"
 
 def child(tree, tags, dtypes):
     sys.path.insert(0, os.path.abspath(tree))
-    import mlx.core as mx
     from natten_mlx._core import cuda  # from `tree`: imported before gpu_benchmark puts this checkout first
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from gpu_benchmark import ANCHOR_JSON, bench, make_case
+    from gpu_benchmark import ANCHOR_JSON, bench, make_case, tier_calls
 
-    na_out = getattr(cuda, "na_out", None) or (lambda q, k, v, p: cuda.na_fused(q, k, v, p)[0])
     for c in json.load(open(ANCHOR_JSON)):
         if c["tag"] not in tags or c["dtype"] not in dtypes:
             continue
-        p, q, k, v, g = make_case(c)
-        fwd = bench(lambda: na_out(q, k, v, p)) * 1e3
-        fb = bench(lambda: mx.vjp(lambda a, b, d: na_out(a, b, d, p), [q, k, v], [g])[1]) * 1e3
-        print(json.dumps({"tag": c["tag"], "dtype": c["dtype"], "fwd_us": fwd, "fwdbwd_us": fb}), flush=True)
+        fwd, vg = tier_calls(cuda, *make_case(c))
+        print(json.dumps({"tag": c["tag"], "dtype": c["dtype"], "fwd_us": bench(fwd) * 1e3,
+                          "fwdbwd_us": bench(vg) * 1e3}), flush=True)
 
 
 def main():

@@ -1,4 +1,5 @@
-"""Probe: eager vs mx.compile'd calls of the CUDA and pure tiers on the small rows.
+"""Probe: eager vs mx.compile'd calls of the CUDA and pure tiers on the small rows
+(gpu_benchmark.py's tier_calls: what na1d/2d/3d call without return_lse).
 
     python3 benchmarks/cuda/compile_probe.py [--cases tag,...] [--rounds N]
 """
@@ -13,22 +14,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.dirname(HERE))
 
-import mlx.core as mx  # noqa: E402
-
-from gpu_benchmark import ANCHOR_JSON, bench, make_case  # noqa: E402
+from gpu_benchmark import ANCHOR_JSON, bench, make_case, tier_calls  # noqa: E402
 from natten_mlx._core import cuda, pure  # noqa: E402
-
-
-def fns(mod, c, compiled):
-    p, q, k, v, g = make_case(c)
-
-    def out(q, k, v):
-        return mod.na_fused(q, k, v, p)[0]
-
-    def vg(q, k, v, g):
-        return mx.vjp(out, [q, k, v], [g])[1]
-    f1, f2 = (mx.compile(out), mx.compile(vg)) if compiled else (out, vg)
-    return (lambda: f1(q, k, v)), (lambda: f2(q, k, v, g))
 
 
 def main():
@@ -45,7 +32,7 @@ def main():
             for compiled in (False, True):
                 t = {}
                 for name, mod in (("cuda", cuda), ("pure", pure)):
-                    f, fb = fns(mod, c, compiled)
+                    f, fb = tier_calls(mod, *make_case(c), compiled=compiled)
                     t[name] = (bench(f) * 1e3, bench(fb) * 1e3)
                 print(f"{c['tag']} | {c['dtype']} | {rnd} | {'compiled' if compiled else 'eager'} | "
                       f"{t['cuda'][0]:.1f} | {t['pure'][0]:.1f} | {t['pure'][0] / t['cuda'][0]:.1f}x | "

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import mlx.core as mx  # noqa: E402
 
-from gpu_benchmark import bench, make_case  # noqa: E402
+from gpu_benchmark import bench, make_case, tier_calls  # noqa: E402
 from natten_mlx._core import cuda  # noqa: E402
 
 SEEDS = "seed-1d-256,seed-1d-1024,seed-2d-32,seed-3d-16"
@@ -100,20 +100,13 @@ def per_node():
 
 def seed_cases(tags, dtypes):
     """(case, p, q, k, v, g, fwd, vg) per selected anchor case: fwd() builds one
-    forward, vg() one forward+backward (mx.vjp with g as the output's cotangent),
-    both through the tier's na_out, as gpu_benchmark.py times them."""
+    forward, vg() one forward+backward (gpu_benchmark.py's tier_calls)."""
     import json
     for c in json.load(open(os.path.join(HERE, "..", "anchors", "flex_na_h100_results.json"))):
         if c["tag"] not in tags or c["dtype"] not in dtypes:
             continue
         p, q, k, v, g = make_case(c)
-
-        def fwd(p=p, q=q, k=k, v=v):
-            return cuda.na_out(q, k, v, p)
-
-        def vg(p=p, q=q, k=k, v=v, g=g):
-            return mx.vjp(lambda a, b, c_: cuda.na_out(a, b, c_, p), [q, k, v], [g])[1]
-        yield c, p, q, k, v, g, fwd, vg
+        yield (c, p, q, k, v, g) + tier_calls(cuda, p, q, k, v, g)
 
 
 def case_rows(tags, dtypes):

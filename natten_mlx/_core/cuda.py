@@ -197,7 +197,7 @@ def _kernel_header(kind: str) -> Tuple[str, str]:
     code = _header(kind)
     tag = hashlib.sha256(code.encode()).hexdigest()[:12]
     top = (kernel_source_dir() / _HEADER_TOP[kind]).resolve()
-    if top.is_absolute() and not any(c in str(top) for c in '"\n\\'):
+    if not any(c in str(top) for c in '"\n\\'):  # resolve() made it absolute
         return f'#include "{top}"\n', tag
     return code, tag
 
