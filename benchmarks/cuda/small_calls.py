@@ -121,9 +121,8 @@ def case_rows(tags, dtypes):
 
         flags = (False, False, False)
         d = cuda._dummy(q.dtype)
-        key = (p, flags, q.shape, k.shape, v.shape, d.shape, q.dtype)
-        cuda._fused_forward(q, k, v, d, d, d, cuda._dummy(mx.int32), p, flags)
-        kern, kw, tiled, prm = cuda._fwd_plans[key]
+        kern, kw, tiled, prm = cuda._fwd_plan(p, flags, q.shape, k.shape, v.shape, d.shape, q.dtype)
+        bwd_run = cuda._bwd_plan(p, flags, q.shape, k.shape, v.shape, d.shape, d.shape, q.dtype)
 
         def kern_only():
             return kern(inputs=[prm, q, k, v], **kw)[0]
@@ -132,7 +131,7 @@ def case_rows(tags, dtypes):
         mx.eval(out, lse)
 
         def bwd_only():
-            return cuda._fused_backward(q, k, v, d, d, d, cuda._dummy(mx.int32), out, lse, g, lse0, p, flags)[:3]
+            return bwd_run(q, k, v, d, d, d, cuda._dummy(mx.int32), out, lse, g, lse0)[:3]
 
         r = [bench(fwd), host_us(fwd), bench(kern_only) if tiled else float("nan"), bench(vg), host_us(vg),
              bench(vg2), bench(bwd_only)]

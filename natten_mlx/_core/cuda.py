@@ -445,21 +445,27 @@ def _npl(n: int) -> int:
     return max(1, (int(n) + 31) // 32)
 
 
-def _launch(name, inputs, out_shapes, out_dtypes, rows, T, NPL=1, NVPL=1, init=None):
+def _launch_plan(name, out_shapes, out_dtypes, rows, T, NPL=1, NVPL=1, init=None):
+    """(kernel, keyword arguments) of a warp-per-row launch over `rows` rows."""
     threads = int(rows) * 32
     if threads >= 2**31:
         raise ValueError("natten_mlx CUDA tier: problem too large for one launch")
     tg = 32 * _WARPS_PER_BLOCK
     grid = max(tg, -(-threads // tg) * tg)
-    return _kernel(name)(
-        inputs=inputs,
-        template=[("T", T), ("NPL", int(NPL)), ("NVPL", int(NVPL))],
-        grid=(grid, 1, 1),
-        threadgroup=(tg, 1, 1),
-        output_shapes=out_shapes,
-        output_dtypes=out_dtypes,
-        init_value=init,
-    )
+    return _kernel(name), dict(template=[("T", T), ("NPL", int(NPL)), ("NVPL", int(NVPL))], grid=(grid, 1, 1),
+                               threadgroup=(tg, 1, 1), output_shapes=out_shapes, output_dtypes=out_dtypes,
+                               init_value=init)
+
+
+def _launch(name, inputs, out_shapes, out_dtypes, rows, T, NPL=1, NVPL=1, init=None):
+    kern, kw = _launch_plan(name, out_shapes, out_dtypes, rows, T, NPL, NVPL, init)
+    return kern(inputs=inputs, **kw)
+
+
+def _tile_template(D, tq, tk):
+    """Template arguments of the tiled kernels: head dim, query box, key tile."""
+    return [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
+            ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
 
 
 _dummies: Dict[object, object] = {}
@@ -527,7 +533,12 @@ def refresh_env():
     for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ", "NATTEN_CUDA_SMALL",
                  "NATTEN_CUDA_WGMMA", "NATTEN_CUDA_WGMMA_BWD"):
         _env[name] = os.environ.get(name, "")
-    _fwd_plans.clear()
+    clear_plans()
+
+
+def clear_plans():
+    """Forget the launch plans (kept by the custom functions, _fused_fn)."""
+    _fused_fns.clear()
 
 
 def _small(p: NAParams, rows, dtype) -> bool:
@@ -702,12 +713,6 @@ def _wgmma_key_tile(p: NAParams, X, D, tq, tk):
     return (128, 1, 1) if 2 * -(-union // 128) == -(-union // 64) else tk
 
 
-# Per-signature launch plans of the fused forward: everything that depends only
-# on shapes, dtypes and parameters is computed once, so a call costs one dict
-# lookup and the kernel call (tiny problems are bound by this host work).
-_fwd_plans: Dict[tuple, tuple] = {}
-
-
 def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
     has_rpb, has_extra, has_varlen = flags
     B, X, H, D = qs[0], tuple(qs[1:-2]), qs[-2], qs[-1]
@@ -732,8 +737,7 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
             if name == "fwd_wgmma":
                 tk = _wgmma_key_tile(p, X, D, tuple(tq), tuple(tk))
             tiles = _tc_grid(X, p, tq)
-            tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
-                    ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
+            tmpl = _tile_template(D, tq, tk)
             if name == "fwd_wgmma":
                 smem = _fwd_wgmma128_smem(D) if _prod(tk) == 128 else _fwd_wgmma_smem(D)
             elif kind == "tc":
@@ -782,12 +786,11 @@ def _f32_smem(D, n_query_tiles):
     return (64 * n_query_tiles + 4 * 64) * (D + 4) * 4 + 64 * 68 * 4 + 8 * 64
 
 
-def _bwd_f32(prm, q, k, v, out, lse, dout, dlse, p):
-    """Tiled f32 backward: (dq, dk, dv), or None when the launch does not fit.
-    The dq pass also writes delta; the dk/dv pass swaps the roles of the tile
-    shapes (key boxes of the query box' shape), as na_bwd_tc_entry does."""
-    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
-    Hkv = k.shape[-2]
+def _bwd_f32_plan(p: NAParams, B, X, H, Hkv, D, qs, ks, ls):
+    """Tiled f32 backward: run(prm, q, k, v, out, lse, dout, dlse) -> (dq, dk,
+    dv), or None when the launch does not fit.  The dq pass also writes delta;
+    the dk/dv pass swaps the roles of the tile shapes (key boxes of the query
+    box' shape), as na_bwd_tc_entry does."""
     plan = _default_tiles(p, X, 64)
     if plan is None or _prod(X) * H * D >= 2**31 or B * H >= 65536:
         return None
@@ -795,28 +798,20 @@ def _bwd_f32(prm, q, k, v, out, lse, dout, dlse, p):
     tiles = _tc_grid(X, p, tq)
     if tiles >= 2**31 // 128:
         return None
-    tmpl = [("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
-            ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
-    dq, delta = _kernel("bwd_dq_f32", _f32_smem(D, 2))(
-        inputs=[prm, q, k, v, out, lse, dout, dlse], template=tmpl, grid=(tiles * 128, B * H, 1),
-        threadgroup=(128, 1, 1), output_shapes=[q.shape, lse.shape], output_dtypes=[mx.float32, mx.float32])
-    swapped = [("HD", int(D)), ("TQ0", tk[0]), ("TQ1", tk[1]), ("TQ2", tk[2]),
-               ("TK0", tq[0]), ("TK1", tq[1]), ("TK2", tq[2])]
-    dk, dv = _kernel("bwd_dkdv_f32", _f32_smem(D, 2) + 4 * 64 * 4)(
-        inputs=[prm, q, k, v, lse, dout, delta], template=swapped, grid=(tiles * 128, B * Hkv, 1),
-        threadgroup=(128, 1, 1), output_shapes=[k.shape, v.shape], output_dtypes=[mx.float32, mx.float32])
-    return dq, dk, dv
+    f32 = mx.float32
+    kdq = _kernel("bwd_dq_f32", _f32_smem(D, 2))
+    dq_kw = dict(template=_tile_template(D, tq, tk), grid=(tiles * 128, B * H, 1), threadgroup=(128, 1, 1),
+                 output_shapes=[qs, ls], output_dtypes=[f32, f32])
+    kdkdv = _kernel("bwd_dkdv_f32", _f32_smem(D, 2) + 4 * 64 * 4)
+    dkdv_kw = dict(template=_tile_template(D, tk, tq), grid=(tiles * 128, B * Hkv, 1), threadgroup=(128, 1, 1),
+                   output_shapes=[ks, ks], output_dtypes=[f32, f32])
 
+    def run(prm, q, k, v, out, lse, dout, dlse):
+        dq, delta = kdq(inputs=[prm, q, k, v, out, lse, dout, dlse], **dq_kw)
+        dk, dv = kdkdv(inputs=[prm, q, k, v, lse, dout, delta], **dkdv_kw)
+        return dq, dk, dv
 
-def _fused_forward(q, k, v, rpb, ek, ev, vl, p: NAParams, flags):
-    key = (p, flags, q.shape, k.shape, v.shape, ek.shape, q.dtype)
-    plan = _fwd_plans.get(key)
-    if plan is None:
-        if len(_fwd_plans) > 512:
-            _fwd_plans.clear()
-        plan = _fwd_plans[key] = _fwd_plan(p, flags, q.shape, k.shape, v.shape, ek.shape, q.dtype)
-    kern, kw, tiled, prm = plan
-    return kern(inputs=[prm, q, k, v] if tiled else [prm, q, k, v, rpb, ek, ev, vl], **kw)
+    return run
 
 
 def _tc_grid(X, p, box):
@@ -824,57 +819,64 @@ def _tc_grid(X, p, box):
     return _prod(d * (-(-(-(-x // d)) // t)) for x, d, t in zip(X3, d3, box))
 
 
-def _bwd_tc(prm, q, k, v, out, lse, dout, dlse, p, plan):
-    """Tensor-core backward: (dq, dk, dv) or None when the launch does not fit."""
-    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
+def _bwd_tc_plan(p: NAParams, B, X, H, Hkv, D, T, qs, ks, ls):
+    """Tensor-core backward: run(prm, q, k, v, out, lse, dout, dlse) -> (dq,
+    dk, dv), or None when the launch does not fit.  A delta kernel, then the
+    wgmma passes (_bwd_wgmma_plan) or the mma.sync ones: by default one launch
+    for both (dq tiles first, then dk/dv tiles), two under NATTEN_CUDA_SPLIT_BWD."""
+    plan = _default_tiles(p, X, 64)
     if plan is None or _prod(X) * H * D >= 2**31:  # box offsets are 32-bit in the kernel
         return None
     tq, tk = plan
-    Hkv = k.shape[-2]
     qt = _tc_grid(X, p, tq)  # dq query boxes; the dk/dv pass' key boxes have the same shape
     if 2 * qt * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
         return None
-    T = q.dtype
-    (delta,) = _launch("delta", [prm, out, dout, dlse], [lse.shape], [mx.float32], _prod(lse.shape), T, 1,
-                       _npl(D))
-    tmpl = [("T", T), ("HD", int(D)), ("TQ0", tq[0]), ("TQ1", tq[1]), ("TQ2", tq[2]),
-            ("TK0", tk[0]), ("TK1", tk[1]), ("TK2", tk[2])]
+    kdelta, delta_kw = _launch_plan("delta", [ls], [mx.float32], _prod(ls), T, 1, _npl(D))
+    tmpl = [("T", T)] + _tile_template(D, tq, tk)
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
-    ins = [prm, q, k, v, dout, lse, delta]
-
-    def dq_pass():  # the mma.sync dq pass alone
-        return _kernel("bwd_dq_tc", smem)(
-            inputs=ins, template=tmpl, grid=(qt * 128, B * H, 1), threadgroup=(128, 1, 1),
-            output_shapes=[q.shape], output_dtypes=[T])[0]
-
-    wg = _bwd_wgmma(prm, q, k, v, dout, lse, delta, p)
+    kdq = _kernel("bwd_dq_tc", smem)
+    dq_kw = dict(template=tmpl, grid=(qt * 128, B * H, 1), threadgroup=(128, 1, 1),
+                 output_shapes=[qs], output_dtypes=[T])
+    wg = _bwd_wgmma_plan(p, B, X, H, Hkv, D, T, qs, ks)
     if wg is not None:  # the wgmma passes (dq: mma.sync, alone, unless _WGMMA_BWD_DQ)
-        dq, dk, dv = wg
-        return (dq_pass() if dq is None else dq), dk, dv
-    if not _env["NATTEN_CUDA_SPLIT_BWD"]:
-        # one launch for both passes (dq tiles first, then dk/dv tiles)
-        return _kernel("bwd_tc", smem + 4 * 64 * 4)(
-            inputs=ins, template=tmpl, grid=(2 * qt * 128, B * H, 1),
-            threadgroup=(128, 1, 1), output_shapes=[q.shape, k.shape, v.shape], output_dtypes=[T, T, T])
-    dq = dq_pass()
-    swapped = [("T", T), ("HD", int(D)), ("TQ0", tk[0]), ("TQ1", tk[1]), ("TQ2", tk[2]),
-               ("TK0", tq[0]), ("TK1", tq[1]), ("TK2", tq[2])]  # as na_bwd_tc_entry: key boxes of tq's shape
-    dk, dv = _kernel("bwd_dkdv_tc", smem + 4 * 64 * 4)(
-        inputs=ins, template=swapped, grid=(qt * 128, B * Hkv, 1),
-        threadgroup=(128, 1, 1), output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
-    return dq, dk, dv
+        passes = wg
+    elif not _env["NATTEN_CUDA_SPLIT_BWD"]:
+        kboth = _kernel("bwd_tc", smem + 4 * 64 * 4)  # one launch for both passes (dq tiles first, then dk/dv tiles)
+        both_kw = dict(template=tmpl, grid=(2 * qt * 128, B * H, 1), threadgroup=(128, 1, 1),
+                       output_shapes=[qs, ks, ks], output_dtypes=[T, T, T])
+
+        def passes(ins):
+            return kboth(inputs=ins, **both_kw)
+    else:
+        # as na_bwd_tc_entry: key boxes of tq's shape
+        kdkdv = _kernel("bwd_dkdv_tc", smem + 4 * 64 * 4)
+        dkdv_kw = dict(template=[("T", T)] + _tile_template(D, tk, tq), grid=(qt * 128, B * Hkv, 1),
+                       threadgroup=(128, 1, 1), output_shapes=[ks, ks], output_dtypes=[T, T])
+
+        def passes(ins):
+            (dq,) = kdq(inputs=ins, **dq_kw)
+            return (dq,) + tuple(kdkdv(inputs=ins, **dkdv_kw))
+
+    def run(prm, q, k, v, out, lse, dout, dlse):
+        (delta,) = kdelta(inputs=[prm, out, dout, dlse], **delta_kw)
+        ins = [prm, q, k, v, dout, lse, delta]
+        dq, dk, dv = passes(ins)
+        if dq is None:  # the mma.sync dq pass alone
+            (dq,) = kdq(inputs=ins, **dq_kw)
+        return dq, dk, dv
+
+    return run
 
 
-def _bwd_wgmma(prm, q, k, v, dout, lse, delta, p):
-    """The wgmma backward's (dq or None, dk, dv) -- dq None: _WGMMA_BWD_DQ
-    off, the caller runs the mma.sync dq pass --, or None where
-    _use_wgmma_bwd declines or the launch does not fit.  dk/dv: key boxes of
-    128 and query tiles of 64, the wgmma forward's plan with the roles
-    swapped (the windows' union has the same extent both ways); dq: the
-    forward's plan (query boxes of 128, key tiles of 64)."""
+def _bwd_wgmma_plan(p: NAParams, B, X, H, Hkv, D, T, qs, ks):
+    """The wgmma backward passes as passes(ins) -> (dq or None, dk, dv) -- dq
+    None: _WGMMA_BWD_DQ off, the caller runs the mma.sync dq pass --, or None
+    where _use_wgmma_bwd declines or the launch does not fit.  ins: params, q,
+    k, v, dout, lse, delta.  dk/dv: key boxes of 128 and query tiles of 64,
+    the wgmma forward's plan with the roles swapped (the windows' union has
+    the same extent both ways); dq: the forward's plan (query boxes of 128,
+    key tiles of 64)."""
     global _wgmma_bwd_failed
-    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
-    Hkv = k.shape[-2]
     if not _use_wgmma_bwd(B, H, _prod(X), D):
         return None
     plan = _default_tiles(p, X, 128, compact_keys=True)
@@ -884,7 +886,7 @@ def _bwd_wgmma(prm, q, k, v, dout, lse, delta, p):
     boxes = _tc_grid(X, p, box)
     if boxes * 256 >= 2**31 or B * H >= 65536:
         return None
-    dt = str(q.dtype).split(".")[-1]
+    dt = str(T).split(".")[-1]
     try:
         kdkdv = _precompiled_bwd("dkdv", dt, (int(D),) + tuple(tile) + tuple(box) + (_WGMMA_BWD_ST,),
                                  _bwd_dkdv_wgmma_smem(D))
@@ -894,65 +896,68 @@ def _bwd_wgmma(prm, q, k, v, dout, lse, delta, p):
         _wgmma_bwd_failed = True
         warnings.warn(f"natten_mlx: the wgmma backward did not build, using mma.sync: {e}")
         return None
-    T = q.dtype
-    ins = [prm, q, k, v, dout, lse, delta]
-    dk, dv = kdkdv(inputs=ins, grid=(boxes * 256, B * Hkv, 1), threadgroup=(256, 1, 1),
-                   output_shapes=[k.shape, v.shape], output_dtypes=[T, T])
-    dq = None
-    if kdq is not None:
-        (dq,) = kdq(inputs=ins, grid=(boxes * 256, B * H, 1), threadgroup=(256, 1, 1),
-                    output_shapes=[q.shape], output_dtypes=[T])
-    return dq, dk, dv
+
+    def passes(ins):
+        dk, dv = kdkdv(inputs=ins, grid=(boxes * 256, B * Hkv, 1), threadgroup=(256, 1, 1),
+                       output_shapes=[ks, ks], output_dtypes=[T, T])
+        dq = None
+        if kdq is not None:
+            (dq,) = kdq(inputs=ins, grid=(boxes * 256, B * H, 1), threadgroup=(256, 1, 1),
+                        output_shapes=[qs], output_dtypes=[T])
+        return dq, dk, dv
+
+    return passes
 
 
-def _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p: NAParams, flags):
+def _bwd_plan(p: NAParams, flags, qs, ks, vs, es, rs, T):
+    """run(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse) -> (dq, dk, dv,
+    drpb, dek, dev) of the fused backward; None for gradients that do not
+    exist (no RPB, no extra KV).  The tiled paths where they apply, else the
+    warp-per-row kernels."""
     has_rpb, has_extra, has_varlen = flags
-    B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
-    Hkv, Dv = k.shape[-2], v.shape[-1]
-    kind = _tc_plan(p, X, D, Dv, q.dtype, has_rpb, has_extra, has_varlen, B * _prod(lse.shape[1:-1]) * H)
+    B, X, H, D = qs[0], tuple(qs[1:-2]), qs[-2], qs[-1]
+    Hkv, Dv = ks[-2], vs[-1]
+    n_extra = es[1] if has_extra else 0
+    vals, O3 = _param_list(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
+    ls = (B,) + tuple(O3[: p.rank]) + (H,)
+    prm = mx.array(vals, dtype=mx.int32)
+    kind = _tc_plan(p, X, D, Dv, T, has_rpb, has_extra, has_varlen, _prod(ls))
+    tiled = None
     if kind == "tc":
-        prm = _params(p, B, X, H, Hkv, D, Dv)
-        res = _bwd_tc(prm, q, k, v, out, lse, dout.astype(q.dtype), dlse.astype(mx.float32), p,
-                      _default_tiles(p, X, 64))
-        if res is not None:
-            dq, dk, dv = res
-            return dq, dk, dv, None, None, None
-    n_extra = ek.shape[1] if has_extra else 0
-    T = q.dtype
-    prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
+        tiled = _bwd_tc_plan(p, B, X, H, Hkv, D, T, qs, ks, ls)
+    elif kind == "f32":
+        tiled = _bwd_f32_plan(p, B, X, H, Hkv, D, qs, ks, ls)
+    if tiled is not None:  # no rpb, extra KV or varlen here (_tc_plan)
+        def run(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse):
+            return tiled(prm, q, k, v, out, lse, dout.astype(T), dlse.astype(mx.float32)) + (None, None, None)
+
+        return run
     NPL, NVPL = _npl(D), _npl(Dv)
-    ntok = _prod(X)
-    dout = dout.astype(T)
-    dlse = dlse.astype(mx.float32)
-    ins = [prm, q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse]
-    res = _bwd_f32(prm, q, k, v, out, lse, dout, dlse, p) if kind == "f32" else None
-    if res is not None:
-        dq, dk, dv = res
-        return dq, dk, dv, None, None, None
+    rows = B * _prod(X) * H
+    f32 = mx.float32
     if has_rpb:
-        dq, delta, drpb = _launch(
-            "bwd_dq_rpb", ins, [q.shape, lse.shape, rpb.shape], [T, mx.float32, mx.float32],
-            B * ntok * H, T, NPL, NVPL, init=0.0,
-        )
-        drpb = drpb.astype(rpb.dtype)
+        kdq, dq_kw = _launch_plan("bwd_dq_rpb", [qs, ls, rs], [T, f32, f32], rows, T, NPL, NVPL, init=0.0)
     else:
-        dq, delta = _launch("bwd_dq", ins, [q.shape, lse.shape], [T, mx.float32], B * ntok * H, T, NPL, NVPL)
-        drpb = None
-    dk, dv = _launch(
-        "bwd_dkdv", [prm, q, k, v, rpb, vl, lse, dout, delta], [k.shape, v.shape], [T, T],
-        B * ntok * Hkv, T, NPL, NVPL,
-    )
+        kdq, dq_kw = _launch_plan("bwd_dq", [qs, ls], [T, f32], rows, T, NPL, NVPL)
+    kdkdv, dkdv_kw = _launch_plan("bwd_dkdv", [ks, vs], [T, T], B * _prod(X) * Hkv, T, NPL, NVPL)
     if has_extra:
-        otok = _prod(lse.shape[1:-1])
-        rows = B * n_extra * Hkv * (-(-otok // 64))
-        dek, dev = _launch(
-            "bwd_extra", [prm, q, ek, ev, vl, lse, dout, delta], [ek.shape, ev.shape],
-            [mx.float32, mx.float32], rows, T, NPL, NVPL, init=0.0,
-        )
-        dek, dev = dek.astype(ek.dtype), dev.astype(ev.dtype)
-    else:
-        dek, dev = None, None
-    return dq, dk, dv, drpb, dek, dev
+        xrows = B * n_extra * Hkv * (-(-_prod(ls[1:-1]) // 64))
+        kx, x_kw = _launch_plan("bwd_extra", [es, es[:-1] + (Dv,)], [f32, f32], xrows, T, NPL, NVPL, init=0.0)
+
+    def run(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse):
+        dout = dout.astype(T)
+        dlse = dlse.astype(f32)
+        res = kdq(inputs=[prm, q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse], **dq_kw)
+        dq, delta = res[0], res[1]
+        drpb = res[2].astype(rpb.dtype) if has_rpb else None
+        dk, dv = kdkdv(inputs=[prm, q, k, v, rpb, vl, lse, dout, delta], **dkdv_kw)
+        dek = dev = None
+        if has_extra:
+            dek, dev = kx(inputs=[prm, q, ek, ev, vl, lse, dout, delta], **x_kw)
+            dek, dev = dek.astype(ek.dtype), dev.astype(ev.dtype)
+        return dq, dk, dv, drpb, dek, dev
+
+    return run
 
 
 _fused_fns: Dict[tuple, object] = {}
@@ -975,52 +980,80 @@ def _lse_cotangent(dlse, lse_grad: bool):
     return z
 
 
+def _plan(cache: dict, key, build, *args):
+    """cache[key], built by build(*args) the first time."""
+    plan = cache.get(key)
+    if plan is None:
+        if len(cache) > 64:
+            cache.clear()
+        plan = cache[key] = build(*args)
+    return plan
+
+
 def _fused_fn(p: NAParams, flags, lse_grad: bool = True):
+    """The fused op of problem p as an mx.custom_function.  Each one keeps its
+    launch plans per shapes and dtype (_fwd_plan, _bwd_plan: everything that
+    depends only on them is computed once, so a call costs a dict lookup and
+    its launches; tiny problems are bound by this host work, about 1-7 us per
+    graph node on the H100 machine).  clear_plans() drops them all."""
     key = (p, flags, lse_grad)
     fn = _fused_fns.get(key)
-    if fn is not None:
-        return fn
-    if flags == (False, False, False):
-        fn = _fused_fns[key] = _plain_fused_fn(p, lse_grad)
-        return fn
+    if fn is None:
+        if len(_fused_fns) > 256:
+            _fused_fns.clear()
+        make = _plain_fused_fn if flags == (False, False, False) else _featured_fused_fn
+        fn = _fused_fns[key] = make(p, flags, lse_grad)
+    return fn
+
+
+def _featured_fused_fn(p: NAParams, flags, lse_grad: bool):
+    fwd_plans, bwd_plans = {}, {}
 
     @mx.custom_function
     def f(q, k, v, rpb, ek, ev, vl):
-        return _fused_forward(q, k, v, rpb, ek, ev, vl, p, flags)
+        key = (q.shape, k.shape, v.shape, ek.shape, q.dtype)
+        kern, kw, tiled, prm = _plan(fwd_plans, key, _fwd_plan, p, flags, *key)
+        return kern(inputs=[prm, q, k, v] if tiled else [prm, q, k, v, rpb, ek, ev, vl], **kw)
 
     @f.vjp
     def f_vjp(primals, cotangents, outputs):
         q, k, v, rpb, ek, ev, vl = primals
-        dout, dlse = cotangents[0], _lse_cotangent(cotangents[1], lse_grad)
-        out, lse = outputs
-        dq, dk, dv, drpb, dek, dev = _fused_backward(q, k, v, rpb, ek, ev, vl, out, lse, dout, dlse, p, flags)
+        key = (q.shape, k.shape, v.shape, ek.shape, rpb.shape, q.dtype)
+        run = _plan(bwd_plans, key, _bwd_plan, p, flags, *key)
+        dq, dk, dv, drpb, dek, dev = run(q, k, v, rpb, ek, ev, vl, outputs[0], outputs[1], cotangents[0],
+                                         _lse_cotangent(cotangents[1], lse_grad))
         drpb = mx.zeros_like(rpb) if drpb is None else drpb
         dek = mx.zeros_like(ek) if dek is None else dek
         dev = mx.zeros_like(ev) if dev is None else dev
         return dq, dk, dv, drpb, dek, dev, mx.zeros_like(vl)
 
-    _fused_fns[key] = f
     return f
 
 
-def _plain_fused_fn(p: NAParams, lse_grad: bool):
+def _plain_fused_fn(p: NAParams, flags, lse_grad: bool):
     """The fused op without RPB, extra KV or varlen as a function of (q, k, v)
     alone: no placeholder inputs to pass through MLX's custom_function and no
-    zero gradients to build for them (tiny problems are bound by this host
-    work: each graph node costs about 1-7 us on the host, H100 machine)."""
-    flags = (False, False, False)
+    zero gradients to build for them."""
+    fwd_plans, bwd_plans = {}, {}
+    one = (1,)  # the placeholders' shape
 
     @mx.custom_function
     def f(q, k, v):
+        key = (q.shape, k.shape, v.shape, q.dtype)
+        kern, kw, tiled, prm = _plan(fwd_plans, key, _fwd_plan, p, flags, key[0], key[1], key[2], one, key[3])
+        if tiled:
+            return kern(inputs=[prm, q, k, v], **kw)
         d = _dummy(q.dtype)
-        return _fused_forward(q, k, v, d, d, d, _dummy(mx.int32), p, flags)
+        return kern(inputs=[prm, q, k, v, d, d, d, _dummy(mx.int32)], **kw)
 
     @f.vjp
     def f_vjp(primals, cotangents, outputs):
         q, k, v = primals
+        key = (q.shape, k.shape, v.shape, q.dtype)
+        run = _plan(bwd_plans, key, _bwd_plan, p, flags, key[0], key[1], key[2], one, one, key[3])
         d = _dummy(q.dtype)
-        return _fused_backward(q, k, v, d, d, d, _dummy(mx.int32), outputs[0], outputs[1], cotangents[0],
-                               _lse_cotangent(cotangents[1], lse_grad), p, flags)[:3]
+        return run(q, k, v, d, d, d, _dummy(mx.int32), outputs[0], outputs[1], cotangents[0],
+                   _lse_cotangent(cotangents[1], lse_grad))[:3]
 
     return f
 

@@ -653,7 +653,7 @@ def test_wgmma_bwd_build_failure_falls_back(cuda_env, monkeypatch):
     p = make_params(1, 9, D=128)
     q = mx.zeros((1, 4096, 2, 128), dtype=mx.bfloat16)
     with pytest.warns(UserWarning, match="wgmma backward did not build"):
-        assert cuda._bwd_wgmma(None, q, q, q, q, None, None, p) is None
+        assert cuda._bwd_wgmma_plan(p, 1, (4096,), 2, 2, 128, mx.bfloat16, q.shape, q.shape) is None
     assert not cuda._use_wgmma_bwd(1, 2, 4096, 128)  # not retried
     cuda._precompiled_bwd.cache_clear()
 
@@ -869,10 +869,58 @@ def test_small_problems_run_warp_per_row_kernels(case, dtype, monkeypatch):
     used = []
     orig = cuda._kernel
     monkeypatch.setattr(cuda, "_kernel", lambda name, smem=0: (used.append(name), orig(name, smem))[1])
-    cuda._fwd_plans.clear()
+    cuda.clear_plans()
     _run_fused_case(case, _dt(dtype), seed=11)
     assert "fwd" in used and "bwd_dq" in used and "bwd_dkdv" in used, used
     assert not [n for n in used if n in cuda._TC_NAMES], used
+
+
+class _RecordingKernel:
+    """Stands in for mx.fast.cuda_kernel off the GPU: records each launch and
+    returns zeros of the output shapes."""
+
+    log: list = []
+
+    def __init__(self, name, **kw):
+        self.name = name
+
+    def __call__(self, inputs, output_shapes, output_dtypes, **kw):
+        self.log.append((self.name, [(tuple(a.shape), a.dtype) for a in inputs], output_shapes, output_dtypes,
+                         sorted((k, str(v)) for k, v in kw.items())))
+        return [mx.zeros(s, dtype=d) for s, d in zip(output_shapes, output_dtypes)]
+
+
+@pytest.mark.parametrize("rank,dtype,rpb", [(2, "float32", False), (2, "bfloat16", False), (1, "float32", False),
+                                            (1, "float16", True), (3, "bfloat16", False)])
+def test_launch_plans_are_built_once(rank, dtype, rpb, monkeypatch):
+    """The fused op's custom functions build their launch plans once per shapes and
+    dtype and replay them: a second call builds none and launches the same kernels
+    with the same arguments; another shape builds new ones (pure Python: cuda_kernel
+    is faked, runs everywhere)."""
+    monkeypatch.setattr(mx.fast, "cuda_kernel", _RecordingKernel, raising=False)
+    monkeypatch.setattr(cuda, "_kernels", {})
+    builds = []
+    for name in ("_fwd_plan", "_bwd_plan"):
+        orig = getattr(cuda, name)
+        monkeypatch.setattr(cuda, name, lambda *a, _o=orig, _n=name: (builds.append(_n), _o(*a))[1])
+    cuda.clear_plans()
+    dt = _dt(dtype)
+    p = make_params(rank, 3, D=32)
+    bias = mx.zeros((2,) + (5,) * rank, dtype=dt) if rpb else None
+
+    def call(extent):
+        q = mx.ones((1,) + (extent,) * rank + (2, 32), dtype=dt)
+        prim = [q, q, q] + ([bias] if rpb else [])
+        _RecordingKernel.log = []
+        mx.vjp(lambda a, b, c, *r: [cuda.na_out(a, b, c, p, rpb=r[0] if r else None)], prim, [q])
+        return _RecordingKernel.log
+
+    first = call(8)
+    assert builds == ["_fwd_plan", "_bwd_plan"] and len(first) >= 2, (builds, first)
+    assert call(8) == first and builds == ["_fwd_plan", "_bwd_plan"]
+    call(9)
+    assert builds == ["_fwd_plan", "_bwd_plan"] * 2
+    cuda.clear_plans()
 
 
 def test_small_problems_rule(monkeypatch):
