@@ -311,13 +311,27 @@ _SPECS = {
         ["dq", "dk", "dv"],
         "na_bwd_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dq, dk, dv);",
     ),
+    # the whole backward of a small problem in one launch, delta computed where
+    # it is read (_fused_delta): tensor cores, and tiled f32
+    "bwd_tc_fd": (
+        ["params", "q", "k", "v", "dout", "lse", "out", "dlse"],
+        ["dq", "dk", "dv"],
+        "na_bwd_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, true>(params, q, k, v, dout, lse, nullptr, dq, dk, dv,"
+        " out, dlse);",
+    ),
+    "bwd_f32_fd": (
+        ["params", "q", "k", "v", "out", "lse", "dout", "dlse"],
+        ["dq", "dk", "dv"],
+        "na_bwd_f32_fd_entry<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse, dout, dlse, dq, dk, dv);",
+    ),
     "bwd_dkdv_tc": (
         ["params", "q", "k", "v", "dout", "lse", "delta"],
         ["dk", "dv"],
         "na_bwd_dkdv_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dk, dv);",
     ),
 }
-_TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_f32", "bwd_dkdv_f32", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc")
+_TC_NAMES = ("fwd_tc", "fwd_f32", "bwd_dq_f32", "bwd_dkdv_f32", "bwd_dq_tc", "bwd_dkdv_tc", "bwd_tc", "bwd_tc_fd",
+             "bwd_f32_fd")
 
 
 def _header_kind(name: str) -> str:
@@ -325,7 +339,7 @@ def _header_kind(name: str) -> str:
         return name
     if name == "bwd_dq_f32":
         return "fwd_f32"
-    if name == "bwd_dkdv_f32":
+    if name in ("bwd_dkdv_f32", "bwd_f32_fd"):
         return "bwd_f32"
     return "bwd_tc" if name in _TC_NAMES else "simple"
 
@@ -507,6 +521,8 @@ def _prod(t):
 #                           of at most _SMALL_KK keys run the warp-per-row kernels,
 #                           any rank and dtype (0: tiled whenever it applies);
 #                           default: the measured rule in _small
+#   NATTEN_CUDA_FUSED_DELTA=0 / 1  never / always the one-launch tiled backward
+#                           (default: see _fused_delta)
 _env: Dict[str, str] = {}
 
 # Small problems: the tiled kernels give each CTA 64 queries and walk key tiles
@@ -526,12 +542,22 @@ _SMALL_ROWS = 4096
 _SMALL_KK = 16
 _SMALL_KK_ANY = 64  # window limit under NATTEN_CUDA_SMALL=R
 
+# The tiled backward of a small problem in one launch: the passes compute
+# delta = rowsum(dO*O) - dlse where they read it (na_load_qtile FD) instead of
+# a delta kernel (tensor cores) or the dq pass (f32) writing it for the dk/dv
+# pass.  Each launch is a graph node, and small calls are bound by host work
+# per node (an empty custom_function forward+backward, H100 machine: 69 us
+# with two backward launches, 52 with one; floor_h100_20261127_2305.md).  The
+# dk/dv pass then recomputes delta per query tile it visits, by plain loads,
+# so big problems keep the separate launches.
+_FUSED_DELTA_ROWS = 16384  # query rows (B*N*H): the seed cases of the benchmark
+
 
 def refresh_env():
     """Re-read the NATTEN_CUDA_* switches (they are read once, at import)."""
     _env.clear()
     for name in ("NATTEN_CUDA_NO_TC", "NATTEN_CUDA_SPLIT_BWD", "NATTEN_CUDA_TQ", "NATTEN_CUDA_SMALL",
-                 "NATTEN_CUDA_WGMMA", "NATTEN_CUDA_WGMMA_BWD"):
+                 "NATTEN_CUDA_WGMMA", "NATTEN_CUDA_WGMMA_BWD", "NATTEN_CUDA_FUSED_DELTA"):
         _env[name] = os.environ.get(name, "")
     clear_plans()
 
@@ -539,6 +565,12 @@ def refresh_env():
 def clear_plans():
     """Forget the launch plans (kept by the custom functions, _fused_fn)."""
     _fused_fns.clear()
+
+
+def _fused_delta(rows) -> bool:
+    """Whether a tiled backward of `rows` query rows runs as one launch."""
+    mode = _env["NATTEN_CUDA_FUSED_DELTA"]
+    return mode == "1" or (mode != "0" and rows <= _FUSED_DELTA_ROWS)
 
 
 def _small(p: NAParams, rows, dtype) -> bool:
@@ -790,7 +822,8 @@ def _bwd_f32_plan(p: NAParams, B, X, H, Hkv, D, qs, ks, ls):
     """Tiled f32 backward: run(prm, q, k, v, out, lse, dout, dlse) -> (dq, dk,
     dv), or None when the launch does not fit.  The dq pass also writes delta;
     the dk/dv pass swaps the roles of the tile shapes (key boxes of the query
-    box' shape), as na_bwd_tc_entry does."""
+    box' shape), as na_bwd_tc_entry does.  Small problems: both in one launch
+    that computes delta where it reads it (_fused_delta)."""
     plan = _default_tiles(p, X, 64)
     if plan is None or _prod(X) * H * D >= 2**31 or B * H >= 65536:
         return None
@@ -799,6 +832,15 @@ def _bwd_f32_plan(p: NAParams, B, X, H, Hkv, D, qs, ks, ls):
     if tiles >= 2**31 // 128:
         return None
     f32 = mx.float32
+    if _fused_delta(_prod(ls)):
+        kboth = _kernel("bwd_f32_fd", _f32_smem(D, 2) + 4 * 64 * 4)
+        both_kw = dict(template=_tile_template(D, tq, tk), grid=(2 * tiles * 128, B * H, 1),
+                       threadgroup=(128, 1, 1), output_shapes=[qs, ks, ks], output_dtypes=[f32, f32, f32])
+
+        def run_fused(prm, q, k, v, out, lse, dout, dlse):
+            return tuple(kboth(inputs=[prm, q, k, v, out, lse, dout, dlse], **both_kw))
+
+        return run_fused
     kdq = _kernel("bwd_dq_f32", _f32_smem(D, 2))
     dq_kw = dict(template=_tile_template(D, tq, tk), grid=(tiles * 128, B * H, 1), threadgroup=(128, 1, 1),
                  output_shapes=[qs, ls], output_dtypes=[f32, f32])
@@ -821,7 +863,8 @@ def _tc_grid(X, p, box):
 
 def _bwd_tc_plan(p: NAParams, B, X, H, Hkv, D, T, qs, ks, ls):
     """Tensor-core backward: run(prm, q, k, v, out, lse, dout, dlse) -> (dq,
-    dk, dv), or None when the launch does not fit.  A delta kernel, then the
+    dk, dv), or None when the launch does not fit.  Small problems: one launch
+    that computes delta itself (_fused_delta).  Else a delta kernel, then the
     wgmma passes (_bwd_wgmma_plan) or the mma.sync ones: by default one launch
     for both (dq tiles first, then dk/dv tiles), two under NATTEN_CUDA_SPLIT_BWD."""
     plan = _default_tiles(p, X, 64)
@@ -831,13 +874,22 @@ def _bwd_tc_plan(p: NAParams, B, X, H, Hkv, D, T, qs, ks, ls):
     qt = _tc_grid(X, p, tq)  # dq query boxes; the dk/dv pass' key boxes have the same shape
     if 2 * qt * 128 >= 2**31 or B * H >= 65536 or _prod(tq) != 64 or _prod(tk) != 64:
         return None
-    kdelta, delta_kw = _launch_plan("delta", [ls], [mx.float32], _prod(ls), T, 1, _npl(D))
     tmpl = [("T", T)] + _tile_template(D, tq, tk)
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
+    wg = _bwd_wgmma_plan(p, B, X, H, Hkv, D, T, qs, ks)
+    if wg is None and _fused_delta(_prod(ls)) and not _env["NATTEN_CUDA_SPLIT_BWD"]:
+        kfused = _kernel("bwd_tc_fd", smem + 4 * 64 * 4)
+        fused_kw = dict(template=tmpl, grid=(2 * qt * 128, B * H, 1), threadgroup=(128, 1, 1),
+                        output_shapes=[qs, ks, ks], output_dtypes=[T, T, T])
+
+        def run_fused(prm, q, k, v, out, lse, dout, dlse):
+            return tuple(kfused(inputs=[prm, q, k, v, dout, lse, out, dlse], **fused_kw))
+
+        return run_fused
+    kdelta, delta_kw = _launch_plan("delta", [ls], [mx.float32], _prod(ls), T, 1, _npl(D))
     kdq = _kernel("bwd_dq_tc", smem)
     dq_kw = dict(template=tmpl, grid=(qt * 128, B * H, 1), threadgroup=(128, 1, 1),
                  output_shapes=[qs], output_dtypes=[T])
-    wg = _bwd_wgmma_plan(p, B, X, H, Hkv, D, T, qs, ks)
     if wg is not None:  # the wgmma passes (dq: mma.sync, alone, unless _WGMMA_BWD_DQ)
         passes = wg
     elif not _env["NATTEN_CUDA_SPLIT_BWD"]:

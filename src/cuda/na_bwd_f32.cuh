@@ -24,9 +24,12 @@
 #include "na_fwd_f32.cuh"
 #include "na_bwd_tc.cuh"
 
-template <int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+template <int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, bool FD = false>
 NA_DEV void na_bwd_dkdv_f32_entry(const int *params, const float *q, const float *k, const float *v,
-                                  const float *lse, const float *dout, const float *delta, float *dk, float *dv) {
+                                  const float *lse, const float *dout, const float *delta, float *dk, float *dv,
+                                  int tile = -1, int bh = -1, const float *out = nullptr, const float *dlse = nullptr) {
+    if (tile < 0) tile = blockIdx.x;
+    if (bh < 0) bh = blockIdx.y;
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2, NT = 128;
     constexpr int LD = HD + 4, LDP = TK + 4;
     static_assert(TQ == 64 && TK == 64, "64-query, 64-key tiles");
@@ -44,10 +47,10 @@ NA_DEV void na_bwd_dkdv_f32_entry(const int *params, const float *q, const float
 
     const na_params P = na_load_params(params);
     const int tid = threadIdx.x, kg = tid & 7, qg = tid >> 3; /* key rows 4qg+i; queries kg+8j */
-    const int b = blockIdx.y / P.Hkv, kvh = blockIdx.y % P.Hkv, G = P.H / P.Hkv;
+    const int b = bh / P.Hkv, kvh = bh % P.Hkv, G = P.H / P.Hkv;
     int r[3], n[3], k0[3], qmin[3], qmax[3], nqt[3];
     const int2 *tab;
-    if (!na_dkdv_setup<float, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, NT>(P, blockIdx.x, b, kvh, k, v, sK, sV, sQ, LD, tOff,
+    if (!na_dkdv_setup<float, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, NT>(P, tile, b, kvh, k, v, sK, sV, sQ, LD, tOff,
                                                                      tU, tid, r, n, k0, qmin, qmax, nqt, tab))
         return;
     const int ntq = nqt[0] * nqt[1] * nqt[2], ntiles = ntq * G;
@@ -59,8 +62,9 @@ NA_DEV void na_bwd_dkdv_f32_entry(const int *params, const float *q, const float
     auto load_q = [&](int tt, int st) {
         int qb[3];
         na_ktile_base<TQ0, TQ1, TQ2>(tt % ntq, nqt, qmin, qb);
-        na_load_qtile<float, HD, TQ, NT>(P, b, r, kvh * G + tt / ntq, qb, qmax, q, dout, lse, delta, sQ + st * TQ * LD,
-                                         sO + st * TQ * LD, sL + st * TQ, sD + st * TQ, LD, tOff, tU, tid);
+        na_load_qtile<float, HD, TQ, NT, FD>(P, b, r, kvh * G + tt / ntq, qb, qmax, q, dout, lse, delta,
+                                             sQ + st * TQ * LD, sO + st * TQ * LD, sL + st * TQ, sD + st * TQ, LD,
+                                             tOff, tU, tid, out, dlse);
     };
     const float sl2 = P.scale * 1.4426950408889634f;
     const int TQa[3] = {TQ0, TQ1, TQ2};
@@ -119,6 +123,26 @@ NA_DEV void na_bwd_dkdv_f32_entry(const int *params, const float *q, const float
                 make_float4(dva[i][c][0], dva[i][c][1], dva[i][c][2], dva[i][c][3]);
         }
     }
+}
+
+/* The whole tiled f32 backward in one launch, for small problems (cuda.py
+ * _fused_delta): grid.x = 2 x query boxes, dq boxes first (delta of their
+ * rows computed as in the dq pass, not written), then the dk/dv pass' key
+ * boxes of the same shape (tile roles swapped, as na_bwd_tc_entry) with
+ * delta computed per query tile (na_load_qtile FD): no delta round trip
+ * through memory and no second launch. */
+template <int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+NA_DEV void na_bwd_f32_fd_entry(const int *params, const float *q, const float *k, const float *v, const float *out,
+                                const float *lse, const float *dout, const float *dlse, float *dq, float *dk,
+                                float *dv) {
+    const na_params P = na_load_params(params);
+    const int nq = na_num_tiles<TQ0, TQ1, TQ2>(P);
+    if ((int)blockIdx.x < nq)
+        na_bwd_dq_f32_entry<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, out, lse, dout, dlse, dq, nullptr,
+                                                              blockIdx.x, blockIdx.y);
+    else if ((int)blockIdx.y < P.B * P.Hkv)
+        na_bwd_dkdv_f32_entry<HD, TK0, TK1, TK2, TQ0, TQ1, TQ2, true>(params, q, k, v, lse, dout, nullptr, dk, dv,
+                                                                      blockIdx.x - nq, blockIdx.y, out, dlse);
 }
 
 #endif /* NATTEN_CUDA_BWD_F32_CUH */

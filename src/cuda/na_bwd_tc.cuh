@@ -118,6 +118,17 @@ NA_DEV void na_row_masks(const int rlo[2][3], const int rhi[2][3], const int bas
     mk[0] >>= 2 * t4;
     mk[1] >>= 2 * t4;
 }
+/* delta = rowsum(dO * O) - dlse of output row orow, by one thread (the
+ * fused-delta backward of small problems computes it where it is read, so
+ * no delta launch precedes the passes; cuda.py _fused_delta). */
+template <typename T, int HD>
+NA_DEV float na_row_delta(const T *out, const T *dout, const float *dlse, long long orow) {
+    const T *o = out + orow * HD, *g = dout + orow * HD;
+    float acc = 0.f;
+#pragma unroll 8
+    for (int c = 0; c < HD; ++c) acc = fmaf(na_f(o[c]), na_f(g[c]), acc);
+    return acc - dlse[orow];
+}
 /* dq pass: s <- dS = P (dP - delta) of a tile (m16n8 fragments, query rows
  * g, g+8 x 64 key columns; P = exp2(S * scale*log2e - lse*log2e), masked),
  * with the rows' lse * log2e (rl2) and delta (rdl). */
@@ -189,10 +200,11 @@ NA_DEV void na_dq_store(const float (&acc)[HD / 8][4], const bool ract[2], const
 }
 
 /* ------------------------------------------------------------------ dQ */
-template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, bool FD = false>
 __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, const T *k, const T *v,
                                                 const T *dout, const float *lse, const float *delta, T *dq,
-                                                int tile = -1, int bh = -1) { /* not inlined: na_bwd_tc_entry */
+                                                int tile = -1, int bh = -1, const T *out = nullptr,
+                                                const float *dlse = nullptr) { /* not inlined: na_bwd_tc_entry */
     if (tile < 0) tile = blockIdx.x;
     if (bh < 0) bh = blockIdx.y;
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
@@ -230,7 +242,11 @@ __device__ __noinline__ void na_bwd_dq_tc_entry(const int *params, const T *q, c
     bool ract[2];
     float rl2[2], rdl[2];
     const float sl2 = P.scale * 1.4426950408889634f;
-    na_dq_rows<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 + g4, lse, delta, rlo, rhi, rowpos, ract, rl2, rdl);
+    na_dq_rows<TQ1, TQ2>(P, b, h, r, n, q0, warp * 16 + g4, lse, FD ? lse : delta, rlo, rhi, rowpos, ract, rl2, rdl);
+    if (FD) /* fused delta (na_load_qtile): computed here, not read */
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr)
+            rdl[rr] = ract[rr] ? na_row_delta<T, HD>(out, dout, dlse, na_tok(b, rowpos[rr], P.X) * P.H + h) : 0.f;
     na_box_table<TK0, TK1, TK2>(tOff, tU, P, P.Hkv, HD, tid, NT);
     __syncthreads();
     int lbase[3] = {kmin[0], kmin[1], kmin[2]}, base[3] = {kmin[0], kmin[1], kmin[2]}; /* next load, this tile */
@@ -391,11 +407,14 @@ NA_DEV void na_cp_async4(void *smem, const void *gmem, bool valid) {
 }
 /* cp.async the query tile at base (clipped at qmax) of Q and dO of head h into one pipeline stage, with lse and delta of its rows
  * (inactive rows 0).  All by cp.async: plain loads of lse / delta here
- * stalled the loading warps for a global-memory latency on every tile. */
-template <typename T, int HD, int TQ, int NT>
+ * stalled the loading warps for a global-memory latency on every tile.
+ * FD (small problems only): delta computed from out and dlse instead, by
+ * plain loads (that stall is what one launch less per call buys). */
+template <typename T, int HD, int TQ, int NT, bool FD = false>
 NA_DEV void na_load_qtile(const na_params &P, int b, const int r[3], int h, const int base[3], const int qmax[3],
                           const T *q, const T *dout, const float *lse, const float *delta, T *sQ, T *sO, float *sL,
-                          float *sD, int LD, const int *tOff, const int *tU, int tid) {
+                          float *sD, int LD, const int *tOff, const int *tU, int tid, const T *out = nullptr,
+                          const float *dlse = nullptr) {
     int lim[3];
 #pragma unroll
     for (int x = 0; x < 3; ++x) lim[x] = qmax[x] - base[x];
@@ -407,7 +426,10 @@ NA_DEV void na_load_qtile(const na_params &P, int b, const int r[3], int h, cons
         const bool ok = (uu & 1023) <= lim[0] && ((uu >> 10) & 1023) <= lim[1] && (uu >> 20) <= lim[2];
         const long long orow = ok ? (org + off) / HD : 0; /* token*H + h */
         na_cp_async4(sL + tid, lse + orow, ok);
-        na_cp_async4(sD + tid, delta + orow, ok);
+        if (FD)
+            sD[tid] = ok ? na_row_delta<T, HD>(out, dout, dlse, orow) : 0.f;
+        else
+            na_cp_async4(sD + tid, delta + orow, ok);
     }
 }
 
@@ -454,10 +476,11 @@ NA_DEV void na_dkdv_store(const float (&dka)[HD / 8][4], const float (&dva)[HD /
 }
 
 /* ------------------------------------------------------------------ dK, dV */
-template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, bool FD = false>
 __device__ __noinline__ void na_bwd_dkdv_tc_entry(const int *params, const T *q, const T *k, const T *v,
                                                   const T *dout, const float *lse, const float *delta, T *dk,
-                                                  T *dv, int tile = -1, int bh = -1) { /* not inlined: na_bwd_tc_entry */
+                                                  T *dv, int tile = -1, int bh = -1, const T *out = nullptr,
+                                                  const float *dlse = nullptr) { /* not inlined: na_bwd_tc_entry */
     if (tile < 0) tile = blockIdx.x;
     if (bh < 0) bh = blockIdx.y;
     constexpr int TQ = TQ0 * TQ1 * TQ2, TK = TK0 * TK1 * TK2;
@@ -497,8 +520,9 @@ __device__ __noinline__ void na_bwd_dkdv_tc_entry(const int *params, const T *q,
      * tile and head, and this tile's origin (the mask needs no head) */
     int lbase[3] = {qmin[0], qmin[1], qmin[2]}, lh = kvh * G, base[3] = {qmin[0], qmin[1], qmin[2]};
     auto load_q = [&](int, int stage) {
-        na_load_qtile<T, HD, TQ, NT>(P, b, r, lh, lbase, qmax, q, dout, lse, delta, sQ + stage * TQ * LD,
-                                     sO + stage * TQ * LD, sL + stage * TQ, sD + stage * TQ, LD, tOff, tU, tid);
+        na_load_qtile<T, HD, TQ, NT, FD>(P, b, r, lh, lbase, qmax, q, dout, lse, delta, sQ + stage * TQ * LD,
+                                         sO + stage * TQ * LD, sL + stage * TQ, sD + stage * TQ, LD, tOff, tU, tid,
+                                         out, dlse);
         na_tile_step<TQ0, TQ1, TQ2>(lbase, qmin, qmax);
         if (lbase[0] > qmax[0]) { /* past the box: next head */
             lbase[0] = qmin[0];
@@ -600,18 +624,21 @@ NA_DEV int na_num_tiles(const na_params &P) {
  * functions, so ptxas allocates each one's registers alone (inlined into one
  * body, both spilled more than as separate kernels: hunyuan-3d fused 289 ms
  * against 104 + 171 for the passes alone; with the calls 274, flux 70.1 ->
- * 69.4; H100, bwd_bench, benchmarks/results/bwd_bench_h100_20261127_1439.txt). */
-template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
+ * 69.4; H100, bwd_bench, benchmarks/results/bwd_bench_h100_20261127_1439.txt).
+ * FD: delta computed by the passes from out and dlse (delta unused), so
+ * this is the whole backward in one launch (small problems). */
+template <typename T, int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2, bool FD = false>
 NA_DEV void na_bwd_tc_entry(const int *params, const T *q, const T *k, const T *v, const T *dout,
-                            const float *lse, const float *delta, T *dq, T *dk, T *dv) {
+                            const float *lse, const float *delta, T *dq, T *dk, T *dv, const T *out = nullptr,
+                            const float *dlse = nullptr) {
     const na_params P = na_load_params(params);
     const int nq = na_num_tiles<TQ0, TQ1, TQ2>(P);
     if ((int)blockIdx.x < nq) {
-        na_bwd_dq_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2>(params, q, k, v, dout, lse, delta, dq,
-                                                               blockIdx.x, blockIdx.y);
+        na_bwd_dq_tc_entry<T, HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, FD>(params, q, k, v, dout, lse, delta, dq,
+                                                                   blockIdx.x, blockIdx.y, out, dlse);
     } else if ((int)blockIdx.y < P.B * P.Hkv) {
-        na_bwd_dkdv_tc_entry<T, HD, TK0, TK1, TK2, TQ0, TQ1, TQ2>(params, q, k, v, dout, lse, delta, dk, dv,
-                                                                 blockIdx.x - nq, blockIdx.y);
+        na_bwd_dkdv_tc_entry<T, HD, TK0, TK1, TK2, TQ0, TQ1, TQ2, FD>(params, q, k, v, dout, lse, delta, dk, dv,
+                                                                     blockIdx.x - nq, blockIdx.y, out, dlse);
     }
 }
 

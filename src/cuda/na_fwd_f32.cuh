@@ -117,8 +117,10 @@ struct na_f32_cta {
     int tid, qg, kg, b, h, kvh, ntiles;
     int r[3], n[3], q0[3], kmin[3], kmax[3], nkt[3], rlo[4][3], rhi[4][3];
 
-    /* false: no query in this CTA */
-    NA_DEV bool setup(const int *params, unsigned char *smem, const float *const *qsrc) {
+    /* false: no query in this CTA (query box `tile` of head row `bh`; < 0: the block's) */
+    NA_DEV bool setup(const int *params, unsigned char *smem, const float *const *qsrc, int tile = -1, int bh = -1) {
+        if (tile < 0) tile = blockIdx.x;
+        if (bh < 0) bh = blockIdx.y;
         sQ = reinterpret_cast<float *>(smem);
         sK = sQ + NQ * TQ * LD; /* [2][TK][LD] */
         sV = sK + 2 * TK * LD;
@@ -129,10 +131,10 @@ struct na_f32_cta {
         tid = threadIdx.x;
         qg = tid >> 3; /* rows 4*qg + i; keys kg + 8*j; channels 4*kg + 32*c */
         kg = tid & 7;
-        b = blockIdx.y / P.H;
-        h = blockIdx.y % P.H;
+        b = bh / P.H;
+        h = bh % P.H;
         kvh = h / (P.H / P.Hkv);
-        if (!na_fwd_box<TQ0, TQ1, TQ2, TK0, TK1, TK2>(P, blockIdx.x, r, n, q0, kmin, kmax, nkt)) return false;
+        if (!na_fwd_box<TQ0, TQ1, TQ2, TK0, TK1, TK2>(P, tile, r, n, q0, kmin, kmax, nkt)) return false;
         ntiles = nkt[0] * nkt[1] * nkt[2];
         const int lastq[3] = {n[0] - 1, n[1] - 1, n[2] - 1};
         for (int t = 0; t < NQ; ++t)
@@ -242,12 +244,13 @@ NA_DEV void na_fwd_f32_entry(const int *params, const float *q, const float *k, 
 
 template <int HD, int TQ0, int TQ1, int TQ2, int TK0, int TK1, int TK2>
 NA_DEV void na_bwd_dq_f32_entry(const int *params, const float *q, const float *k, const float *v, const float *out,
-                                const float *lse, const float *dout, const float *dlse, float *dq, float *delta) {
+                                const float *lse, const float *dout, const float *dlse, float *dq, float *delta,
+                                int tile = -1, int bh = -1) { /* delta null: not written (na_bwd_f32_fd_entry) */
     typedef na_f32_cta<HD, TQ0, TQ1, TQ2, TK0, TK1, TK2, 2> C;
     extern __shared__ __align__(16) unsigned char na_smem_raw[];
     C c;
     const float *qs[2] = {q, dout};
-    if (!c.setup(params, na_smem_raw, qs)) return;
+    if (!c.setup(params, na_smem_raw, qs, tile, bh)) return;
     const float *sO = c.sQ + C::TQ * C::LD; /* dO tile */
     const float sl2 = c.P.scale * 1.4426950408889634f;
     c.load_kv(k, v, 0, 0);
@@ -271,7 +274,7 @@ NA_DEV void na_bwd_dq_f32_entry(const int *params, const float *q, const float *
         part = na_f32_group_sum(part);
         dl[i] = orow >= 0 ? part - dlse[orow] : 0.f;
         l2[i] = orow >= 0 ? lse[orow] * 1.4426950408889634f : 0.f;
-        if (orow >= 0 && c.kg == 0) delta[orow] = dl[i];
+        if (orow >= 0 && c.kg == 0 && delta) delta[orow] = dl[i];
     }
     float acc[4][HD / 32][4];
 #pragma unroll

@@ -91,6 +91,17 @@ __global__ void k_bwd_tc(const int *pa, const T *q, const T *k, const T *v, cons
                          const float *delta, T *dq, T *dk, T *dv) {
     na_bwd_tc_entry<T, HD, A, B_, C, D, E, F>(pa, q, k, v, dout, lse, delta, dq, dk, dv);
 }
+/* the one-launch backward of small problems: delta from out and dlse */
+template <typename T, int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_bwd_tc_fd(const int *pa, const T *q, const T *k, const T *v, const T *dout, const float *lse,
+                            const T *o, const float *dlse, T *dq, T *dk, T *dv) {
+    na_bwd_tc_entry<T, HD, A, B_, C, D, E, F, true>(pa, q, k, v, dout, lse, nullptr, dq, dk, dv, o, dlse);
+}
+template <int HD, int A, int B_, int C, int D, int E, int F>
+__global__ void k_bwd_f32_fd(const int *pa, const float *q, const float *k, const float *v, const float *o,
+                             const float *lse, const float *dout, const float *dlse, float *dq, float *dk, float *dv) {
+    na_bwd_f32_fd_entry<HD, A, B_, C, D, E, F>(pa, q, k, v, o, lse, dout, dlse, dq, dk, dv);
+}
 
 #ifdef NATTEN_CUDA_BWD_WGMMA_CUH
 /* 256 threads, one CTA per SM (dK and dV accumulators: 128 f32 a thread) */

@@ -612,9 +612,11 @@ struct BwdCase {
         cudaFree(dd);
     }
 };
-/* TC: bf16 fused backward (na_bwd_tc_entry); else the tiled f32 passes.  Poisoned outputs. */
+/* TC: bf16 fused backward (na_bwd_tc_entry); else the tiled f32 passes.  FD:
+ * the one-launch form that computes delta from out and dlse (small problems).
+ * Poisoned outputs. */
 template <int HD, int Q0, int Q1, int Q2, int K0, int K1, int K2>
-static int test_bwd(const Prob &P, bool tc) {
+static int test_bwd(const Prob &P, bool tc, bool fd = false) {
     typedef __nv_bfloat16 B16;
     BwdCase C(P, HD, 11 + HD + Q0 * 3 + K2);
     const size_t nq = C.nq, nk = C.nk, rows = C.rows;
@@ -634,16 +636,25 @@ static int test_bwd(const Prob &P, bool tc) {
         CK(cudaMemset(o_q, 0xff, nq * 2)); /* NaN poison */
         CK(cudaMemset(o_k, 0xff, nk * 2));
         CK(cudaMemset(o_v, 0xff, nk * 2));
-        auto kern = k_bwd_tc<B16, HD, Q0, Q1, Q2, K0, K1, K2>;
         const int smem = 6 * 64 * (HD + 8) * 2 + 8 * 64 + 4 * 64 * 4;
-        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        kern<<<dim3(2 * nqt, P.B * P.H), 128, smem>>>(dp, d_q, d_k, d_v, d_do, dl, dd, o_q, o_k, o_v);
+        B16 *d_o = upload<B16>(outf);
+        float *d_z = upload<float>(std::vector<float>(rows, 0.f));
+        if (fd) {
+            auto kern = k_bwd_tc_fd<B16, HD, Q0, Q1, Q2, K0, K1, K2>;
+            CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            kern<<<dim3(2 * nqt, P.B * P.H), 128, smem>>>(dp, d_q, d_k, d_v, d_do, dl, d_o, d_z, o_q, o_k, o_v);
+        } else {
+            auto kern = k_bwd_tc<B16, HD, Q0, Q1, Q2, K0, K1, K2>;
+            CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            kern<<<dim3(2 * nqt, P.B * P.H), 128, smem>>>(dp, d_q, d_k, d_v, d_do, dl, dd, o_q, o_k, o_v);
+        }
         CK(cudaGetLastError());
         CK(cudaDeviceSynchronize());
         gq = download(o_q, nq);
         gk = download(o_k, nk);
         gv = download(o_v, nk);
-        for (B16 *x : {d_q, d_k, d_v, d_do, o_q, o_k, o_v}) cudaFree(x);
+        for (B16 *x : {d_q, d_k, d_v, d_do, d_o, o_q, o_k, o_v}) cudaFree(x);
+        cudaFree(d_z);
     } else {
         std::vector<float> zero(rows, 0.f);
         float *d_q = upload<float>(q), *d_k = upload<float>(k), *d_v = upload<float>(v), *d_do = upload<float>(dout);
@@ -658,11 +669,17 @@ static int test_bwd(const Prob &P, bool tc) {
         auto kq = k_bwd_dq_f32<HD, Q0, Q1, Q2, K0, K1, K2>;
         auto kk = k_bwd_dkdv_f32<HD, K0, K1, K2, Q0, Q1, Q2>; /* roles swapped, as cuda.py */
         const int smq = (2 * 64 + 4 * 64) * (HD + 4) * 4 + 64 * 68 * 4 + 8 * 64, smk = smq + 4 * 64 * 4;
-        CK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, smq));
-        CK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, smk));
-        kq<<<dim3(nqt, P.B * P.H), 128, smq>>>(dp, d_q, d_k, d_v, d_o, dl, d_do, d_z, o_q, d_dl);
-        CK(cudaGetLastError());
-        kk<<<dim3(nqt, P.B * P.Hkv), 128, smk>>>(dp, d_q, d_k, d_v, dl, d_do, d_dl, o_k, o_v);
+        if (fd) {
+            auto kf = k_bwd_f32_fd<HD, Q0, Q1, Q2, K0, K1, K2>;
+            CK(cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize, smk));
+            kf<<<dim3(2 * nqt, P.B * P.H), 128, smk>>>(dp, d_q, d_k, d_v, d_o, dl, d_do, d_z, o_q, o_k, o_v);
+        } else {
+            CK(cudaFuncSetAttribute(kq, cudaFuncAttributeMaxDynamicSharedMemorySize, smq));
+            CK(cudaFuncSetAttribute(kk, cudaFuncAttributeMaxDynamicSharedMemorySize, smk));
+            kq<<<dim3(nqt, P.B * P.H), 128, smq>>>(dp, d_q, d_k, d_v, d_o, dl, d_do, d_z, o_q, d_dl);
+            CK(cudaGetLastError());
+            kk<<<dim3(nqt, P.B * P.Hkv), 128, smk>>>(dp, d_q, d_k, d_v, dl, d_do, d_dl, o_k, o_v);
+        }
         CK(cudaGetLastError());
         CK(cudaDeviceSynchronize());
         gq = download(o_q, nq);
@@ -675,7 +692,7 @@ static int test_bwd(const Prob &P, bool tc) {
     const int bad = !(eq <= tol && ek <= tol && ev <= tol);
     printf("bwd %s HD=%d tiles %dx%dx%d/%dx%dx%d X=%dx%dx%d K=%dx%dx%d dil=%dx%dx%d gs=%dx%dx%d causal=%d%d%d "
            "H=%d/%d: rel err dq %.1e dk %.1e dv %.1e %s\n",
-           tc ? "tc-bf16" : "tile-f32", HD, Q0, Q1, Q2, K0, K1, K2, P.X[0], P.X[1], P.X[2], P.K[0], P.K[1], P.K[2],
+           tc ? (fd ? "tc-bf16-fd" : "tc-bf16") : (fd ? "tile-f32-fd" : "tile-f32"), HD, Q0, Q1, Q2, K0, K1, K2, P.X[0], P.X[1], P.X[2], P.K[0], P.K[1], P.K[2],
            P.dil[0], P.dil[1], P.dil[2], P.gs[0], P.gs[1], P.gs[2], P.causal[0], P.causal[1], P.causal[2], P.H,
            P.Hkv, eq, ek, ev, bad ? "FAIL" : "ok");
     return bad;
@@ -880,6 +897,16 @@ int main() {
     fails += test_bwd<32, 2, 2, 16, 4, 4, 4>(b3, false);
     Prob b2h = {{19, 21, 1}, {9, 11, 1}, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, 2, 1, 128, 1};
     fails += test_bwd<128, 8, 8, 1, 8, 8, 1>(b2h, true);
+    /* the same problems through the one-launch backward (delta computed in the passes) */
+    fails += test_bwd<32, 8, 8, 1, 4, 16, 1>(b2, true, true);
+    fails += test_bwd<32, 8, 8, 1, 4, 16, 1>(b2, false, true);
+    fails += test_bwd<64, 8, 8, 1, 4, 16, 1>(b2s, true, true);
+    fails += test_bwd<64, 8, 8, 1, 4, 16, 1>(b2s, false, true);
+    fails += test_bwd<64, 64, 1, 1, 64, 1, 1>(b1, true, true);
+    fails += test_bwd<64, 64, 1, 1, 64, 1, 1>(b1, false, true);
+    fails += test_bwd<128, 64, 1, 1, 64, 1, 1>(b1c, true, true);
+    fails += test_bwd<32, 2, 2, 16, 4, 4, 4>(b3, true, true);
+    fails += test_bwd<32, 2, 2, 16, 4, 4, 4>(b3, false, true);
 #ifdef NATTEN_CUDA_BWD_WGMMA_CUH
     /* wgmma backward: 128-key boxes (the forward's 128-query box shapes) and
      * 64-query tiles for dk/dv, the same shapes swapped for dq.  1-D: windows wider than a tile (full, partial and, for

@@ -417,7 +417,8 @@ def _mlx_like_source(name, header, tmpl, ctype):
     ins, outs, body = cuda._SPECS[name]
     if name not in cuda._TC_NAMES:
         body = cuda._PRE + body
-    sig = ["const %s *%s" % ("int" if i in ("params", "varlen") else ctype, i) for i in ins]
+    sig = ["const %s *%s" % ("int" if i in ("params", "varlen") else "float" if i in ("lse", "dlse", "delta")
+                             else ctype, i) for i in ins]
     sig += ["%s *%s" % ("float" if o in ("lse", "delta", "drpb") else ctype, o) for o in outs]
     consts = "".join("  constexpr int %s = %d;\n" % (n, v) if isinstance(v, int) else "  using %s = %s;\n" % (n, v)
                      for n, v in tmpl)
@@ -439,6 +440,21 @@ def test_include_header_builds_the_pasted_code(name, tmpl):
     built = [cuda_jit._nvrtc_compile(cuda_jit._PRELUDE + _mlx_like_source(name, h, tmpl, "float"), "sm_90", opts)
              for h in (header, cuda._header(kind))]
     assert built[0][:4] == b"\x7fELF" and built[0] == built[1]
+
+
+@pytest.mark.skipif(not _NVRTC, reason="no NVRTC library or CUDA headers on this machine")
+@pytest.mark.parametrize("name, ctype", [("bwd_tc_fd", "__nv_bfloat16"), ("bwd_tc_fd", "__half"),
+                                         ("bwd_f32_fd", "float")])
+def test_fused_delta_kernels_compile(name, ctype):
+    """The one-launch backward kernels of small problems (delta computed where it is
+    read) build with NVRTC as cuda_kernel assembles them (no GPU needed; asymmetric
+    tiles, so the swapped dk/dv instantiation differs from the dq one)."""
+    tmpl = ([("T", ctype)] if name == "bwd_tc_fd" else []) + [
+        ("HD", 64), ("TQ0", 8), ("TQ1", 8), ("TQ2", 1), ("TK0", 4), ("TK1", 16), ("TK2", 1)]
+    header, _ = cuda._kernel_header(cuda._header_kind(name))
+    opts = ["-std=c++17"] + ["--include-path=%s" % d for d in cuda_jit.include_dirs()]
+    cubin = cuda_jit._nvrtc_compile(cuda_jit._PRELUDE + _mlx_like_source(name, header, tmpl, ctype), "sm_90", opts)
+    assert cubin[:4] == b"\x7fELF"
 
 
 def test_kernel_names_follow_the_code(tmp_path, monkeypatch):
@@ -690,16 +706,20 @@ def test_tiled_f32_forward_big():
 
 
 @gpu
-def test_tiled_f32_backward_uses_tiled_dkdv(monkeypatch):
+def test_tiled_f32_backward_uses_tiled_dkdv(monkeypatch, cuda_env):
     """f32 gradients run the tiled dk/dv pass (na_bwd_f32.cuh), not the warp-per-row one,
     on a problem with asymmetric tiles (8x8 query boxes, 4x16 key tiles: the dk/dv pass
-    swaps them), GQA, and many CTAs; gradients against the float64 reference."""
+    swaps them), GQA, and many CTAs; gradients against the float64 reference.  As two
+    launches (NATTEN_CUDA_FUSED_DELTA=0, big problems) and as one (small problems)."""
     used = []
     orig = cuda._kernel
     monkeypatch.setattr(cuda, "_kernel", lambda name, smem=0: (used.append(name), orig(name, smem))[1])
     case = ((40, 36), (7, 7), (1, 1), 1, 1, (False, False), 4, 2, 64, 64)
-    _run_fused_case(case, mx.float32, seed=9)
-    assert "bwd_dkdv_f32" in used and "bwd_dkdv" not in used, used
+    for fused, kern in (("0", "bwd_dkdv_f32"), ("1", "bwd_f32_fd")):
+        cuda_env("NATTEN_CUDA_FUSED_DELTA", fused)
+        used.clear()
+        _run_fused_case(case, mx.float32, seed=9)
+        assert kern in used and "bwd_dkdv" not in used, (fused, used)
 
 
 @gpu
@@ -709,6 +729,27 @@ def test_tensor_core_backward_split_launch(case, cuda_env):
     with the tile roles swapped, as in the fused launch): same gradients."""
     cuda_env("NATTEN_CUDA_SPLIT_BWD", "1")
     _run_fused_case(case, mx.bfloat16, seed=5)
+
+
+@gpu
+@pytest.mark.parametrize("case", TC_CASES, ids=lambda c: "x".join(map(str, c[0])))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fused", ["0", "1"])
+def test_tiled_backward_fused_delta_switch(case, dtype, fused, cuda_env, monkeypatch):
+    """NATTEN_CUDA_FUSED_DELTA=1: the tiled backward as one launch that computes delta
+    in its passes (the default for small problems, so the other tests run it on
+    their small shapes); =0: a delta launch (tensor cores) or the dq pass' delta
+    (f32), then the passes (the default for big problems).  Gradients against the
+    float64 reference either way, and the kernels each one launches."""
+    cuda_env("NATTEN_CUDA_FUSED_DELTA", fused)
+    used = []
+    orig = cuda._kernel
+    monkeypatch.setattr(cuda, "_kernel", lambda name, smem=0: (used.append(name), orig(name, smem))[1])
+    _run_fused_case(case, _dt(dtype), seed=13)
+    one = "bwd_f32_fd" if dtype == "float32" else "bwd_tc_fd"
+    if dtype == "bfloat16" or case[8] in (32, 64):  # else f32 runs the warp-per-row kernels
+        assert (one in used) == (fused == "1"), used
+        assert ("delta" in used or "bwd_dq_f32" in used) == (fused == "0"), used
 
 
 SPLIT_CASES = [
