@@ -12,7 +12,7 @@ numbers instead (marked "anchor" in the table).
     python benchmarks/gpu_benchmark.py --summarise results/gpu_benchmark_X.json   (no GPU needed)
 
 Timing: wall clock per call in steady state, median of 5 batches after
-warm-up.  Main columns: pipelined (each call's graph is built while the GPU
+warm-up, garbage collection off inside the batches (as timeit does).  Main columns: pipelined (each call's graph is built while the GPU
 runs the previous one, mx.async_eval), the counterpart of triton's do_bench
 on the Flex side.  The "built" columns build a batch's graphs first and then
 evaluate them together, so they add the host's per-call graph cost.  FLOPs: forward
@@ -22,7 +22,9 @@ evaluate them together, so they add the host's per-call graph cost.  FLOPs: forw
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import gc
 import json
 import math
 import os
@@ -54,22 +56,36 @@ def _calls_per_batch(fn, min_time):
     return max(1, min(50, int(min_time / one)))
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """As timeit: no garbage collection inside timed batches (a collection pass
+    lands in whichever call allocates the 700th object, and small calls are
+    tens of microseconds), for every tier alike."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def bench(fn, min_time=0.15, batches=5):
     """ms per call, pipelined: call i+1's graph is built while the GPU runs
     call i (mx.async_eval), as a training loop does and as triton's do_bench
     (the Flex side) overlaps host launches with GPU work.  Median of batches."""
     n = _calls_per_batch(fn, min_time)
     res = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        live = []
-        for _ in range(n):
-            out = fn()
-            mx.async_eval(out)
-            live = live[-1:] + [out]  # keep two in flight at most (flux outputs are 400 MB)
-        mx.eval(live)
-        mx.synchronize()
-        res.append((time.perf_counter() - t0) / n)
+    with _no_gc():
+        for _ in range(batches):
+            t0 = time.perf_counter()
+            live = []
+            for _ in range(n):
+                out = fn()
+                mx.async_eval(out)
+                live = live[-1:] + [out]  # keep two in flight at most (flux outputs are 400 MB)
+            mx.eval(live)
+            mx.synchronize()
+            res.append((time.perf_counter() - t0) / n)
     res.sort()
     return res[len(res) // 2] * 1e3
 
@@ -80,11 +96,12 @@ def bench_built(fn, min_time=0.15, batches=5):
     per-call Python/MLX cost to the GPU time.  Reported beside bench()."""
     n = _calls_per_batch(fn, min_time)
     res = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        mx.eval([fn() for _ in range(n)])
-        mx.synchronize()
-        res.append((time.perf_counter() - t0) / n)
+    with _no_gc():
+        for _ in range(batches):
+            t0 = time.perf_counter()
+            mx.eval([fn() for _ in range(n)])
+            mx.synchronize()
+            res.append((time.perf_counter() - t0) / n)
     res.sort()
     return res[len(res) // 2] * 1e3
 
