@@ -7,6 +7,11 @@ else na_fused's out), forward and forward+backward, with gpu_benchmark.py's
 pipelined bench(), in microseconds.
 
     python3 benchmarks/cuda/ab_trees.py --trees base=/path/a,new=. [--rounds 3] [--cases ...] [--dtype ...]
+                                        [--env name:VAR=VALUE ...] [--pure]
+
+--env gives one tree's processes an environment variable (two names may share a
+directory: an A/B of a switch); --pure also times the pure tier in each process
+and reports pure / tree per round.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SEEDS = "seed-1d-256,seed-1d-1024,seed-2d-32,seed-2d-64,seed-3d-16"
 
 
-def child(tree, tags, dtypes):
+def child(tree, tags, dtypes, pure=False):
     sys.path.insert(0, os.path.abspath(tree))
     from natten_mlx._core import cuda  # from `tree`: imported before gpu_benchmark puts this checkout first
+    from natten_mlx._core import pure as pure_tier
 
     sys.path.insert(0, os.path.dirname(HERE))
     from gpu_benchmark import ANCHOR_JSON, bench, make_case, tier_calls
@@ -31,9 +37,13 @@ def child(tree, tags, dtypes):
     for c in json.load(open(ANCHOR_JSON)):
         if c["tag"] not in tags or c["dtype"] not in dtypes:
             continue
-        fwd, vg = tier_calls(cuda, *make_case(c))
-        print(json.dumps({"tag": c["tag"], "dtype": c["dtype"], "fwd_us": bench(fwd) * 1e3,
-                          "fwdbwd_us": bench(vg) * 1e3}), flush=True)
+        case = make_case(c)
+        fwd, vg = tier_calls(cuda, *case)
+        row = {"tag": c["tag"], "dtype": c["dtype"], "fwd_us": bench(fwd) * 1e3, "fwdbwd_us": bench(vg) * 1e3}
+        if pure:
+            pf, pvg = tier_calls(pure_tier, *case)
+            row["pure_fwd_us"], row["pure_fwdbwd_us"] = bench(pf) * 1e3, bench(pvg) * 1e3
+        print(json.dumps(row), flush=True)
 
 
 def main():
@@ -42,36 +52,48 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default=SEEDS)
     ap.add_argument("--dtype", default="fp32,bf16")
+    ap.add_argument("--env", action="append", default=[], help="name:VAR=VALUE")
+    ap.add_argument("--pure", action="store_true")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     tags, dtypes = args.cases.split(","), args.dtype.split(",")
     if args.child:
-        child(args.child, tags, dtypes)
+        child(args.child, tags, dtypes, args.pure)
         return
+    envs = {}
+    for e in args.env:
+        name, kv = e.split(":", 1)
+        envs.setdefault(name, {}).update([kv.split("=", 1)])
     trees = [t.split("=", 1) for t in args.trees.split(",")]
     res = {}  # (tag, dtype) -> name -> [(fwd, fb), ...]
     for r in range(args.rounds):
         for name, d in trees:
             out = subprocess.run([sys.executable, __file__, "--trees", args.trees, "--child", d,
-                                  "--cases", args.cases, "--dtype", args.dtype],
-                                 capture_output=True, text=True)
+                                  "--cases", args.cases, "--dtype", args.dtype] + ["--pure"] * args.pure,
+                                 capture_output=True, text=True, env={**os.environ, **envs.get(name, {})})
             if out.returncode:
                 sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
             for line in out.stdout.splitlines():
                 if line.startswith("{"):
                     x = json.loads(line)
                     res.setdefault((x["tag"], x["dtype"]), {}).setdefault(name, []).append(
-                        (x["fwd_us"], x["fwdbwd_us"]))
+                        (x["fwd_us"], x["fwdbwd_us"], x.get("pure_fwd_us"), x.get("pure_fwdbwd_us")))
             print(f"round {r + 1}: {name} done", file=sys.stderr, flush=True)
     names = [n for n, _ in trees]
     print("| case | dtype | " + " | ".join(f"{n} fwd us (rounds)" for n in names) + " | "
           + " | ".join(f"{n} f+b us (rounds)" for n in names) + " | min f+b " + " / ".join(names) + " |")
     print("|---|---|" + "---|" * (2 * len(names) + 1))
     for (tag, dt), by in res.items():
-        cols = [", ".join(f"{f:.1f}" for f, _ in by.get(n, [])) for n in names]
-        cols += [", ".join(f"{b:.1f}" for _, b in by.get(n, [])) for n in names]
-        mins = " / ".join(f"{min(b for _, b in by[n]):.1f}" for n in names if n in by)
+        cols = [", ".join(f"{r[0]:.1f}" for r in by.get(n, [])) for n in names]
+        cols += [", ".join(f"{r[1]:.1f}" for r in by.get(n, [])) for n in names]
+        mins = " / ".join(f"{min(r[1] for r in by[n]):.1f}" for n in names if n in by)
         print(f"| {tag} | {dt} | " + " | ".join(cols) + f" | {mins} |")
+    if args.pure:
+        print("\npure / tree, per round (fwd ; fwd+bwd), the pure tier timed in the same process")
+        for (tag, dt), by in res.items():
+            print(f"{tag} {dt}: " + " | ".join(
+                n + " " + ", ".join(f"{r[2] / r[0]:.1f}x" for r in by[n]) + " ; "
+                + ", ".join(f"{r[3] / r[1]:.1f}x" for r in by[n]) for n in names if n in by))
 
 
 if __name__ == "__main__":

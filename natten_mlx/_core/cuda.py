@@ -518,9 +518,9 @@ def _prod(t):
 #   NATTEN_CUDA_WGMMA_BWD=1 the wgmma backward for every problem in its scope
 #                           (default: see _use_wgmma_bwd)
 #   NATTEN_CUDA_SMALL=R     problems of at most R query rows (B*N*H) and a window
-#                           of at most _SMALL_KK keys run the warp-per-row kernels,
-#                           any rank and dtype (0: tiled whenever it applies);
-#                           default: the measured rule in _small
+#                           of at most _SMALL_KK_ANY keys run the warp-per-row
+#                           kernels, any rank and dtype (0 or unset: tiled
+#                           whenever it applies; see _small)
 #   NATTEN_CUDA_FUSED_DELTA=0 / 1  never / always the one-launch tiled backward
 #                           (default: see _fused_delta)
 _env: Dict[str, str] = {}
@@ -537,9 +537,12 @@ _env: Dict[str, str] = {}
 # backward lost everywhere in 2-D and 3-D (seed-2d-32 f32 0.301 vs 0.171,
 # seed-2d-64 0.917 vs 0.127: its dk/dv pass gathers per key through the
 # inverse window rule) and bf16 gained nothing or lost in 1-D.  So the
-# default sends only 1-D f32 problems of <= 4096 rows and <= 16 keys.
-_SMALL_ROWS = 4096
-_SMALL_KK = 16
+# default sent 1-D f32 problems of <= 4096 rows and <= 16 keys there, until the
+# tiled backward of small problems became one launch (_fused_delta): then the
+# tiled path measured as fast or faster on those rows too (H100, interleaved,
+# three rounds, benchmarks/results/route_small_h100_20261128_0256.md: minimum
+# forward+backward 66 vs 90 us on seed-1d-256, 89 vs 91 on seed-1d-1024;
+# forwards within noise), so by default no problem is sent there now.
 _SMALL_KK_ANY = 64  # window limit under NATTEN_CUDA_SMALL=R
 
 # The tiled backward of a small problem in one launch: the passes compute
@@ -567,17 +570,24 @@ def clear_plans():
     _fused_fns.clear()
 
 
-def _fused_delta(rows) -> bool:
-    """Whether a tiled backward of `rows` query rows runs as one launch."""
+def _fused_delta(p: NAParams, rows, dtype) -> bool:
+    """Whether a tiled backward of `rows` query rows runs as one launch.  Not
+    for f32 3-D problems: H100, interleaved A/B (ab_small_h100_20261128_0256.md),
+    seed-3d-16 f32 forward+backward 156 -> 202 us with it (its dk/dv pass
+    visits many sparse query tiles at K=3 and recomputes each tile's delta, one
+    thread per row), while bf16 gained 112 -> 103 and 2-D f32 106 -> 92."""
     mode = _env["NATTEN_CUDA_FUSED_DELTA"]
-    return mode == "1" or (mode != "0" and rows <= _FUSED_DELTA_ROWS)
+    if mode:
+        return mode == "1"
+    return rows <= _FUSED_DELTA_ROWS and not (dtype == mx.float32 and p.rank == 3)
 
 
 def _small(p: NAParams, rows, dtype) -> bool:
-    """Whether a problem of `rows` query rows runs the warp-per-row kernels."""
+    """Whether a problem of `rows` query rows runs the warp-per-row kernels
+    although a tiled path applies (only under NATTEN_CUDA_SMALL=R)."""
     if _env["NATTEN_CUDA_SMALL"]:
         return rows <= int(_env["NATTEN_CUDA_SMALL"]) and p.kernel_volume <= _SMALL_KK_ANY
-    return p.rank == 1 and dtype == mx.float32 and rows <= _SMALL_ROWS and p.kernel_volume <= _SMALL_KK
+    return False
 
 
 def _tc_plan(p: NAParams, X, D, Dv, dtype, has_rpb, has_extra, has_varlen, rows=None):
@@ -832,7 +842,7 @@ def _bwd_f32_plan(p: NAParams, B, X, H, Hkv, D, qs, ks, ls):
     if tiles >= 2**31 // 128:
         return None
     f32 = mx.float32
-    if _fused_delta(_prod(ls)):
+    if _fused_delta(p, _prod(ls), mx.float32):
         kboth = _kernel("bwd_f32_fd", _f32_smem(D, 2) + 4 * 64 * 4)
         both_kw = dict(template=_tile_template(D, tq, tk), grid=(2 * tiles * 128, B * H, 1),
                        threadgroup=(128, 1, 1), output_shapes=[qs, ks, ks], output_dtypes=[f32, f32, f32])
@@ -877,7 +887,7 @@ def _bwd_tc_plan(p: NAParams, B, X, H, Hkv, D, T, qs, ks, ls):
     tmpl = [("T", T)] + _tile_template(D, tq, tk)
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
     wg = _bwd_wgmma_plan(p, B, X, H, Hkv, D, T, qs, ks)
-    if wg is None and _fused_delta(_prod(ls)) and not _env["NATTEN_CUDA_SPLIT_BWD"]:
+    if wg is None and _fused_delta(p, _prod(ls), T) and not _env["NATTEN_CUDA_SPLIT_BWD"]:
         kfused = _kernel("bwd_tc_fd", smem + 4 * 64 * 4)
         fused_kw = dict(template=tmpl, grid=(2 * qt * 128, B * H, 1), threadgroup=(128, 1, 1),
                         output_shapes=[qs, ks, ks], output_dtypes=[T, T, T])

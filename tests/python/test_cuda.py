@@ -965,25 +965,38 @@ def test_launch_plans_are_built_once(rank, dtype, rpb, monkeypatch):
 
 
 def test_small_problems_rule(monkeypatch):
-    """Which problems count as small (pure Python, runs everywhere): by default 1-D f32
-    problems of <= 4096 rows and <= 16 window keys; NATTEN_CUDA_SMALL=R: any rank and
-    dtype up to R rows and 64 keys; 0: none."""
+    """Which problems count as small (pure Python, runs everywhere): by default none
+    (the tiled paths, whose small backward is one launch); NATTEN_CUDA_SMALL=R: any
+    rank and dtype up to R rows and 64 keys; 0: none."""
     monkeypatch.delenv("NATTEN_CUDA_SMALL", raising=False)
     cuda.refresh_env()
-    p7, p49, p1d_33 = make_params(1, 7), make_params(2, 7), make_params(1, 33)
+    p7, p49 = make_params(1, 7), make_params(2, 7)
     f32, bf16 = mx.float32, mx.bfloat16
-    assert cuda._small(p7, 1024, f32) and cuda._small(p7, 4096, f32)  # seed-1d-256 / seed-1d-1024
-    assert not cuda._small(p7, 4097, f32)
-    assert not cuda._small(p7, 1024, bf16)
-    assert not cuda._small(p49, 1024, f32)  # 2-D: the warp-per-row backward is slower there
-    assert not cuda._small(p1d_33, 1024, f32)
+    assert not cuda._small(p7, 1024, f32) and not cuda._small(p49, 1024, bf16)
     monkeypatch.setenv("NATTEN_CUDA_SMALL", "16384")
     cuda.refresh_env()
-    assert cuda._small(p49, 16384, bf16) and not cuda._small(p49, 16385, bf16)
+    assert cuda._small(p7, 1024, f32) and cuda._small(p49, 16384, bf16) and not cuda._small(p49, 16385, bf16)
     assert not cuda._small(make_params(2, 9), 1024, f32)  # 81 keys
     monkeypatch.setenv("NATTEN_CUDA_SMALL", "0")
     cuda.refresh_env()
     assert not cuda._small(p7, 1, f32)
+
+
+def test_fused_delta_rule(monkeypatch):
+    """Which tiled backwards run as one launch (pure Python): problems of <= 16384
+    query rows, except f32 3-D ones (measured slower); NATTEN_CUDA_FUSED_DELTA=0/1
+    forces either way."""
+    monkeypatch.delenv("NATTEN_CUDA_FUSED_DELTA", raising=False)
+    cuda.refresh_env()
+    f32, bf16 = mx.float32, mx.bfloat16
+    p1, p2, p3 = make_params(1, 7), make_params(2, 7), make_params(3, 3)
+    assert cuda._fused_delta(p1, 1024, f32) and cuda._fused_delta(p2, 16384, f32)
+    assert cuda._fused_delta(p3, 16384, bf16) and not cuda._fused_delta(p3, 16384, f32)
+    assert not cuda._fused_delta(p2, 16385, bf16)
+    for mode, want in (("0", False), ("1", True)):
+        monkeypatch.setenv("NATTEN_CUDA_FUSED_DELTA", mode)
+        cuda.refresh_env()
+        assert all(cuda._fused_delta(p, r, f32) == want for p in (p1, p3) for r in (1, 1 << 20))
 
 
 @gpu
