@@ -886,14 +886,15 @@ def _bwd_tc_plan(p: NAParams, B, X, H, Hkv, D, T, qs, ks, ls):
         return None
     tmpl = [("T", T)] + _tile_template(D, tq, tk)
     smem = 6 * 64 * (D + 8) * 2 + 8 * 64
+    # both passes in one launch: dq tiles first, then dk/dv tiles
+    both_kw = dict(template=tmpl, grid=(2 * qt * 128, B * H, 1), threadgroup=(128, 1, 1),
+                   output_shapes=[qs, ks, ks], output_dtypes=[T, T, T])
     wg = _bwd_wgmma_plan(p, B, X, H, Hkv, D, T, qs, ks)
     if wg is None and _fused_delta(p, _prod(ls), T) and not _env["NATTEN_CUDA_SPLIT_BWD"]:
         kfused = _kernel("bwd_tc_fd", smem + 4 * 64 * 4)
-        fused_kw = dict(template=tmpl, grid=(2 * qt * 128, B * H, 1), threadgroup=(128, 1, 1),
-                        output_shapes=[qs, ks, ks], output_dtypes=[T, T, T])
 
         def run_fused(prm, q, k, v, out, lse, dout, dlse):
-            return tuple(kfused(inputs=[prm, q, k, v, dout, lse, out, dlse], **fused_kw))
+            return tuple(kfused(inputs=[prm, q, k, v, dout, lse, out, dlse], **both_kw))
 
         return run_fused
     kdelta, delta_kw = _launch_plan("delta", [ls], [mx.float32], _prod(ls), T, 1, _npl(D))
@@ -903,9 +904,7 @@ def _bwd_tc_plan(p: NAParams, B, X, H, Hkv, D, T, qs, ks, ls):
     if wg is not None:  # the wgmma passes (dq: mma.sync, alone, unless _WGMMA_BWD_DQ)
         passes = wg
     elif not _env["NATTEN_CUDA_SPLIT_BWD"]:
-        kboth = _kernel("bwd_tc", smem + 4 * 64 * 4)  # one launch for both passes (dq tiles first, then dk/dv tiles)
-        both_kw = dict(template=tmpl, grid=(2 * qt * 128, B * H, 1), threadgroup=(128, 1, 1),
-                       output_shapes=[qs, ks, ks], output_dtypes=[T, T, T])
+        kboth = _kernel("bwd_tc", smem + 4 * 64 * 4)
 
         def passes(ins):
             return kboth(inputs=ins, **both_kw)
