@@ -589,3 +589,101 @@ def test_set_impl_reaches_cached_primitives(rng):
     finally:
         C.set_impl(prev)
     mx.eval(C.na_fused(q, q, q, p)[0])
+
+
+# --------------------------------------------------------------------------
+# Reuse of large output buffers (natten_mlx/_core/ext/output_pool.h)
+# --------------------------------------------------------------------------
+
+POOL_SHAPE = (2, 64, 64, 8, 64)  # f32 out: 16 MiB, above the pool's 8 MiB floor; lse (2 MiB) below it
+
+
+@pytest.fixture
+def pool():
+    limit0 = ext.output_pool_stats()[3]
+    ext.output_pool_set_limit(512 << 20)  # the default, whatever NATTEN_CPU_OUTPUT_POOL_MB says
+    yield lambda: ext.output_pool_stats()[:2]
+    ext.output_pool_set_limit(limit0)
+
+
+def _pool_fwd(seed):
+    r = np.random.default_rng(seed)
+    q, k, v = (mx.array(r.standard_normal(POOL_SHAPE), dtype=mx.float32) for _ in range(3))
+    p = P(2, 5, scale=0.125)
+    return (q, k, v, p), C.na_fused(q, k, v, p)[0]
+
+
+def test_output_pool_reuses_a_freed_buffer_and_overwrites_it(pool):
+    """A large output whose array died is handed to the next output of its size
+    (one pool hit), and every element is written anew: a second problem with other
+    inputs gives the pure tier's values, not the first problem's."""
+    from natten_mlx._core import pure
+
+    (_, out1) = _pool_fwd(1)
+    mx.eval(out1)
+    first = np.array(out1)
+    hits, misses = pool()
+    del out1
+    (q, k, v, p), out2 = _pool_fwd(2)
+    mx.eval(out2)
+    assert pool() == (hits + 1, misses)
+    want = np.array(pure.na_fused(q, k, v, p)[0])
+    np.testing.assert_allclose(np.array(out2), want, rtol=2e-5, atol=2e-5)
+    assert not np.allclose(np.array(out2), first)
+
+
+def test_output_pool_leaves_live_buffers_alone(pool):
+    """A buffer still referenced -- by its array, or by an array MLX moved it to --
+    is never handed out: the live arrays keep their values across later calls."""
+    (_, out1) = _pool_fwd(3)
+    mx.eval(out1)
+    keep = out1 + 0  # may take out1's buffer once out1 is gone (MLX buffer donation)
+    del out1
+    mx.eval(keep)
+    before = np.array(keep)
+    hits, _ = pool()
+    for seed in (4, 5):
+        (_, o) = _pool_fwd(seed)
+        mx.eval(o)
+        del o
+    np.testing.assert_array_equal(np.array(keep), before)
+    assert pool()[0] >= hits  # the two calls may share one pooled buffer between them
+
+
+def test_output_pool_limit_zero_keeps_nothing(pool):
+    """output_pool_set_limit(0) lets go of every held buffer and pools nothing more;
+    the same call then still gives the same values."""
+    (args, out1) = _pool_fwd(6)
+    mx.eval(out1)
+    first = np.array(out1)
+    del out1
+    ext.output_pool_set_limit(0)
+    assert ext.output_pool_stats()[2] == 0
+    hits, _ = pool()
+    (_, out2) = _pool_fwd(6)
+    mx.eval(out2)
+    del out2
+    assert ext.output_pool_stats()[2] == 0 and pool()[0] == hits
+    (_, out3) = _pool_fwd(6)
+    np.testing.assert_array_equal(np.array(out3), first)
+
+
+def test_output_pool_serves_the_backward(pool):
+    """dq, dk and dv (16 MiB each here) come from the pool on a repeated backward."""
+    r = np.random.default_rng(7)
+    q, k, v, g = (mx.array(r.standard_normal(POOL_SHAPE), dtype=mx.float32) for _ in range(4))
+    p = P(2, 3, scale=0.125)
+
+    def grads():
+        return mx.vjp(lambda a, b, c: C.na_fused(a, b, c, p)[0], [q, k, v], [g])[1]
+
+    first = grads()
+    mx.eval(first)
+    ref = [np.array(x) for x in first]
+    del first
+    hits, _ = pool()
+    again = grads()
+    mx.eval(again)
+    assert pool()[0] >= hits + 3
+    for a, b in zip(again, ref):
+        np.testing.assert_array_equal(np.array(a), b)

@@ -41,6 +41,7 @@
 #include "mlx/utils.h"
 
 #include "natten.h"
+#include "output_pool.h"
 extern "C" {
 #include "core/problem.h"  // natten_shape_of (internal: no re-validation)
 }
@@ -354,7 +355,7 @@ class NattenPrimitive : public mx::Primitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     natten_problem p = make_problem(op_, cfg_, inputs);
-    for (auto& o : outputs) o.set_data(mx::allocator::malloc(o.nbytes()));
+    for (auto& o : outputs) o.set_data(natten_ext::OutputPool::get().take(o.nbytes()));
 
     auto& enc = mx::cpu::get_command_encoder(stream());
     for (const auto& a : inputs) enc.set_input_array(a);
@@ -850,6 +851,17 @@ NB_MODULE(_natten_ext, m) {
                                       natten_last_error_message());
       },
       nb::arg("n"));
+  m.def(
+      "output_pool_stats",
+      []() {
+        auto st = natten_ext::OutputPool::get().stats();
+        return std::make_tuple(st.hits, st.misses, st.held, st.limit);
+      },
+      "(hits, misses, bytes held, byte limit) of the pool that reuses large output buffers "
+      "(output_pool.h).");
+  m.def(
+      "output_pool_set_limit", [](size_t bytes) { natten_ext::OutputPool::get().set_limit(bytes); },
+      nb::arg("bytes"), "Bytes of freed output buffers the pool may keep (0: none, and it lets go of them).");
 #ifdef NATTEN_MLX_BUILT_WITH_MLX
   m.attr("built_with_mlx") = NATTEN_MLX_BUILT_WITH_MLX;
 #else
