@@ -42,18 +42,19 @@ class OutputPool {
     std::shared_ptr<al::Data> owner;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (limit_ == 0) return al::malloc(n);
-      auto it = free_.find(n);
-      if (it != free_.end() && !it->second.empty()) {
-        owner = std::move(it->second.back());
-        it->second.pop_back();
-        held_ -= n;
-        ++hits_;
-      } else {
-        ++misses_;
+      if (limit_ > 0) {
+        auto it = free_.find(n);
+        if (it != free_.end() && !it->second.empty()) {
+          owner = std::move(it->second.back());
+          it->second.pop_back();
+          held_ -= n;
+          ++hits_;
+        } else {
+          ++misses_;
+        }
       }
     }
-    if (!owner) owner = std::make_shared<al::Data>(al::malloc(n));
+    if (!owner) owner = std::make_shared<al::Data>(al::malloc(n));  // outside the lock: it may map pages
     al::Buffer buf = owner->buffer();
     return al::Data(buf, [owner, n](al::Buffer) { OutputPool::get().give_back(owner, n); });
   }
