@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import mlx.core as mx  # noqa: E402
 
 from natten_mlx._core import cuda  # noqa: E402
+from natten_mlx._core.ops import tier_na_out  # noqa: E402
 from natten_mlx._core.params import NAParams  # noqa: E402
 
 ANCHOR_JSON = os.path.join(HERE, "anchors", "flex_na_h100_results.json")
@@ -122,20 +123,13 @@ def make_case(c):
     return p, q, k, v, g
 
 
-def tier_out(mod):
-    """What natten_mlx.na1d/2d/3d call on a tier without return_lse
-    (ops.na_out): the tier's na_out, else na_fused's out."""
-    na_out = getattr(mod, "na_out", None)
-    return na_out if na_out is not None else (lambda q, k, v, p: mod.na_fused(q, k, v, p)[0])
-
-
 def tier_calls(mod, p, q, k, v, g, compiled=False):
     """(fwd, vg): each builds one call's graph of tier `mod` as na1d/2d/3d call
-    it without return_lse (tier_out): the forward, and the forward+backward
+    it without return_lse (ops.tier_na_out): the forward, and the forward+backward
     with g as the output's cotangent -- what the Flex side times with
     torch.autograd.grad(out, (q, k, v), g).  compiled: both through
     mx.compile."""
-    na_out = tier_out(mod)
+    na_out = tier_na_out(mod)
 
     def out(q, k, v):
         return na_out(q, k, v, p)
@@ -145,6 +139,13 @@ def tier_calls(mod, p, q, k, v, g, compiled=False):
     if compiled:
         out, vg = mx.compile(out), mx.compile(vg)
     return (lambda: out(q, k, v)), (lambda: vg(q, k, v))
+
+
+def bench_tier(mod, case, compiled=False):
+    """(forward, forward+backward) ms of tier `mod` on make_case's tuple `case`,
+    pipelined (bench)."""
+    fwd, vg = tier_calls(mod, *case, compiled=compiled)
+    return bench(fwd), bench(vg)
 
 
 def time_tier(mod, c, fwd_only=False):

@@ -9,6 +9,8 @@ pipelined bench(), in microseconds.
     python3 benchmarks/cuda/ab_trees.py --trees base=/path/a,new=. [--rounds 3] [--cases ...] [--dtype ...]
                                         [--env name:VAR=VALUE ...] [--pure]
 
+Each tree must have natten_mlx._core.ops.tier_na_out (gpu_benchmark.tier_calls
+uses the tree's own rule for what na1d/2d/3d call), i.e. be newer than 40d4aa5.
 --env gives one tree's processes an environment variable (two names may share a
 directory: an A/B of a switch); --pure also times the pure tier in each process
 and reports pure / tree per round.
@@ -32,17 +34,17 @@ def child(tree, tags, dtypes, pure=False):
     from natten_mlx._core import pure as pure_tier
 
     sys.path.insert(0, os.path.dirname(HERE))
-    from gpu_benchmark import ANCHOR_JSON, bench, make_case, tier_calls
+    from gpu_benchmark import ANCHOR_JSON, bench_tier, make_case
 
     for c in json.load(open(ANCHOR_JSON)):
         if c["tag"] not in tags or c["dtype"] not in dtypes:
             continue
         case = make_case(c)
-        fwd, vg = tier_calls(cuda, *case)
-        row = {"tag": c["tag"], "dtype": c["dtype"], "fwd_us": bench(fwd) * 1e3, "fwdbwd_us": bench(vg) * 1e3}
+        fwd, fb = bench_tier(cuda, case)
+        row = {"tag": c["tag"], "dtype": c["dtype"], "fwd_us": fwd * 1e3, "fwdbwd_us": fb * 1e3}
         if pure:
-            pf, pvg = tier_calls(pure_tier, *case)
-            row["pure_fwd_us"], row["pure_fwdbwd_us"] = bench(pf) * 1e3, bench(pvg) * 1e3
+            fwd, fb = bench_tier(pure_tier, case)
+            row["pure_fwd_us"], row["pure_fwdbwd_us"] = fwd * 1e3, fb * 1e3
         print(json.dumps(row), flush=True)
 
 

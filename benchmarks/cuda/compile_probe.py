@@ -1,5 +1,5 @@
 """Probe: eager vs mx.compile'd calls of the CUDA and pure tiers on the small rows
-(gpu_benchmark.py's tier_calls: what na1d/2d/3d call without return_lse).
+(gpu_benchmark.py's bench_tier: what na1d/2d/3d call without return_lse).
 
     python3 benchmarks/cuda/compile_probe.py [--cases tag,...] [--rounds N]
 """
@@ -14,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from gpu_benchmark import ANCHOR_JSON, bench, make_case, tier_calls  # noqa: E402
+from gpu_benchmark import ANCHOR_JSON, bench_tier, make_case  # noqa: E402
 from natten_mlx._core import cuda, pure  # noqa: E402
 
 
@@ -32,8 +32,7 @@ def main():
             for compiled in (False, True):
                 t = {}
                 for name, mod in (("cuda", cuda), ("pure", pure)):
-                    f, fb = tier_calls(mod, *make_case(c), compiled=compiled)
-                    t[name] = (bench(f) * 1e3, bench(fb) * 1e3)
+                    t[name] = tuple(x * 1e3 for x in bench_tier(mod, make_case(c), compiled))
                 print(f"{c['tag']} | {c['dtype']} | {rnd} | {'compiled' if compiled else 'eager'} | "
                       f"{t['cuda'][0]:.1f} | {t['pure'][0]:.1f} | {t['pure'][0] / t['cuda'][0]:.1f}x | "
                       f"{t['cuda'][1]:.1f} | {t['pure'][1]:.1f} | {t['pure'][1] / t['cuda'][1]:.1f}x",

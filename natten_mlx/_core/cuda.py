@@ -760,8 +760,9 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
     B, X, H, D = qs[0], tuple(qs[1:-2]), qs[-2], qs[-1]
     Hkv, Dv = ks[-2], vs[-1]
     n_extra = es[1] if has_extra else 0
-    vals, O3 = _param_list(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
-    O = O3[: p.rank]
+    feats = dict(n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
+    O = _param_list(p, B, X, H, Hkv, D, Dv, **feats)[1][: p.rank]
+    prm = _params(p, B, X, H, Hkv, D, Dv, **feats)  # one array per problem, the backward's too
     out_shape = (B,) + tuple(O) + (H, Dv)
     lse_shape = (B,) + tuple(O) + (H,)
     kind = _tc_plan(p, X, D, Dv, dtype, has_rpb, has_extra, has_varlen, B * _prod(O) * H)
@@ -790,7 +791,6 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
             if tiles < 2**31 // (32 * warps) and B * H < 65536:
                 kw = dict(grid=(tiles * 32 * warps, B * H, 1), threadgroup=(32 * warps, 1, 1),
                           output_shapes=[out_shape, lse_shape], output_dtypes=[dtype, mx.float32])
-                prm = mx.array(_param_list(p, B, X, H, Hkv, D, Dv)[0], dtype=mx.int32)
                 if name == "fwd_wgmma":
                     try:  # one CTA per SM: 204-206 registers a thread (ptxas, H100)
                         kern = _precompiled_fwd(name, str(dtype).split(".")[-1], tuple(v for _, v in tmpl),
@@ -803,7 +803,6 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
                     return kern, kw, True, prm
                 kw["template"] = tmpl
                 return _kernel(name, smem), kw, True, prm
-    prm = mx.array(vals, dtype=mx.int32)
     rows = B * _prod(O) * H
     threads = int(rows) * 32
     if threads >= 2**31:
@@ -979,9 +978,9 @@ def _bwd_plan(p: NAParams, flags, qs, ks, vs, es, rs, T):
     B, X, H, D = qs[0], tuple(qs[1:-2]), qs[-2], qs[-1]
     Hkv, Dv = ks[-2], vs[-1]
     n_extra = es[1] if has_extra else 0
-    vals, O3 = _param_list(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
-    ls = (B,) + tuple(O3[: p.rank]) + (H,)
-    prm = mx.array(vals, dtype=mx.int32)
+    feats = dict(n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
+    ls = (B,) + tuple(_param_list(p, B, X, H, Hkv, D, Dv, **feats)[1][: p.rank]) + (H,)
+    prm = _params(p, B, X, H, Hkv, D, Dv, **feats)
     kind = _tc_plan(p, X, D, Dv, T, has_rpb, has_extra, has_varlen, _prod(ls))
     tiled = None
     if kind == "tc":

@@ -214,15 +214,21 @@ def na_fused(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=
     return mod.na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
 
 
-def na_out(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
-    """Fused NA for callers that drop the lse: out only.  A tier may define
-    ``na_out`` to skip building the lse and its gradient (compiled: ~5 us a call)."""
-    mod = _fused_tier(q, k, p, rpb, extra_k, varlen)
+def tier_na_out(mod):
+    """Tier module `mod`'s out-only fused function, fn(q, k, v, p, rpb=,
+    extra_k=, extra_v=, varlen=) -> out: its ``na_out`` where it defines one
+    (to skip building the lse and its gradient; compiled: ~5 us a call), else
+    ``na_fused``'s out."""
     fn = getattr(mod, "na_out", None)
-    if fn is None:
-        return mod.na_fused(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v,
-                            varlen=varlen)[0]
-    return fn(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
+    if fn is not None:
+        return fn
+    return lambda q, k, v, p, **kw: mod.na_fused(q, k, v, p, **kw)[0]
+
+
+def na_out(q, k, v, p: NAParams, rpb=None, extra_k=None, extra_v=None, varlen=None):
+    """Fused NA for callers that drop the lse: out only (tier_na_out)."""
+    mod = _fused_tier(q, k, p, rpb, extra_k, varlen)
+    return tier_na_out(mod)(q, k, v, p, rpb=rpb, extra_k=extra_k, extra_v=extra_v, varlen=varlen)
 
 
 def na_qk(q, k, p: NAParams, rpb=None):
