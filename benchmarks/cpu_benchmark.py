@@ -77,6 +77,9 @@ def flops_fwd(case):
 # --------------------------------------------------------------------------
 
 
+FWD_ONLY = False  # --fwd-only
+
+
 def _time(fn, reps, budget_s=8.0, short_s=0.25, max_reps=400):
     """Min over at least `reps` calls (fewer once budget_s is spent); calls
     that take well under a millisecond repeat until short_s has passed (at
@@ -148,7 +151,7 @@ def _run_cases(na_fns, cases, dtypes, reps, mem_limit=None):
                                      f"(over --pure-mem-gb)"}
                 continue
             try:
-                out[key] = {"fwd": _time(fwd, reps), "fb": _time(fwd_bwd, reps)}
+                out[key] = {"fwd": _time(fwd, reps), "fb": None if FWD_ONLY else _time(fwd_bwd, reps)}
             except Exception as e:  # a tier that cannot run a case reports why
                 out[key] = {"error": f"{type(e).__name__}: {e}"}
     return out
@@ -250,10 +253,13 @@ def main():
     ap.add_argument("--no-upstream", action="store_true")
     ap.add_argument("--no-pure", action="store_true")
     ap.add_argument("--json", default="")
+    ap.add_argument("--fwd-only", action="store_true", help="time forwards only (A/B runs)")
     ap.add_argument("--pure-mem-gb", type=float, default=6.0,
                     help="skip a pure-tier case whose gathered windows would need more memory")
     ap.add_argument("--upstream-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global FWD_ONLY
+    FWD_ONLY = a.fwd_only
     dtypes = [d for d in a.dtype.split(",") if d]
     if a.cases_exact:
         want = set(a.cases_exact.split(","))

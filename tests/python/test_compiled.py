@@ -668,6 +668,33 @@ def test_output_pool_limit_zero_keeps_nothing(pool):
     np.testing.assert_array_equal(np.array(out3), first)
 
 
+def _data_address(a):
+    return np.frombuffer(memoryview(a), dtype=np.uint8).ctypes.data  # no copy: MLX's own buffer
+
+
+def test_large_outputs_start_on_64_byte_boundaries(pool):
+    """Large outputs sit 64-byte aligned inside their buffer (an array byte offset),
+    and everything downstream reads them right: values, slices, elementwise ops
+    (which may take the buffer over), and a second call that takes the output as
+    its query."""
+    from natten_mlx._core import pure
+
+    if os.environ.get("NATTEN_CPU_OUTPUT_ALIGN", "1") == "0":
+        pytest.skip("NATTEN_CPU_OUTPUT_ALIGN=0 keeps MLX's own placement")
+    (q, k, v, p), out = _pool_fwd(8)
+    mx.eval(out)
+    assert _data_address(out) % 64 == 0
+    want = np.array(pure.na_fused(q, k, v, p)[0])
+    np.testing.assert_allclose(np.array(out), want, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(np.array(out[1, 3:9, ::2]), want[1, 3:9, ::2], rtol=2e-5, atol=2e-5)
+    twice = C.na_fused(out, k, v, p)[0]
+    plus = out * 2 + 1
+    mx.eval(twice, plus)
+    np.testing.assert_allclose(np.array(plus), want * 2 + 1, rtol=2e-5, atol=4e-5)
+    want2 = np.array(pure.na_fused(mx.array(want), k, v, p)[0])
+    np.testing.assert_allclose(np.array(twice), want2, rtol=2e-4, atol=2e-4)
+
+
 def test_output_pool_serves_the_backward(pool):
     """dq, dk and dv (16 MiB each here) come from the pool on a repeated backward."""
     r = np.random.default_rng(7)

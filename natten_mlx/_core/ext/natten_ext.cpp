@@ -355,7 +355,7 @@ class NattenPrimitive : public mx::Primitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     natten_problem p = make_problem(op_, cfg_, inputs);
-    for (auto& o : outputs) o.set_data(natten_ext::OutputPool::get().take(o.nbytes()));
+    for (auto& o : outputs) natten_ext::OutputPool::get().place(o);
 
     auto& enc = mx::cpu::get_command_encoder(stream());
     for (const auto& a : inputs) enc.set_input_array(a);

@@ -14,8 +14,15 @@
 // whose deleter gives it back when MLX drops the last reference (after any
 // buffer donation).  Dropping a pooled buffer destroys the owning Data, so MLX
 // frees it as it would have.
+//
+// Large outputs also start on a 64-byte boundary (place()): MLX's CPU buffers
+// begin 24 bytes past one (a size header after malloc's own), and the blocked
+// forward streams aligned f32 outputs past the cache (non-temporal stores, no
+// read-for-ownership) but must read-modify-write misaligned ones.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -23,6 +30,7 @@
 #include <vector>
 
 #include "mlx/allocator.h"
+#include "mlx/array.h"
 
 namespace natten_ext {
 
@@ -59,6 +67,27 @@ class OutputPool {
     return al::Data(buf, [owner, n](al::Buffer) { OutputPool::get().give_back(owner, n); });
   }
 
+  // Give output o its buffer: pooled, and 64-byte aligned through the array's
+  // byte offset when large (NATTEN_CPU_OUTPUT_ALIGN=0: as MLX allocates).
+  void place(mlx::core::array& o) {
+    const size_t n = o.nbytes();
+    if (n < kMinBytes || !align_) {
+      o.set_data(take(n));
+      return;
+    }
+    mlx::core::allocator::Data d = take(n + kAlign);
+    const auto p = reinterpret_cast<uintptr_t>(d.buffer().raw_ptr());
+    const int64_t off = int64_t((kAlign - p % kAlign) % kAlign);  // a multiple of 8: malloc aligns to 16
+    mlx::core::Strides st(o.ndim(), 1);
+    for (int i = int(o.ndim()) - 2; i >= 0; --i) st[i] = st[i + 1] * o.shape(i + 1);
+    mlx::core::array::Flags fl;
+    fl.contiguous = fl.row_contiguous = true;
+    size_t longest = 1;
+    for (auto e : o.shape()) longest = std::max(longest, size_t(e));
+    fl.col_contiguous = o.size() <= 1 || o.size() == longest;
+    o.set_data(std::move(d), o.size(), std::move(st), fl, off);
+  }
+
   // Bytes held when the limit is lowered past them are released at once.
   void set_limit(size_t bytes) {
     std::vector<std::shared_ptr<mlx::core::allocator::Data>> drop;
@@ -85,7 +114,11 @@ class OutputPool {
     const char* e = std::getenv("NATTEN_CPU_OUTPUT_POOL_MB");
     long mb = e && *e ? std::strtol(e, nullptr, 10) : 512;
     limit_ = mb > 0 ? size_t(mb) << 20 : 0;
+    const char* a = std::getenv("NATTEN_CPU_OUTPUT_ALIGN");
+    align_ = !(a && a[0] == '0');
   }
+
+  static constexpr size_t kAlign = 64;
 
   void give_back(const std::shared_ptr<mlx::core::allocator::Data>& owner, size_t n) {
     std::lock_guard<std::mutex> lk(mu_);
@@ -97,6 +130,7 @@ class OutputPool {
   std::mutex mu_;
   std::map<size_t, std::vector<std::shared_ptr<mlx::core::allocator::Data>>> free_;
   size_t held_ = 0, limit_ = 0, hits_ = 0, misses_ = 0;
+  bool align_ = true;
 };
 
 }  // namespace natten_ext
