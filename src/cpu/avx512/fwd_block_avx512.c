@@ -216,16 +216,17 @@ AI void av_pair(const blk_args *a, int64_t l, int64_t l1, const int TWO, int64_t
  * row is slot m - l of lane l, so each 16-channel chunk of a value row is
  * loaded once and FMA'd into every lane that uses it.  Keeps the value rows'
  * reads at one per ~K FMAs instead of one per FMA (they do not fit in L1
- * with their keys).  Half a tile (8 lanes) times NC = 2 chunks at a time:
- * with all 16 lanes of one chunk each position step advanced 7 accumulator
- * chains by one FMA (4-cycle latency) and every FMA loaded its weight; 8 x 2
- * gives 14 FMAs per step and one broadcast per two FMAs (AV of a D = 64,
- * K = 7x7 tile ~3700 -> ~3200 cycles, L2-resident rows). */
-AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const int NC, const float *inv,
-                   int64_t *pfi) {
+ * with their keys).  A block is LB lanes times NC chunks, LB * NC = 16
+ * accumulators: per position step NC value loads, and per (lane, slot) one
+ * broadcast weight for NC FMAs.  D = 64 takes 4 lanes x 4 chunks (0.61 loads
+ * per FMA; 8 x 2 was 0.75 and ~3200 cycles for the AV of a K = 7x7 tile,
+ * L1-resident rows, against 1568 for its FMAs alone); D = 32 8 x 2 (4 x 2
+ * would load more); one chunk, 16 lanes. */
+AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const int NC, const int LB,
+                   const float *inv, int64_t *pfi) {
     const int64_t lo = a->run_lo, hi = a->run_hi < a->nl ? a->run_hi : a->nl;
-    __m512 acc[8 * 2];
-    for (int t = 0; t < 8 * NC; ++t) acc[t] = _mm512_setzero_ps();
+    __m512 acc[16];
+    for (int t = 0; t < LB * NC; ++t) acc[t] = _mm512_setzero_ps();
     const int64_t vld = a->vld;
     int64_t pj = *pfi;
     for (int64_t i = 0; i < a->nrow; ++i) {
@@ -233,22 +234,21 @@ AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const
         const float *vp = a->vr[i] + (a->run_shift + l0) * vld + c0;
         const float *w = a->sbuf + i * K * 16 + l0;
 #pragma GCC unroll 32
-        for (int m = 0; m < 7 + K; ++m) {
-            const __m512 v0 = _mm512_load_ps(vp);
-            const __m512 v1 = NC > 1 ? _mm512_load_ps(vp + 16) : v0;
+        for (int m = 0; m < LB - 1 + K; ++m) {
+            __m512 vv[4];
+            for (int u = 0; u < NC; ++u) vv[u] = _mm512_load_ps(vp + 16 * u);
             vp += vld; /* one pointer: unrolled m * vld offsets would spill */
 #pragma GCC unroll 17
             for (int k = 0; k < K; ++k) {
                 const int l = m - k;
-                if (l >= 0 && l < 8) {
+                if (l >= 0 && l < LB) {
                     const __m512 wb = _mm512_set1_ps(w[k * 16 + l]);
-                    acc[l * NC] = _mm512_fmadd_ps(wb, v0, acc[l * NC]);
-                    if (NC > 1) acc[l * NC + 1] = _mm512_fmadd_ps(wb, v1, acc[l * NC + 1]);
+                    for (int u = 0; u < NC; ++u) acc[l * NC + u] = _mm512_fmadd_ps(wb, vv[u], acc[l * NC + u]);
                 }
             }
         }
     }
-    for (int l = 0; l < 8; ++l)
+    for (int l = 0; l < LB; ++l)
         if (l0 + l >= lo && l0 + l < hi)
             for (int u = 0; u < NC; ++u) {
                 const int64_t rem = a->Dv - c0 - 16 * u;
@@ -258,16 +258,23 @@ AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const
     *pfi = pj;
 }
 
-/* halves of the tile with a lane in the run, channel pairs of chunks */
-#define AV_UNI(KC)                                                                  \
-    case KC:                                                                        \
-        for (int64_t l0 = 0; l0 < 16; l0 += 8) {                                    \
-            if (l0 + 8 <= a->run_lo || l0 >= a->run_hi || l0 >= a->nl) continue;   \
-            for (int64_t c0 = 0; c0 < a->Dv; c0 += 32) {                            \
-                if (a->Dv - c0 > 16) av_uniform(a, KC, l0, c0, 2, inv, &pfi);       \
-                else av_uniform(a, KC, l0, c0, 1, inv, &pfi);                       \
-            }                                                                       \
-        }                                                                           \
+/* Blocks of LB lanes with a lane in the run, times groups of NC chunks. */
+#define AV_BLOCKS(KC, NC, LB)                                                    \
+    for (int64_t l0 = 0; l0 < 16; l0 += LB) {                                    \
+        if (l0 + LB <= a->run_lo || l0 >= a->run_hi || l0 >= a->nl) continue;   \
+        av_uniform(a, KC, l0, c0, NC, LB, inv, &pfi);                            \
+    }
+
+#define AV_UNI(KC)                                                    \
+    case KC:                                                          \
+        for (int64_t c0 = 0; c0 < a->Dv; c0 += 64) {                  \
+            switch ((a->Dv - c0 + 15) / 16) {                         \
+            case 1: AV_BLOCKS(KC, 1, 16) break;                       \
+            case 2: AV_BLOCKS(KC, 2, 8) break;                        \
+            case 3: AV_BLOCKS(KC, 3, 4) break;                        \
+            default: AV_BLOCKS(KC, 4, 4) break;                       \
+            }                                                         \
+        }                                                             \
         break
 
 #define AV_NV(NVC)                                              \
