@@ -16,7 +16,6 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
 #include "cpu/fwd_block.h"
@@ -83,27 +82,10 @@ int main(int argc, char **argv) {
     for (int l = 0; l < 32; ++l) out[l] = ob + l * VLD;
     int32_t off[16];
     for (int l = 0; l < 16; ++l) off[l] = l;
-    blk_args a, b;
-    memset(&a, 0, sizeof a);
-    a.qt = qt;
-    a.kr = kr;
-    a.vr = vr;
-    a.kld = XP;
-    a.vld = VLD;
-    a.nrow = K;
-    a.K = K;
-    a.D = D;
-    a.Dv = D;
-    a.nl = 16;
-    a.off = off;
-    a.uniform = 1;
-    a.run_lo = 0;
-    a.run_hi = 16;
-    a.scale = 0.125f;
-    a.sbuf = sbuf;
-    a.out = out;
-    a.lse = lse;
-    b = a;
+    blk_args a = {.qt = qt, .kr = kr, .vr = vr, .kld = XP, .vld = VLD, .nrow = K, .K = K, .D = D, .Dv = D,
+                  .nl = 16, .off = off, .uniform = 1, .run_hi = 16, .scale = 0.125f, .sbuf = sbuf, .out = out,
+                  .lse = lse};
+    blk_args b = a; /* the paired line: its own queries, scores and outputs, rows one further */
     b.qt = qt + D * 16;
     b.sbuf = sbuf + NR * K * 16;
     b.out = out + 16;
