@@ -226,9 +226,9 @@ def _run_c_tool(name, *args):
 
 
 def fma_peak():
-    """The higher of the all-cores rate and cores x the one-core rate: a
-    neighbour that steals one core while all cores run cannot lower the bar
-    (seen: all_cores=163 against one_core=157 on 2 cores)."""
+    """The higher of the all-cores rate and cores x the one-core rate: another
+    process busy on one core while all cores run cannot lower the bar (seen:
+    all_cores=163 against one_core=157 on 2 cores, one of them busy)."""
     fields, line = _run_c_tool("cpu_fma_peak")
     if not fields:
         return None, line
