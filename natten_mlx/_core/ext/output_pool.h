@@ -77,7 +77,8 @@ class OutputPool {
     }
     mlx::core::allocator::Data d = take(n + kAlign);
     const auto p = reinterpret_cast<uintptr_t>(d.buffer().raw_ptr());
-    const int64_t off = int64_t((kAlign - p % kAlign) % kAlign);  // a multiple of 8: malloc aligns to 16
+    int64_t off = int64_t((kAlign - p % kAlign) % kAlign);  // 40 today: malloc's 16-byte alignment + 8
+    if (off % int64_t(o.itemsize()) != 0) off = 0;  // an element must not straddle: keep MLX's placement
     mlx::core::Strides st(o.ndim(), 1);
     for (int i = int(o.ndim()) - 2; i >= 0; --i) st[i] = st[i + 1] * o.shape(i + 1);
     mlx::core::array::Flags fl;

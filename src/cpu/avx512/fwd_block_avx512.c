@@ -219,9 +219,9 @@ AI void av_pair(const blk_args *a, int64_t l, int64_t l1, const int TWO, int64_t
  * with their keys).  A block is LB lanes times NC chunks, LB * NC = 16
  * accumulators: per position step NC value loads, and per (lane, slot) one
  * broadcast weight for NC FMAs.  D = 64 takes 4 lanes x 4 chunks (0.61 loads
- * per FMA; 8 x 2 was 0.75 and ~3200 cycles for the AV of a K = 7x7 tile,
- * L1-resident rows, against 1568 for its FMAs alone); D = 32 8 x 2 (4 x 2
- * would load more); one chunk, 16 lanes. */
+ * per FMA; 8 x 2, 0.75, took ~10% longer: ~2250 against ~2050 cycles for the
+ * AV of a K = 7x7 tile with L1-resident rows, 1568 for its FMAs alone);
+ * D = 32 8 x 2 (4 x 2 would load more); one chunk, 16 lanes. */
 AI void av_uniform(const blk_args *a, const int K, int64_t l0, int64_t c0, const int NC, const int LB,
                    const float *inv, int64_t *pfi) {
     const int64_t lo = a->run_lo, hi = a->run_hi < a->nl ? a->run_hi : a->nl;
