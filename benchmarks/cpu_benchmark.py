@@ -79,9 +79,6 @@ def flops_fwd(case):
 # --------------------------------------------------------------------------
 
 
-FWD_ONLY = False  # --fwd-only
-
-
 def _time(fn, reps, budget_s=8.0, short_s=0.25, max_reps=400):
     """Min over at least `reps` calls (fewer once budget_s is spent); calls
     that take well under a millisecond repeat until short_s has passed (at
@@ -116,7 +113,7 @@ def pure_bytes(case, dt_name):
     return 4 * B * n * H * (K ** len(spatial)) * D * (4 if dt_name == "fp32" else 2)
 
 
-def _run_cases(na_fns, cases, dtypes, reps, mem_limit=None):
+def _run_cases(na_fns, cases, dtypes, reps, mem_limit=None, fwd_only=False):
     """na_fns: {rank: na function (q, k, v, kernel_size, dilation=, is_causal=)}."""
     import mlx.core as mx
 
@@ -153,7 +150,7 @@ def _run_cases(na_fns, cases, dtypes, reps, mem_limit=None):
                                      f"(over --pure-mem-gb)"}
                 continue
             try:
-                out[key] = {"fwd": _time(fwd, reps), "fb": None if FWD_ONLY else _time(fwd_bwd, reps)}
+                out[key] = {"fwd": _time(fwd, reps), "fb": None if fwd_only else _time(fwd_bwd, reps)}
             except Exception as e:  # a tier that cannot run a case reports why
                 out[key] = {"error": f"{type(e).__name__}: {e}"}
     return out
@@ -265,8 +262,6 @@ def main():
                     help="skip a pure-tier case whose gathered windows would need more memory")
     ap.add_argument("--upstream-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    global FWD_ONLY
-    FWD_ONLY = a.fwd_only
     dtypes = [d for d in a.dtype.split(",") if d]
     if a.cases_exact:
         want = set(a.cases_exact.split(","))
@@ -319,11 +314,11 @@ def main():
     up_meta = None
     for case in cases:
         nm.set_backend("nanobind")
-        ours = _run_cases(fns, [case], dtypes, a.reps)
+        ours = _run_cases(fns, [case], dtypes, a.reps, fwd_only=a.fwd_only)
         pure = {}
         if not a.no_pure:
             nm.set_backend("pure")
-            pure = _run_cases(fns, [case], dtypes, max(2, a.reps // 2), mem_limit)
+            pure = _run_cases(fns, [case], dtypes, max(2, a.reps // 2), mem_limit, a.fwd_only)
         nm.set_backend("auto")
         up = None if a.no_upstream else run_upstream([case], dtypes, max(2, a.reps // 2), a.pure_mem_gb)
         if up:

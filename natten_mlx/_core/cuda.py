@@ -427,17 +427,22 @@ def _pad3(t, fill):
     return t + (fill,) * (3 - len(t))
 
 
+def _out_extent(p: NAParams, X):
+    """Output positions per spatial axis (rank entries): ceil(X / out_stride)."""
+    return tuple(-(-int(x) // int(s)) for x, s in zip(X, p.out_stride))
+
+
 def _param_list(p: NAParams, B, X, H, Hkv, D, Dv, n_extra=0, has_rpb=False, has_varlen=False):
     X3 = _pad3(X, 1)
     os3 = _pad3(p.out_stride, 1)
-    O3 = tuple(-(-x // s) for x, s in zip(X3, os3))
+    O3 = _pad3(_out_extent(p, X), 1)
     scale_bits = struct.unpack("<i", struct.pack("<f", float(p.scale)))[0]
     vals = [p.rank, B, H, Hkv, D, Dv]
     vals += list(X3) + list(_pad3(p.kernel, 1)) + list(_pad3(p.dilation, 1))
     vals += list(_pad3(p.gna_stride, 1)) + list(os3) + list(_pad3([int(bool(c)) for c in p.causal], 0))
     vals += list(O3) + [scale_bits, n_extra, int(has_rpb), int(has_varlen), p.kernel_volume]
     assert len(vals) == 32
-    return vals, O3
+    return vals
 
 
 _param_cache: Dict[tuple, object] = {}
@@ -447,8 +452,7 @@ def _params(*args, **kw):
     key = (args, tuple(sorted(kw.items())))
     arr = _param_cache.get(key)
     if arr is None:
-        vals, _ = _param_list(*args, **kw)
-        arr = mx.array(vals, dtype=mx.int32)
+        arr = mx.array(_param_list(*args, **kw), dtype=mx.int32)
         if len(_param_cache) > 256:
             _param_cache.clear()
         _param_cache[key] = arr
@@ -760,9 +764,8 @@ def _fwd_plan(p: NAParams, flags, qs, ks, vs, es, dtype):
     B, X, H, D = qs[0], tuple(qs[1:-2]), qs[-2], qs[-1]
     Hkv, Dv = ks[-2], vs[-1]
     n_extra = es[1] if has_extra else 0
-    feats = dict(n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
-    O = _param_list(p, B, X, H, Hkv, D, Dv, **feats)[1][: p.rank]
-    prm = _params(p, B, X, H, Hkv, D, Dv, **feats)  # one array per problem, the backward's too
+    O = _out_extent(p, X)
+    prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)  # the backward's too
     out_shape = (B,) + tuple(O) + (H, Dv)
     lse_shape = (B,) + tuple(O) + (H,)
     kind = _tc_plan(p, X, D, Dv, dtype, has_rpb, has_extra, has_varlen, B * _prod(O) * H)
@@ -978,9 +981,8 @@ def _bwd_plan(p: NAParams, flags, qs, ks, vs, es, rs, T):
     B, X, H, D = qs[0], tuple(qs[1:-2]), qs[-2], qs[-1]
     Hkv, Dv = ks[-2], vs[-1]
     n_extra = es[1] if has_extra else 0
-    feats = dict(n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
-    ls = (B,) + tuple(_param_list(p, B, X, H, Hkv, D, Dv, **feats)[1][: p.rank]) + (H,)
-    prm = _params(p, B, X, H, Hkv, D, Dv, **feats)
+    ls = (B,) + _out_extent(p, X) + (H,)
+    prm = _params(p, B, X, H, Hkv, D, Dv, n_extra=n_extra, has_rpb=has_rpb, has_varlen=has_varlen)
     kind = _tc_plan(p, X, D, Dv, T, has_rpb, has_extra, has_varlen, _prod(ls))
     tiled = None
     if kind == "tc":
@@ -1168,8 +1170,7 @@ def _qk_forward(q, k, rpb, p, has_rpb):
     B, X, H, D = q.shape[0], tuple(q.shape[1:-2]), q.shape[-2], q.shape[-1]
     Hkv = k.shape[-2]
     prm = _params(p, B, X, H, Hkv, D, D, has_rpb=has_rpb)
-    _, O3 = _param_list(p, B, X, H, Hkv, D, D)
-    O = tuple(O3[: p.rank])
+    O = _out_extent(p, X)
     shape = (B,) + O + (H, p.kernel_volume)
     (logits,) = _launch("qk", [prm, q, k, rpb], [shape], [q.dtype], B * _prod(O) * H, q.dtype, _npl(D))
     return logits
